@@ -1,0 +1,52 @@
+"""The application factory: settings → runtime → blueprints."""
+from __future__ import annotations
+
+import logging
+import logging.config
+
+import simple_websocket
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+from .logs import logging_config
+from .runtime import Runtime
+from .settings import Settings, load_settings
+from .web import api, json_error, ops, websocket
+
+log = logging.getLogger("fonana_realtime.app")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    if not logging.getLogger("gunicorn.error").handlers:
+        # Outside gunicorn (tests, `flask run`) configure logging ourselves;
+        # under gunicorn, gunicorn.conf.py has applied the same config already.
+        logging.config.dictConfig(logging_config(settings.log_dir))
+    for line in settings.warnings:
+        log.warning(line, extra={"event": "config_warning"})
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    app.config["SOCK_SERVER_OPTIONS"] = websocket.SERVER_OPTIONS
+    app.json.sort_keys = False
+    app.extensions["fonana_realtime"] = Runtime(settings)
+
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(websocket.bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return json_error(exc.code or 500, name, reason=exc.description)
+
+    @app.errorhandler(simple_websocket.ConnectionError)
+    def _bad_handshake(exc):
+        return json_error(400, "bad_request", reason="not a valid WebSocket handshake")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error", extra={"event": "internal_error"})
+        return json_error(500, "internal_error")
+
+    return app

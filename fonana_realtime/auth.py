@@ -1,0 +1,66 @@
+"""Token → identity. HS256 JWTs signed by the Fonana Next.js app; nothing else.
+
+Refusal reasons are the ones the handshake reports (PROTOCOL.md 2.1). The user's
+existence is checked by the caller through the store, so this module stays pure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jwt
+
+MAX_TOKEN_BYTES = 8192          # a real Fonana token is a few hundred bytes
+
+
+class AuthError(Exception):
+    """The token is refused; `reason` is one of missing_token, invalid_token, expired_token."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    expires_at: float            # unix seconds (the token's `exp`)
+
+
+def verify_token(token: str | None, secrets: tuple[str, ...], leeway: int = 10) -> Identity:
+    """Check a token against every configured secret (JWT_SECRET, NEXTAUTH_SECRET).
+
+    HS256 only: the algorithm list is fixed here, so `none`, RS*/ES* and key-in-header
+    tricks are refused by PyJWT before any signature work. `exp` is required.
+    """
+    if not token:
+        raise AuthError("missing_token")
+    if len(token) > MAX_TOKEN_BYTES or not secrets:
+        raise AuthError("invalid_token")
+    expired = False
+    for secret in secrets:
+        try:
+            claims = jwt.decode(token, secret, algorithms=["HS256"], leeway=leeway,
+                                options={"require": ["exp"], "verify_aud": False,
+                                         "verify_iss": False})
+        except jwt.ExpiredSignatureError:
+            expired = True      # signed by us but stale: say so, but try the other secret
+            continue
+        except jwt.PyJWTError:
+            continue
+        user_id = claims.get("userId") or claims.get("sub")
+        if not isinstance(user_id, str) or not user_id or len(user_id) > 128:
+            raise AuthError("invalid_token")
+        try:
+            exp = float(claims["exp"])
+        except (TypeError, ValueError):
+            raise AuthError("invalid_token") from None
+        return Identity(user_id=user_id, expires_at=exp)
+    raise AuthError("expired_token" if expired else "invalid_token")
+
+
+def mint_token(user_id: str, secret: str, lifetime_seconds: int = 7 * 24 * 3600) -> str:
+    """A token as the Next.js app makes it (claim `userId`); used by the CLI and tests."""
+    import time
+    now = int(time.time())
+    return jwt.encode({"userId": user_id, "sub": user_id, "iat": now,
+                       "exp": now + lifetime_seconds}, secret, algorithm="HS256")

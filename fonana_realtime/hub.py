@@ -1,0 +1,89 @@
+"""This worker's registry: who is connected, who holds which channel.
+
+`deliver` hands one pre-built frame to each local target of a route, once per
+connection even when the route names both a user and a channel it holds. The hub
+tells the broker when a topic gains its first local subscriber or loses its last,
+so a worker only listens for what it can deliver.
+"""
+from __future__ import annotations
+
+
+def channel_topic(key: str) -> str:
+    return "channel:" + key
+
+
+def user_topic(user_id: str) -> str:
+    return "user:" + user_id
+
+
+class Hub:
+    def __init__(self):
+        self.connections: set = set()
+        self.by_topic: dict[str, set] = {}     # "channel:post_P" / "user:U" -> connections
+        self.on_first = lambda topic: None      # set by the broker: start listening
+        self.on_last = lambda topic: None       # stop listening
+
+    # ---- membership ------------------------------------------------------------
+
+    def _join(self, topic: str, conn):
+        members = self.by_topic.get(topic)
+        if members is None:
+            members = self.by_topic[topic] = set()
+            members.add(conn)
+            self.on_first(topic)
+        else:
+            members.add(conn)
+
+    def _leave(self, topic: str, conn):
+        members = self.by_topic.get(topic)
+        if members is None:
+            return
+        members.discard(conn)
+        if not members:
+            del self.by_topic[topic]
+            self.on_last(topic)
+
+    def add(self, conn):
+        self.connections.add(conn)
+        self._join(user_topic(conn.user_id), conn)
+
+    def remove(self, conn):
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        for key in conn.channels:
+            self._leave(channel_topic(key), conn)
+        conn.channels.clear()
+        self._leave(user_topic(conn.user_id), conn)
+
+    def subscribe(self, conn, key: str):
+        if key not in conn.channels:
+            conn.channels.add(key)
+            self._join(channel_topic(key), conn)
+
+    def unsubscribe(self, conn, key: str):
+        if key in conn.channels:
+            conn.channels.discard(key)
+            self._leave(channel_topic(key), conn)
+
+    def user_connection_count(self, user_id: str) -> int:
+        return len(self.by_topic.get(user_topic(user_id), ()))
+
+    # ---- delivery ---------------------------------------------------------------
+
+    def targets(self, topics) -> set | tuple:
+        """The local connections of a route's topics, each once."""
+        if len(topics) == 1:
+            return tuple(self.by_topic.get(topics[0], ()))   # a copy: sends may close connections
+        found: set = set()
+        for topic in topics:
+            found.update(self.by_topic.get(topic, ()))
+        return found
+
+    def deliver(self, topics, frame: bytes) -> int:
+        """Send one frame to every local connection of `topics`; returns how many took it."""
+        delivered = 0
+        for conn in self.targets(topics):
+            if conn.send(frame):
+                delivered += 1
+        return delivered

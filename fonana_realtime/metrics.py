@@ -1,0 +1,61 @@
+"""Prometheus metrics, aggregated across gunicorn workers.
+
+gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a fresh directory before any
+worker starts, so prometheus-client keeps each worker's values in files there and
+`/metrics` sums them. Counters on the delivery path are bumped once per event with
+the recipient count, never once per recipient.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
+from prometheus_client import multiprocess
+
+CONNECTIONS = Gauge("fonana_rt_connections", "Open WebSocket connections",
+                    multiprocess_mode="livesum")
+SUBSCRIPTIONS = Gauge("fonana_rt_subscriptions", "Channel subscriptions held, by channel type",
+                      ["channel_type"], multiprocess_mode="livesum")
+FRAMES_IN = Counter("fonana_rt_frames_in", "Frames received from clients")
+FRAMES_OUT = Counter("fonana_rt_frames_out", "Frames handed to client sockets")
+EVENTS_PUBLISHED = Counter("fonana_rt_events_published", "Events accepted for publishing")
+EVENTS_DELIVERED = Counter("fonana_rt_events_delivered", "Event frames delivered to connections")
+DELIVERIES_DROPPED = Counter("fonana_rt_deliveries_dropped", "Event frames not delivered (connection closing or overflowing)")
+AUTH_FAILURES = Counter("fonana_rt_auth_failures", "Refused handshakes, by reason", ["reason"])
+RATE_LIMITED = Counter("fonana_rt_rate_limited", "Commands refused by the per-connection rate limit")
+SLOW_CLIENT_CLOSES = Counter("fonana_rt_slow_client_closes", "Connections closed with 4009")
+BROKER_PUBLISHED = Counter("fonana_rt_broker_published", "Messages published to the broker")
+BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from the broker")
+BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
+BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
+                      multiprocess_mode="livesum")
+HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
+                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",
+                             "From publish accepted to frames handed to sockets",
+                             buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text: every worker's values when running under gunicorn."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def snapshot() -> dict:
+    """The same figures as a flat JSON object for /stats."""
+    from prometheus_client.parser import text_string_to_metric_families
+    text, _ = render()
+    out: dict = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name.endswith(("_created", "_bucket")):
+                continue
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "pid")
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out

@@ -1,0 +1,177 @@
+"""`/api/*`: the server-to-server API (PROTOCOL.md 4), behind WS_API_SECRET.
+
+Every body is checked completely before anything is published or written, and
+every refusal is a 4xx with a JSON reason.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from flask import Blueprint, jsonify, request
+
+from .. import metrics
+from ..broker import BrokerUnavailable
+from ..channels import InvalidChannel, parse_channel_any, valid_id
+from ..events import InvalidEvent, Route, route_event
+from ..store import StoreUnavailable, UnknownNotificationType
+from ..wsframes import dumps
+from . import json_error, runtime
+
+log = logging.getLogger("fonana_realtime.api")
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+class BadRequest(Exception):
+    def __init__(self, reason: str, **fields):
+        super().__init__(reason)
+        self.fields = {"reason": reason, **fields}
+
+
+@bp.errorhandler(BadRequest)
+def _bad_request(exc: BadRequest):
+    return json_error(400, "bad_request", **exc.fields)
+
+
+@bp.errorhandler(StoreUnavailable)
+def _store_down(exc):
+    return json_error(503, "unavailable", reason="database_unavailable")
+
+
+@bp.errorhandler(BrokerUnavailable)
+def _broker_down(exc):
+    return json_error(503, "broker_unavailable")
+
+
+def require_api_key(settings):
+    """The bearer check shared by /api and the operator endpoints."""
+    if not settings.api_secret:
+        return json_error(503, "api_disabled", reason="WS_API_SECRET is not set")
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(given.encode(), settings.api_secret.encode()):
+        return json_error(401, "unauthorized", reason="bad_api_key")
+    return None
+
+
+@bp.before_request
+def _check_key_and_size():
+    settings = runtime().settings
+    refused = require_api_key(settings)
+    if refused is not None:
+        return refused
+    if request.content_length is not None and request.content_length > settings.api_max_body_bytes:
+        return json_error(413, "payload_too_large", limit=settings.api_max_body_bytes)
+    return None
+
+
+def json_body() -> dict:
+    raw = request.get_data(cache=False)      # bounded by MAX_CONTENT_LENGTH (413 past it)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _text(body, name, required=True):
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{name} must be a non-empty string")
+    return value
+
+
+def _user_id(body, name="userId"):
+    value = body.get(name)
+    if not valid_id(value):
+        raise BadRequest(f"{name} must be an id matching [A-Za-z0-9_-]{{1,128}}")
+    return value
+
+
+def _address(body) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    channels, users = (), ()
+    if body.get("channel") is not None:
+        try:
+            channels = (parse_channel_any(body["channel"]).key,)
+        except InvalidChannel as exc:
+            raise BadRequest(f"channel: {exc}") from None
+    if body.get("userId") is not None:
+        users = (_user_id(body),)
+    return channels, users
+
+
+def publish(route: Route, event: dict):
+    runtime().broker.publish(route, dumps(event))
+    metrics.EVENTS_PUBLISHED.inc()
+
+
+@bp.post("/events")
+def post_events():
+    body = json_body()
+    channels, users = _address(body)
+    if "events" in body:
+        items = body["events"]
+        if not isinstance(items, list) or not items:
+            raise BadRequest("events must be a non-empty list")
+        limit = runtime().settings.api_max_events
+        if len(items) > limit:
+            raise BadRequest(f"at most {limit} events per request", limit=limit)
+    elif "event" in body:
+        items = [body["event"]]
+    else:
+        raise BadRequest("body needs `event` or `events`")
+    routed = []
+    for index, event in enumerate(items):       # all checked before any is published
+        try:
+            routed.append((route_event(event, channels, users), event))
+        except InvalidEvent as exc:
+            raise BadRequest(str(exc), **({"index": index} if "events" in body else {})) from None
+    for route, event in routed:
+        publish(route, event)
+    return jsonify({"published": len(routed)}), 202
+
+
+@bp.post("/notifications")
+def post_notification():
+    body = json_body()
+    user_id = _user_id(body)
+    kind, title, message = _text(body, "type"), _text(body, "title"), _text(body, "message")
+    try:
+        row = runtime().store.create_notification(user_id, kind, title, message, body.get("metadata"))
+    except UnknownNotificationType:
+        raise BadRequest(f"type {kind!r} is not a NotificationType") from None
+    if row is None:
+        return json_error(404, "not_found", reason="unknown_user")
+    try:
+        publish(Route(users=(user_id,)), {"type": "notification", "userId": user_id, "notification": row})
+    except BrokerUnavailable:
+        # The row is written: it is the source of truth and arrives as unread later.
+        return json_error(503, "broker_unavailable", notification=row)
+    return jsonify(row), 201
+
+
+@bp.post("/notifications/read")
+def post_notification_read():
+    body = json_body()
+    user_id = _user_id(body)
+    notification_id = _user_id(body, "notificationId")
+    row = runtime().store.mark_notification_read(user_id, notification_id)
+    if row is None:
+        return json_error(404, "not_found")
+    publish(Route(users=(user_id,)), {"type": "notification_read", "userId": user_id,
+                                      "notificationId": notification_id})
+    return jsonify({"notification": row}), 200
+
+
+@bp.post("/notifications/clear")
+def post_notifications_clear():
+    body = json_body()
+    user_id = _user_id(body)
+    cleared = runtime().store.clear_notifications(user_id)
+    publish(Route(users=(user_id,)), {"type": "notifications_cleared", "userId": user_id})
+    return jsonify({"cleared": cleared}), 200

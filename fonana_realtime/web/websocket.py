@@ -1,0 +1,125 @@
+"""`GET /ws` (and `/`): every refusal happens before the upgrade, as plain HTTP.
+
+Why: the Fonana client resets its reconnect back-off on every successful open, so
+"open, then close" made it reconnect forever. A 401/403/429/503 before the upgrade
+does not count as an open.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, g, request
+from flask_sock import Sock
+
+from .. import metrics
+from ..auth import AuthError, verify_token
+from ..commands import iso_utc
+from ..connection import Connection
+from ..handshake_limits import client_ip
+from ..store import StoreUnavailable
+from . import json_error, runtime
+
+log = logging.getLogger("fonana_realtime.websocket")
+bp = Blueprint("websocket", __name__)
+sock = Sock()
+
+WELCOME = "Successfully connected to WebSocket server"
+
+
+class _NoReaderThread:
+    """simple_websocket starts a reader thread per connection; our Connection reads
+    in the request's own greenlet instead (one greenlet per client, not two)."""
+
+    name = "fonana-realtime-reader"
+
+    def __init__(self, target=None):
+        pass
+
+    def start(self):
+        pass
+
+
+class _NoEvent:
+    def set(self):
+        pass
+
+    def clear(self):
+        pass
+
+
+SERVER_OPTIONS = {"thread_class": _NoReaderThread, "event_class": _NoEvent}
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None
+
+
+@bp.before_request
+def refuse_before_upgrade():
+    rt = runtime()
+    settings = rt.settings
+    g.handshake_started = time.perf_counter()
+    if rt.draining:
+        return json_error(503, "draining", reason="server is shutting down")
+    origin = request.headers.get("Origin")
+    if origin is not None and not settings.all_origins_allowed and origin not in settings.allowed_origins:
+        metrics.AUTH_FAILURES.labels("origin").inc()
+        return json_error(403, "forbidden", reason="origin_not_allowed")
+    ip = client_ip(request.environ, settings.trusted_proxies)
+    if not rt.handshakes.allow(ip):
+        metrics.AUTH_FAILURES.labels("handshake_rate").inc()
+        return json_error(429, "too_many_requests", reason="handshake_rate")
+    try:
+        identity = verify_token(request.args.get("token") or _bearer(), settings.jwt_secrets,
+                                settings.jwt_leeway_seconds)
+        if not rt.user_exists(identity.user_id):
+            raise AuthError("unknown_user")
+    except AuthError as exc:
+        metrics.AUTH_FAILURES.labels(exc.reason).inc()
+        log.info("handshake refused", extra={"event": "auth_failed", "reason": exc.reason, "ip": ip})
+        return json_error(401, "unauthorized", reason=exc.reason)
+    except StoreUnavailable:
+        metrics.AUTH_FAILURES.labels("unavailable").inc()
+        return json_error(503, "unavailable", reason="database_unavailable")
+    if rt.hub.user_connection_count(identity.user_id) >= settings.max_connections_per_user:
+        metrics.AUTH_FAILURES.labels("too_many_connections").inc()
+        return json_error(429, "too_many_requests", reason="too_many_connections")
+    g.identity = identity
+    g.client_ip = ip
+    return None
+
+
+def serve(ws):
+    """Runs for the whole life of one client, in its own greenlet."""
+    rt = runtime()
+    rt.start()
+    identity = g.identity
+    conn = Connection(ws.sock, ws.ws, identity.user_id, identity.expires_at, g.client_ip, rt.settings)
+    rt.hub.add(conn)
+    metrics.CONNECTIONS.inc()
+    metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - g.handshake_started)
+    log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
+                                 "ip": conn.ip})
+    try:
+        conn.send_json({"type": "connected", "data": {
+            "userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
+            "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval}})
+        conn.read_loop(rt.commands.handle)
+    finally:
+        for key in conn.channels:
+            metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]).dec()
+        rt.hub.remove(conn)
+        metrics.CONNECTIONS.dec()
+        conn.abort()
+        # flask-sock would now write its own close frame: we own this socket's writes.
+        ws.connected = False
+        log.info("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
+                                        "conn_id": conn.id})
+
+
+sock.route("/ws", bp=bp, endpoint="ws")(serve)
+sock.route("/", bp=bp, endpoint="ws_root")(serve)

@@ -1,0 +1,56 @@
+"""gunicorn settings: gevent workers, bind, worker count, logs, metrics directory.
+
+Launch: gunicorn -c gunicorn.conf.py wsgi:app
+"""
+import multiprocessing
+import os
+import sys
+import tempfile
+
+from fonana_realtime.logs import logging_config
+from fonana_realtime.settings import SettingsError, load_settings
+
+try:
+    _settings = load_settings()
+except SettingsError as exc:
+    print(f"fonana-realtime: refusing to start: {exc}", file=sys.stderr)
+    sys.exit(1)
+
+bind = [f"{_settings.host}:{_settings.port}"]
+worker_class = "gevent"
+worker_connections = _settings.worker_connections
+backlog = 2048
+# Long-lived WebSocket requests are fine: gevent workers heartbeat independently.
+timeout = 30
+graceful_timeout = int(_settings.drain_seconds) + 10
+keepalive = 5
+# Several instances may run on one host (tests, blue/green): no shared control socket.
+control_socket_disable = True
+
+if _settings.redis_url:
+    workers = _settings.workers or multiprocessing.cpu_count()
+    _why_workers = f"{workers} gevent worker(s), fan-out through Redis"
+else:
+    workers = 1
+    _why_workers = "1 gevent worker: without REDIS_URL events are delivered in-process only"
+    if _settings.workers and _settings.workers != 1:
+        _why_workers += f" (WS_WORKERS={_settings.workers} ignored)"
+
+# Logs: JSON lines to stdout and LOG_DIR; the access log shows the path only (%(U)s),
+# never the query string, which carries the browser's token.
+logconfig_dict = logging_config(_settings.log_dir or None)
+accesslog = "-"
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
+
+# prometheus-client multiprocess mode: a fresh directory shared by this master's workers.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fonana-rt-metrics-")
+
+
+def when_ready(server):
+    server.log.info("fonana-realtime listening on %s: %s", ", ".join(bind), _why_workers)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
