@@ -7,6 +7,7 @@ does not count as an open.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from flask import Blueprint, g, request
@@ -107,7 +108,8 @@ def serve(ws):
     try:
         conn.send_json({"type": "connected", "data": {
             "userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
-            "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval}})
+            "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
+            "worker": os.getpid()}})
         conn.read_loop(rt.commands.handle)
     finally:
         for key in conn.channels:
