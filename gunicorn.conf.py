@@ -17,12 +17,13 @@ except SettingsError as exc:
     sys.exit(1)
 
 bind = [f"{_settings.host}:{_settings.port}"]
-worker_class = "gevent"
+worker_class = "fonana_realtime.gunicorn_worker.DrainingGeventWorker"
 worker_connections = _settings.worker_connections
 backlog = 2048
 # Long-lived WebSocket requests are fine: gevent workers heartbeat independently.
 timeout = 30
-graceful_timeout = int(_settings.drain_seconds) + 10
+# The drain (WS_DRAIN_SECONDS + drain.LINGER) must end inside the graceful timeout.
+graceful_timeout = int(_settings.drain_seconds) + 15
 keepalive = 5
 # Several instances may run on one host (tests, blue/green): no shared control socket.
 control_socket_disable = True
