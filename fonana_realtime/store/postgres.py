@@ -159,14 +159,17 @@ class PostgresStore(Store):
             params = psycopg2.extensions.parse_dsn(database_url)
         except psycopg2.Error:
             raise ValueError("DATABASE_URL is not a valid PostgreSQL connection string") from None
-        params.setdefault("connect_timeout", str(max(2, round(connect_timeout))))  # libpq's minimum is 2
+        if "connect_timeout" in params:  # the URL's own value wins
+            try:
+                connect_timeout = float(params["connect_timeout"]) or connect_timeout
+            except ValueError:
+                raise ValueError("DATABASE_URL has a non-numeric connect_timeout") from None
+        else:
+            params["connect_timeout"] = str(max(2, round(connect_timeout)))  # whole seconds, libpq minimum 2
         for key, value in _DSN_DEFAULTS.items():
             params.setdefault(key, value)
         self._dsn = psycopg2.extensions.make_dsn(**params)  # holds the password: never log it
-        try:
-            self._connect_timeout = float(params["connect_timeout"]) or connect_timeout
-        except ValueError:
-            raise ValueError("DATABASE_URL has a non-numeric connect_timeout") from None
+        self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
 
         # Under gunicorn's gevent workers a plain psycopg2 call blocks the whole

@@ -53,7 +53,7 @@ def new_id() -> str:
         + _base36(int(time.time() * 1000), 8)
         + _base36(next(_counter), 4)
         + _base36(os.getpid(), 2)
-        + "".join(secrets.choice(_BASE36) for _ in range(10))
+        + _base36(secrets.randbelow(36**10), 10)
     )
 
 
