@@ -145,6 +145,8 @@ def post_notification():
         row = runtime().store.create_notification(user_id, kind, title, message, body.get("metadata"))
     except UnknownNotificationType:
         raise BadRequest(f"type {kind!r} is not a NotificationType") from None
+    except ValueError as exc:      # text or metadata the database cannot store (NUL, bad JSON)
+        raise BadRequest(str(exc)) from None
     if row is None:
         return json_error(404, "not_found", reason="unknown_user")
     try:
