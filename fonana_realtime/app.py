@@ -29,7 +29,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = websocket.SERVER_OPTIONS
     app.json.sort_keys = False
-    app.extensions["fonana_realtime"] = Runtime(settings)
+    rt = app.extensions["fonana_realtime"] = Runtime(settings)
+
+    @app.before_request
+    def _start_worker():
+        # The worker's background greenlets (broker listener, heartbeat) start with its
+        # first request of any kind, inside the gevent worker, so /ready and publishes
+        # work before any client connects. Runtime.start() runs once.
+        rt.start()
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)

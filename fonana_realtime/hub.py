@@ -22,6 +22,8 @@ class Hub:
         self.by_topic: dict[str, set] = {}     # "channel:post_P" / "user:U" -> connections
         self.on_first = lambda topic: None      # set by the broker: start listening
         self.on_last = lambda topic: None       # stop listening
+        self.on_join = lambda topic: None       # a later subscriber (the broker may make it
+                                                # wait until the first one's listen is confirmed)
 
     # ---- membership ------------------------------------------------------------
 
@@ -33,6 +35,7 @@ class Hub:
             self.on_first(topic)
         else:
             members.add(conn)
+            self.on_join(topic)
 
     def _leave(self, topic: str, conn):
         members = self.by_topic.get(topic)

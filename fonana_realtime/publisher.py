@@ -1,0 +1,231 @@
+"""Send events to fonana-realtime from other Python services (plain Python, no gevent).
+
+    from fonana_realtime.publisher import RedisPublisher, HttpPublisher
+
+    pub = RedisPublisher("redis://127.0.0.1:6379/0")     # default: REDIS_URL, REDIS_PREFIX
+    pub.post_liked("post-1", user_id="user-2", likes_count=5)
+    pub.publish({"type": "my_event", "x": 1}, user_id="user-2")
+
+    api = HttpPublisher("http://127.0.0.1:3002", api_key="...")   # default: WS_API_SECRET
+    row = api.create_notification("user-2", "LIKE_POST", "New like", "Someone liked your post")
+
+Every event is checked against the catalogue (`events.route_event`) before anything is
+sent, so a mistake raises `InvalidEvent` here rather than being dropped by the server.
+The wire format (docs/PUBLISHING.md): `PUBLISH <prefix>channel:<key>` or
+`<prefix>user:<id>` with `{"event": E}`; an event addressed to several topics is one
+envelope with an `id` and the full topic list, so each connection gets it once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+
+from .channels import InvalidChannel, parse_channel_any, valid_id
+from .events import InvalidEvent, Route, route_event
+from .hub import channel_topic, user_topic
+from .wsframes import dumps
+
+DEFAULT_PREFIX = "fonana:rt:"
+DEFAULT_TIMEOUT = 2.0
+
+
+def topics_of(route: Route) -> list[str]:
+    return [channel_topic(k) for k in route.channels] + [user_topic(u) for u in route.users]
+
+
+def envelope(topics: list[str], payload: bytes, now: float | None = None) -> bytes:
+    """The bytes PUBLISHed for one serialised event (`payload`, a JSON object).
+
+    One topic: `{"event":E,"ts":T}`. Several: `{"event":E,"id":I,"topics":[...],"ts":T}`,
+    the same bytes to each topic; a worker delivers the first copy to all listed topics
+    and drops the others by id. `ts` (publish time, Unix seconds) feeds the
+    publish-to-delivery histogram. Built by concatenation: the event is not parsed again.
+    """
+    ts = time.time() if now is None else now
+    if len(topics) == 1:
+        meta = {"ts": ts}
+    else:
+        meta = {"id": uuid.uuid4().hex, "topics": list(topics), "ts": ts}
+    return b'{"event":' + payload + b"," + dumps(meta)[1:]
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _address(channel, user_id) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    channels: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    if channel is not None:
+        try:
+            channels = (parse_channel_any(channel).key,)
+        except InvalidChannel as exc:
+            raise InvalidEvent(f"channel: {exc}") from None
+    if user_id is not None:
+        if not valid_id(user_id):
+            raise InvalidEvent("user_id must be an id matching [A-Za-z0-9_-]{1,128}")
+        users = (user_id,)
+    return channels, users
+
+
+class PublishError(Exception):
+    """The event was valid but could not be handed over (Redis down, HTTP error)."""
+
+    def __init__(self, message: str, status: int | None = None, body=None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class _Helpers:
+    """The old sendNotification-style helpers; each builds one event and publishes it."""
+
+    def publish(self, event: dict, channel=None, user_id: str | None = None):
+        """Publish one event. Without `channel`/`user_id` it goes where its type is
+        routed (PROTOCOL.md section 3); with both, to the union (once per connection).
+        `channel` is a channel object (`{"type":"post","postId":"p1"}`) or a key (`"post_p1"`)."""
+        channels, users = _address(channel, user_id)
+        route = route_event(event, channels, users)     # raises InvalidEvent
+        return self._send(event, route, channel, user_id)
+
+    def _send(self, event, route, channel, user_id):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def notification(self, user_id: str, notification: dict):
+        """Push a notification ROW (already written to `notifications`) to every tab of the user."""
+        return self.publish({"type": "notification", "userId": user_id, "notification": notification})
+
+    def notification_read(self, user_id: str, notification_id: str):
+        return self.publish({"type": "notification_read", "userId": user_id,
+                             "notificationId": notification_id})
+
+    def notifications_cleared(self, user_id: str):
+        return self.publish({"type": "notifications_cleared", "userId": user_id})
+
+    def post_liked(self, post_id: str, user_id: str, likes_count: int):
+        return self.publish({"type": "post_liked", "postId": post_id, "userId": user_id,
+                             "likesCount": likes_count})
+
+    def post_unliked(self, post_id: str, user_id: str, likes_count: int):
+        return self.publish({"type": "post_unliked", "postId": post_id, "userId": user_id,
+                             "likesCount": likes_count})
+
+    def post_created(self, post: dict, user_id: str, timestamp: str | None = None):
+        """`user_id` is the author; goes to `feed_<user_id>`."""
+        return self.publish({"type": "post_created", "post": post, "userId": user_id,
+                             "timestamp": timestamp or _iso_now()})
+
+    def new_post_from_subscription(self, subscriber_id: str, post: dict):
+        return self.publish({"type": "new_post_from_subscription", "post": post}, user_id=subscriber_id)
+
+    def post_deleted(self, post_id: str):
+        return self.publish({"type": "post_deleted", "postId": post_id})
+
+    def comment_added(self, post_id: str, comment: dict):
+        return self.publish({"type": "comment_added", "postId": post_id, "comment": comment})
+
+    def comment_deleted(self, post_id: str, comment_id: str):
+        return self.publish({"type": "comment_deleted", "postId": post_id, "commentId": comment_id})
+
+    def creator_updated(self, creator_id: str, data: dict):
+        return self.publish({"type": "creator_updated", "creatorId": creator_id, "data": data})
+
+    def new_subscription(self, creator_id: str, user_id: str):
+        return self.publish({"type": "new_subscription", "creatorId": creator_id, "userId": user_id})
+
+    def feed_update(self, user_id: str, posts: list):
+        return self.publish({"type": "feed_update", "userId": user_id, "posts": posts})
+
+
+class RedisPublisher(_Helpers):
+    """Publishes straight to Redis, exactly as the server's own API does.
+
+    `publish` returns how many server workers received the message (Redis's PUBLISH
+    count, summed over the route's topics); 0 means nobody is listening for it now.
+    Raises PublishError when Redis cannot be reached within `timeout` seconds.
+    """
+
+    def __init__(self, url: str | None = None, prefix: str | None = None, *, client=None,
+                 timeout: float = DEFAULT_TIMEOUT):
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.prefix = prefix if prefix is not None else os.environ.get("REDIS_PREFIX", DEFAULT_PREFIX)
+        if client is None:
+            url = url or os.environ.get("REDIS_URL")
+            if not url:
+                raise ValueError("RedisPublisher needs a Redis URL (argument or REDIS_URL)")
+            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                          retry=Retry(NoBackoff(), 0), protocol=2)
+        self.client = client
+        self._errors = redis.RedisError
+
+    def _send(self, event, route, channel, user_id) -> int:
+        topics = topics_of(route)
+        body = envelope(topics, dumps(event))
+        try:
+            if len(topics) == 1:
+                return int(self.client.publish(self.prefix + topics[0], body))
+            with self.client.pipeline(transaction=True) as pipe:
+                for topic in topics:
+                    pipe.publish(self.prefix + topic, body)
+                return int(sum(pipe.execute()))
+        except self._errors as exc:
+            raise PublishError(f"redis: {type(exc).__name__}") from None
+
+    def close(self):
+        self.client.close()
+
+
+class HttpPublisher(_Helpers):
+    """Publishes through the server's HTTP API (`POST /api/events`), for services
+    without Redis. Returns the decoded JSON answer; raises PublishError on any
+    non-2xx answer (e.g. 503 `broker_unavailable`) or when the server cannot be reached."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:3002", api_key: str | None = None, *,
+                 timeout: float = 5.0):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("WS_API_SECRET", "")
+        self.timeout = timeout
+
+    def _post(self, path: str, body: dict):
+        request = urllib.request.Request(
+            self.base_url + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = raw.decode(errors="replace")[:500]
+            raise PublishError(f"HTTP {exc.code} from {path}", exc.code, answer) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise PublishError(f"{path}: {type(exc).__name__}") from None
+
+    def _send(self, event, route, channel, user_id):
+        body: dict = {"event": event}
+        if channel is not None:
+            body["channel"] = channel
+        if user_id is not None:
+            body["userId"] = user_id
+        return self._post("/api/events", body)
+
+    def create_notification(self, user_id: str, type: str, title: str, message: str,
+                            metadata=None) -> dict:
+        """The old sendNotification: writes the row, then pushes `notification`. Returns the ROW."""
+        body = {"userId": user_id, "type": type, "title": title, "message": message}
+        if metadata is not None:
+            body["metadata"] = metadata
+        return self._post("/api/notifications", body)
+
+
+__all__ = ["HttpPublisher", "InvalidEvent", "PublishError", "RedisPublisher", "envelope"]
