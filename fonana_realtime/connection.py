@@ -11,7 +11,6 @@ torn frame.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import socket
 import time
@@ -20,14 +19,16 @@ from collections import deque
 import gevent
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from . import close_codes, error_codes
-from .wsframes import close_frame, json_frame, pong_frame
+from . import close_codes, error_codes, metrics
+from .wsframes import close_frame, json_frame, loads, pong_frame
 
 log = logging.getLogger("fonana_realtime.connection")
 _ids = itertools.count(1)
 
 # How long a closing connection may take to answer our close frame before we cut it.
 CLOSE_GRACE_SECONDS = 5.0
+# A refusal this long after the previous one starts a new excess run (rate limit).
+ABUSE_QUIET_SECONDS = 1.0
 
 
 class Connection:
@@ -35,13 +36,13 @@ class Connection:
 
     __slots__ = ("id", "sock", "proto", "user_id", "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "closing", "closed", "close_deadline",
-                 "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since",
+                 "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
                  "limits", "_in_parts", "_in_size", "_in_binary")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits):
         self.id = next(_ids)
         self.sock = sock                  # gevent socket, after the 101 response
-        self.proto = proto                # wsproto connection: parses what the client sends
+        self.proto = proto                # wsproto frame protocol: parses what the client sends
         self.user_id = user_id
         self.expires_at = expires_at
         self.ip = ip
@@ -58,6 +59,7 @@ class Connection:
         self.tokens = float(limits.rate_burst)
         self.token_time = now
         self.over_limit_since = 0.0
+        self.last_refused = 0.0
         self._in_parts: list = []
         self._in_size = 0
         self._in_binary = False
@@ -113,7 +115,6 @@ class Connection:
         """The client does not read: drop what it has not taken and close with 4009."""
         log.info("slow client closed", extra={"event": "slow_client", "user_id": self.user_id,
                                                "conn_id": self.id})
-        from . import metrics
         metrics.SLOW_CLIENT_CLOSES.inc()
         self.backlog = None
         self.closing = True
@@ -148,24 +149,31 @@ class Connection:
     # ---- replies ------------------------------------------------------------
 
     def send_json(self, obj) -> bool:
-        return self.send(json_frame(obj))
+        if self.send(json_frame(obj)):
+            metrics.FRAMES_OUT.inc()
+            return True
+        return False
 
     def send_error(self, code: str, channel=None) -> bool:
-        return self.send(json_frame(error_codes.error_payload(code, channel)))
+        return self.send_json(error_codes.error_payload(code, channel))
 
     # ---- rate limit (token bucket) -------------------------------------------
 
     def take_token(self, now: float) -> bool:
-        """One command's worth of the bucket. Sustained excess → close 4008."""
+        """One command's worth of the bucket. Sustained excess → close 4008.
+
+        A flood is one run of refusals without a quiet gap of ABUSE_QUIET_SECONDS: the
+        odd command the refilling bucket lets through mid-flood does not end it (else a
+        flood faster than the rate would never count as sustained)."""
         rate = self.limits.rate_per_sec
         self.tokens = min(float(self.limits.rate_burst), self.tokens + (now - self.token_time) * rate)
         self.token_time = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
-            self.over_limit_since = 0.0
             return True
-        if not self.over_limit_since:
+        if not self.over_limit_since or now - self.last_refused >= ABUSE_QUIET_SECONDS:
             self.over_limit_since = now
+        self.last_refused = now
         return False
 
     def abusing(self, now: float) -> bool:
@@ -234,7 +242,7 @@ class Connection:
 def parse_command(text: str):
     """A client frame → (type, object), or (None, error code)."""
     try:
-        obj = json.loads(text)
+        obj = loads(text)
     except ValueError:
         return None, error_codes.INVALID_MESSAGE
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 
+import gevent
 from flask import Blueprint, g, request
 from flask_sock import Sock
 
@@ -86,6 +87,8 @@ def refuse_before_upgrade():
     except StoreUnavailable:
         metrics.AUTH_FAILURES.labels("unavailable").inc()
         return json_error(503, "unavailable", reason="database_unavailable")
+    if len(rt.hub.connections) >= settings.worker_connections:
+        return json_error(503, "unavailable", reason="worker_full")
     if rt.hub.user_connection_count(identity.user_id) >= settings.max_connections_per_user:
         metrics.AUTH_FAILURES.labels("too_many_connections").inc()
         return json_error(429, "too_many_requests", reason="too_many_connections")
@@ -95,21 +98,35 @@ def refuse_before_upgrade():
 
 
 def serve(ws):
-    """Runs for the whole life of one client, in its own greenlet."""
+    """The handshake is done: take the socket over and let the request end.
+
+    The client's life runs in a fresh, shallow greenlet holding only the socket, the
+    post-handshake wsproto state and a Connection. Keeping the request greenlet
+    instead would keep its whole stack alive per idle client (gunicorn's parser,
+    environ, Flask and werkzeug request objects, the handshake state): tens of KB each.
+    """
     rt = runtime()
     rt.start()
     identity = g.identity
-    conn = Connection(ws.sock, ws.ws, identity.user_id, identity.expires_at, g.client_ip, rt.settings)
+    sock = ws.sock.dup()            # ours now; gunicorn closes its own copy when the request ends
+    proto = ws.ws.connection        # the frame protocol only; the handshake objects go away
+    ws.connected = False            # flask-sock must not write a close frame: we own the writes
+    conn = Connection(sock, proto, identity.user_id, identity.expires_at, g.client_ip, rt.settings)
     rt.hub.add(conn)
     metrics.CONNECTIONS.inc()
     metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - g.handshake_started)
     log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
                                  "ip": conn.ip})
+    conn.send_json({"type": "connected", "data": {
+        "userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
+        "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
+        "worker": os.getpid()}})
+    gevent.spawn_raw(_live, rt, conn)      # a bare greenlet: no Greenlet bookkeeping per client
+
+
+def _live(rt, conn):
+    """One client's greenlet: read until it goes, then unregister and close."""
     try:
-        conn.send_json({"type": "connected", "data": {
-            "userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
-            "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
-            "worker": os.getpid()}})
         conn.read_loop(rt.commands.handle)
     finally:
         for key in conn.channels:
@@ -117,8 +134,7 @@ def serve(ws):
         rt.hub.remove(conn)
         metrics.CONNECTIONS.dec()
         conn.abort()
-        # flask-sock would now write its own close frame: we own this socket's writes.
-        ws.connected = False
+        conn.sock.close()
         log.info("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
                                         "conn_id": conn.id})
 
