@@ -226,7 +226,8 @@ class Connection:
             parts.append(data)
             on_text(self, "".join(parts) if len(parts) > 1 else data)
         elif isinstance(event, Ping):
-            self._write(pong_frame(event.payload)) if not self.closed else None
+            if not self.closed:
+                self._write(pong_frame(event.payload))
         elif isinstance(event, Pong):
             self.awaiting_pong = False
         elif isinstance(event, CloseConnection):
