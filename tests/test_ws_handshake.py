@@ -1,0 +1,311 @@
+"""The WebSocket handshake: token sources, claims, every refusal, Origin, welcome frame.
+
+PROTOCOL.md 2.1 and the welcome row of 2.2. Refusals must happen before the upgrade:
+HTTP 401 + JSON `{"error":"unauthorized","reason":...}`, 403 for a foreign Origin.
+"""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+
+import pytest
+import requests
+
+from support.tokens import forged_token, make_token, valid_payload
+from support.ws import WELCOME_MESSAGE, open_ws, refused_handshake
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def user(seed):
+    return seed.user()
+
+
+def assert_unauthorized(refusal, reason):
+    assert refusal.status == 401, f"expected 401 {reason}, got HTTP {refusal.status} {refusal.body[:300]!r}"
+    assert "application/json" in refusal.headers.get("content-type", ""), refusal.headers
+    body = refusal.json()
+    assert body.get("error") == "unauthorized", body
+    if isinstance(reason, (set, frozenset)):
+        assert body.get("reason") in reason, body
+    else:
+        assert body.get("reason") == reason, body
+
+
+def assert_welcome(frame, user_id):
+    assert frame["type"] == "connected", frame
+    assert isinstance(frame.get("data"), dict), frame
+    assert frame["data"].get("userId") == user_id, frame
+    assert frame["data"].get("message") == WELCOME_MESSAGE, frame
+
+
+# -- accepted ------------------------------------------------------------------------------
+
+def test_token_in_query_connects_and_welcome_is_the_first_frame(server, user):
+    ws = server.connect(welcome=False, token=server.token(user))
+    frame = ws.recv_json()
+    assert_welcome(frame, user)
+    ws.ping()
+
+
+def test_token_in_query_is_percent_decoded(server, user):
+    token = server.token(user)
+    encoded = "".join(f"%{b:02X}" for b in token.encode())  # every character percent-encoded
+    with open_ws(f"{server.ws_url}?token={encoded}") as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_token_in_authorization_bearer_header(server, user):
+    with open_ws(server.ws_url, headers={"Authorization": f"Bearer {server.token(user)}"}) as ws:
+        assert_welcome(ws.welcome, user)
+        ws.ping()
+
+
+def test_root_path_upgrades_like_ws(server, user):
+    with open_ws(server.url(server.token(user), path="/")) as ws:
+        assert_welcome(ws.welcome, user)
+        ws.ping()
+
+
+def test_root_path_with_authorization_header(server, user):
+    url = f"ws://{server.host}:{server.port}/"
+    with open_ws(url, headers={"Authorization": f"Bearer {server.token(user)}"}) as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_root_path_refuses_without_token(server):
+    assert_unauthorized(refused_handshake(f"ws://{server.host}:{server.port}/"), "missing_token")
+
+
+def test_sub_claim_is_the_fallback_user_id(server, user):
+    token = make_token(server.jwt_secret, None, sub=user)
+    with open_ws(server.url(token)) as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_userId_claim_wins_over_sub(server, seed, user):
+    other = seed.user()
+    token = make_token(server.jwt_secret, user, sub=other)
+    with open_ws(server.url(token)) as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_query_token_is_used_before_the_header(server, seed, user):
+    token = server.token(user)
+    with open_ws(server.url(token), headers={"Authorization": "Bearer not-a-token"}) as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_extra_claims_are_ignored(server, user):
+    token = server.token(user, iss="https://fonana.me", aud="fonana", wallet="abc", nbf=int(time.time()) - 5)
+    with open_ws(server.url(token)) as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_several_connections_of_one_user_each_get_a_welcome(server, user):
+    a = server.connect(user)
+    b = server.connect(user)
+    a.ping()
+    b.ping()
+
+
+# -- refused: 401 before the upgrade ----------------------------------------------------------
+
+def test_missing_token(server):
+    assert_unauthorized(refused_handshake(server.ws_url), "missing_token")
+
+
+def test_missing_token_with_other_query_parameters(server):
+    assert_unauthorized(refused_handshake(server.ws_url + "?foo=bar"), "missing_token")
+
+
+def test_authorization_header_without_bearer_scheme_is_not_a_token(server, user):
+    r = refused_handshake(server.ws_url, headers={"Authorization": f"Basic {base64.b64encode(b'a:b').decode()}"})
+    assert_unauthorized(r, "missing_token")
+
+
+def _hs(secret: str, header: dict, payload: dict, digest) -> str:
+    def b64(d):
+        return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+    signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(payload).encode())
+    sig = hmac.new(secret.encode(), signing.encode(), digest).digest()
+    return signing + "." + b64(sig)
+
+
+INVALID_TOKENS = {
+    "garbage": lambda s, u: "not-a-jwt",
+    "three_garbage_segments": lambda s, u: "aaa.bbb.ccc",
+    "wrong_secret": lambda s, u: make_token("some-other-secret-" + "z" * 20, u),
+    "tampered_payload": lambda s, u: _tamper(make_token(s, u)),
+    "alg_none": lambda s, u: forged_token({"alg": "none", "typ": "JWT"}, valid_payload(u)),
+    "alg_None_mixed_case": lambda s, u: forged_token({"alg": "None", "typ": "JWT"}, valid_payload(u)),
+    "alg_HS512_right_secret": lambda s, u: _hs(s, {"alg": "HS512", "typ": "JWT"}, valid_payload(u), hashlib.sha512),
+    "alg_HS384_right_secret": lambda s, u: _hs(s, {"alg": "HS384", "typ": "JWT"}, valid_payload(u), hashlib.sha384),
+    "alg_RS256": lambda s, u: forged_token({"alg": "RS256", "typ": "JWT"}, valid_payload(u), os.urandom(256)),
+    "alg_ES256": lambda s, u: forged_token({"alg": "ES256", "typ": "JWT"}, valid_payload(u), os.urandom(64)),
+    "no_exp": lambda s, u: make_token(s, u, exp_in=None),
+    "exp_not_a_number": lambda s, u: _hs(s, {"alg": "HS256", "typ": "JWT"},
+                                         {"userId": u, "exp": "tomorrow"}, hashlib.sha256),
+    "signature_stripped": lambda s, u: make_token(s, u).rsplit(".", 1)[0] + ".",
+}
+
+
+def _tamper(token: str) -> str:
+    header, payload, sig = token.split(".")
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    data["userId"] = data["userId"] + "x"
+    new = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    return ".".join((header, new, sig))
+
+
+@pytest.mark.parametrize("kind", sorted(INVALID_TOKENS))
+def test_invalid_token_in_query(server, user, kind):
+    token = INVALID_TOKENS[kind](server.jwt_secret, user)
+    assert_unauthorized(refused_handshake(server.url(token)), "invalid_token")
+
+
+@pytest.mark.parametrize("kind", ["garbage", "wrong_secret", "alg_none", "no_exp"])
+def test_invalid_token_in_header(server, user, kind):
+    token = INVALID_TOKENS[kind](server.jwt_secret, user)
+    r = refused_handshake(server.ws_url, headers={"Authorization": f"Bearer {token}"})
+    assert_unauthorized(r, "invalid_token")
+
+
+def test_hs256_token_with_neither_userId_nor_sub(server):
+    token = make_token(server.jwt_secret, None)
+    assert_unauthorized(refused_handshake(server.url(token)), {"invalid_token", "unknown_user"})
+
+
+@pytest.mark.parametrize("age", [120, 86400])
+def test_expired_token(server, user, age):
+    token = server.token(user, exp_in=-age)
+    assert_unauthorized(refused_handshake(server.url(token)), "expired_token")
+
+
+def test_expired_token_in_header(server, user):
+    token = server.token(user, exp_in=-600)
+    r = refused_handshake(server.ws_url, headers={"Authorization": f"Bearer {token}"})
+    assert_unauthorized(r, "expired_token")
+
+
+def test_unknown_user(server):
+    token = server.token("no-such-user-" + os.urandom(6).hex())
+    assert_unauthorized(refused_handshake(server.url(token)), "unknown_user")
+
+
+def test_unknown_user_through_sub(server):
+    token = make_token(server.jwt_secret, None, sub="no-such-user-" + os.urandom(6).hex())
+    assert_unauthorized(refused_handshake(server.url(token)), "unknown_user")
+
+
+def test_deleted_user_cannot_connect(server, seed):
+    uid = seed.user()
+    seed.execute('DELETE FROM "users" WHERE "id" = %s', (uid,))
+    assert_unauthorized(refused_handshake(server.url(server.token(uid))), "unknown_user")
+
+
+def test_refusal_is_plain_http_before_upgrade(server, user):
+    """The same refusal seen by a raw HTTP client: a 401 JSON response, no 101, no Upgrade header."""
+    s = requests.Session()
+    s.trust_env = False
+    headers = {
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+    }
+    r = s.get(server.url(server.token(user, exp_in=-600)).replace("ws://", "http://"), headers=headers, timeout=10)
+    assert r.status_code == 401, (r.status_code, r.text[:300])
+    assert r.headers.get("Content-Type", "").startswith("application/json"), r.headers
+    body = r.json()
+    assert body.get("error") == "unauthorized" and body.get("reason") == "expired_token", body
+    assert "sec-websocket-accept" not in {k.lower() for k in r.headers}
+
+
+# -- JWT_SECRET and NEXTAUTH_SECRET both set (alt_server) ---------------------------------------
+
+def test_token_signed_with_jwt_secret_is_accepted_when_both_are_set(alt_server, user):
+    with open_ws(alt_server.url(make_token(alt_server.jwt_secret, user))) as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_token_signed_with_nextauth_secret_is_accepted_when_both_are_set(alt_server, user):
+    with open_ws(alt_server.url(make_token(alt_server.nextauth_secret, user))) as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_token_signed_with_a_third_secret_is_refused_when_both_are_set(alt_server, user):
+    token = make_token("third-secret-" + "q" * 24, user)
+    assert_unauthorized(refused_handshake(alt_server.url(token)), "invalid_token")
+
+
+def test_startup_warns_when_the_two_secrets_differ(alt_server):
+    lines = [l for l in alt_server.output().splitlines() if "warn" in l.lower() and "secret" in l.lower()]
+    assert lines, "no start-up warning mentioning the differing secrets:\n" + alt_server.output_tail()
+
+
+# -- Origin -------------------------------------------------------------------------------------
+
+def test_foreign_origin_is_refused_with_403(alt_server, user):
+    r = refused_handshake(alt_server.url(make_token(alt_server.jwt_secret, user)), origin="https://evil.example")
+    assert r.status == 403, (r.status, r.body[:300])
+
+
+def test_origin_matching_only_by_prefix_is_refused(alt_server, user):
+    r = refused_handshake(alt_server.url(make_token(alt_server.jwt_secret, user)),
+                          origin="https://fonana.me.evil.example")
+    assert r.status == 403, (r.status, r.body[:300])
+
+
+@pytest.mark.parametrize("origin", ["https://fonana.me", "https://app.fonana.me"])
+def test_allowed_origin_connects(alt_server, user, origin):
+    with open_ws(alt_server.url(make_token(alt_server.jwt_secret, user)), origin=origin) as ws:
+        assert_welcome(ws.welcome, user)
+        ws.ping()
+
+
+def test_no_origin_header_is_not_a_browser_and_connects(alt_server, user):
+    with open_ws(alt_server.url(make_token(alt_server.jwt_secret, user))) as ws:
+        assert_welcome(ws.welcome, user)
+
+
+def test_any_origin_connects_when_allowed_origins_is_unset(server, user):
+    with open_ws(server.url(server.token(user)), origin="https://anything.example") as ws:
+        assert_welcome(ws.welcome, user)
+
+
+# -- no log line contains a token, a secret or the /ws query string (section 1) ------------------
+
+def test_logs_never_contain_tokens_secrets_or_the_ws_query(server_factory, pg_url, seed):
+    uid = seed.user()
+    srv = server_factory.start("log-probe", database_url=pg_url, nextauth_secret="nextauth-log-" + "n" * 20)
+    tokens = [
+        srv.token(uid),                                   # accepted
+        srv.token(uid, exp_in=-600),                      # expired
+        make_token("wrong-secret-" + "w" * 20, uid),      # bad signature
+        srv.token("no-such-user-" + os.urandom(4).hex()),  # unknown user
+        make_token(srv.nextauth_secret, uid),             # accepted under NEXTAUTH_SECRET
+    ]
+    with open_ws(srv.url(tokens[0])) as ws:
+        ws.ping()
+    with open_ws(srv.url(tokens[4])) as ws:
+        ws.ping()
+    for t in tokens[1:4]:
+        refused_handshake(srv.url(t))
+    refused_handshake(srv.ws_url, headers={"Authorization": f"Bearer {tokens[2]}"})
+    srv.api("/api/events", {"event": {"type": "feed_update", "userId": uid, "posts": []}})
+    srv.api("/api/events", {"event": {"type": "feed_update", "userId": uid, "posts": []}}, key="wrong-key")
+    rc = srv.stop()
+    text = srv.output()
+    assert text.strip(), "the server wrote no logs at all"
+    for i, t in enumerate(tokens):
+        assert t not in text, f"token #{i} appears in the logs"
+        assert t.rsplit(".", 1)[1] not in text, f"the signature of token #{i} appears in the logs"
+    for name, secret in (("JWT_SECRET", srv.jwt_secret), ("NEXTAUTH_SECRET", srv.nextauth_secret),
+                         ("WS_API_SECRET", srv.api_key)):
+        assert secret not in text, f"{name} appears in the logs"
+    assert "token=" not in text, "the /ws query string appears in the logs"
+    log_files = sorted(p.name for p in srv.log_dir.iterdir())
+    for name in ("ws-out.log", "ws-error.log", "ws-combined.log"):
+        assert name in log_files, f"{name} missing from LOG_DIR: {log_files}"
