@@ -57,6 +57,7 @@ LISTENER_TIMEOUT = 5.0      # subscriber connection: connect and mid-message rea
 PING_EVERY = 10.0           # an idle subscriber connection sends PING after this long ...
 PONG_WAIT = 5.0             # ... and is dropped when no reply arrives within this
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 2.0
+STABLE_LINK = 5.0           # a link that lived this long resets the back-off (no tight flapping)
 PUBLISH_POOL = 32           # publishing connections per worker (callers wait <= CLIENT_TIMEOUT)
 CHANNELS_PER_COMMAND = 500  # resubscribing thousands of topics: a few big commands
 YIELD_EVERY = 64            # a burst of messages: let client greenlets run between batches
@@ -240,9 +241,10 @@ class RedisBroker(Broker):
         attempt = 0
         logged_at = -math.inf
         while not self._stopping:
+            connected_at = None
             try:
                 self._connect()
-                attempt = 0
+                connected_at = time.monotonic()
                 self._serve()
             except gevent.GreenletExit:
                 raise
@@ -259,6 +261,8 @@ class RedisBroker(Broker):
             self._lost()
             if self._stopping:
                 break
+            if connected_at is not None and time.monotonic() - connected_at > STABLE_LINK:
+                attempt = 0                 # a link that lived: start the back-off over
             gevent.sleep(backoff_delay(attempt))
             attempt += 1
 
@@ -380,7 +384,6 @@ class RedisBroker(Broker):
 
     def _on_reply(self, reply):
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-            metrics.BROKER_RECEIVED.inc()
             try:
                 self._on_message(reply[1], reply[2])
             except Exception:           # a bug on one message must not stop the others
@@ -408,6 +411,7 @@ class RedisBroker(Broker):
             if event is not None:
                 event.set()
             return
+        metrics.BROKER_RECEIVED.inc()
         topic = channel[len(self._bprefix):].decode("utf-8", "replace")
         try:
             env = json.loads(data)
