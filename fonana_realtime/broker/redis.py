@@ -75,6 +75,8 @@ def redacted(url: str) -> str:
         if parts.password is None:
             return url
         netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"                  # IPv6
         if parts.username:
             netloc = f"{parts.username}:***@{netloc}"
         else:
