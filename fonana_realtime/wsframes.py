@@ -31,6 +31,35 @@ def dumps(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+# Deepest nesting accepted from a client or publisher. Far beyond any real command or
+# event, far below the interpreter's recursion limit: whatever we accept we can also
+# serialise again (an echoed channel, a published event) without a RecursionError.
+MAX_JSON_DEPTH = 64
+
+
+def loads(text):
+    """JSON from a client frame or an API body. ValueError for anything that is not
+    JSON, including more than MAX_JSON_DEPTH nested arrays/objects (json.loads itself raises
+    RecursionError a little under 1000 levels, which is not a ValueError)."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    stack = [(obj, 1)]            # (value, how many arrays/objects it sits in, itself included)
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError("JSON nested too deeply")
+        stack.extend((child, depth + 1) for child in children)
+    return obj
+
+
 def json_frame(obj) -> bytes:
     return _frame(OP_TEXT, dumps(obj))
 

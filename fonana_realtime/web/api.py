@@ -6,7 +6,6 @@ every refusal is a 4xx with a JSON reason.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 
 from flask import Blueprint, jsonify, request
@@ -16,11 +15,15 @@ from ..broker import BrokerUnavailable
 from ..channels import InvalidChannel, parse_channel_any, valid_id
 from ..events import InvalidEvent, Route, route_event
 from ..store import StoreUnavailable, UnknownNotificationType
-from ..wsframes import dumps
+from ..wsframes import dumps, loads
 from . import json_error, runtime
 
 log = logging.getLogger("fonana_realtime.api")
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+class PayloadTooLarge(Exception):
+    """A body without Content-Length (chunked) that runs past API_MAX_BODY_BYTES."""
 
 
 class BadRequest(Exception):
@@ -32,6 +35,11 @@ class BadRequest(Exception):
 @bp.errorhandler(BadRequest)
 def _bad_request(exc: BadRequest):
     return json_error(400, "bad_request", **exc.fields)
+
+
+@bp.errorhandler(PayloadTooLarge)
+def _too_large(exc):
+    return json_error(413, "payload_too_large", limit=runtime().settings.api_max_body_bytes)
 
 
 @bp.errorhandler(StoreUnavailable)
@@ -67,10 +75,15 @@ def _check_key_and_size():
 
 
 def json_body() -> dict:
-    raw = request.get_data(cache=False)      # bounded by MAX_CONTENT_LENGTH (413 past it)
+    raw = request.get_data(cache=False)      # at most MAX_CONTENT_LENGTH bytes
+    if request.content_length is None and len(raw) >= runtime().settings.api_max_body_bytes \
+            and request.environ["wsgi.input"].read(1):
+        # Chunked: werkzeug stops reading at the limit without saying so; a byte
+        # beyond it means the body was cut, not that it ended there.
+        raise PayloadTooLarge()
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = loads(raw)
+    except ValueError:                       # includes bad UTF-8 and absurd nesting
         raise BadRequest("body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
