@@ -55,6 +55,7 @@ class Broker:
         delivered = self.hub.deliver(topics, frame)
         if delivered:
             metrics.EVENTS_DELIVERED.inc(delivered)
+            metrics.FRAMES_OUT.inc(delivered)
         if published_at is not None:
             metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - published_at))
         return delivered
