@@ -49,6 +49,14 @@ def _float(env, name, default):
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _leeway(env) -> int:
+    """WS_JWT_LEEWAY_SECONDS: clock skew allowed on `exp`; PROTOCOL.md 2.1 caps it at 30 s."""
+    value = _int(env, "WS_JWT_LEEWAY_SECONDS", 10)
+    if not 0 <= value <= 30:
+        raise SettingsError(f"WS_JWT_LEEWAY_SECONDS must be between 0 and 30, got {value}")
+    return value
+
+
 def _list(env, name):
     return [p.strip() for p in env.get(name, "").split(",") if p.strip()]
 
@@ -188,5 +196,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         metrics_public=env.get("METRICS_PUBLIC", "0").strip() in ("1", "true", "yes"),
         db_pool_size=_int(env, "DB_POOL_SIZE", 10),
         user_cache_seconds=_float(env, "WS_USER_CACHE_SECONDS", 5.0),
+        jwt_leeway_seconds=_leeway(env),
         warnings=tuple(warnings),
     )
