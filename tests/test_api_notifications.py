@@ -140,7 +140,7 @@ def test_missing_field_is_400(server, seed, missing):
     assert seed.notifications_of(uid) == []
 
 
-@pytest.mark.parametrize("field,value", [("title", 5), ("message", None), ("userId", 7), ("metadata", "text")])
+@pytest.mark.parametrize("field,value", [("title", 5), ("message", None), ("userId", 7), ("type", ["LIKE_POST"])])
 def test_wrongly_typed_field_is_400(server, seed, field, value):
     uid = seed.user()
     body = {"userId": uid, "type": "LIKE_POST", "title": "t", "message": "m", field: value}

@@ -179,3 +179,36 @@ def test_postgres_without_any_secret_refuses_to_start(server_factory, pg_url):
     reasons = [l for l in out.splitlines() if "JWT_SECRET" in l or "NEXTAUTH_SECRET" in l]
     assert reasons, f"no line names JWT_SECRET/NEXTAUTH_SECRET:\n{out[-2000:]}"
     assert "Traceback" not in out, f"a traceback instead of a one-line reason:\n{out[-3000:]}"
+
+
+# -- .env files (PROTOCOL.md section 1) --------------------------------------------------------
+
+def test_dotenv_files_in_the_working_directory_and_its_parent(server_factory, tmp_path):
+    """Priority, lowest first: ../.env, ./.env, the real environment."""
+    parent = tmp_path / "deploy"
+    workdir = parent / "app"
+    workdir.mkdir(parents=True)
+    (parent / ".env").write_text(
+        "JWT_SECRET=parent-secret-0123456789abcdef0123\n"
+        "WS_API_SECRET=parent-api-key-0123456789abcdef\n"
+        "ALLOWED_ORIGINS=https://parent.example\n"
+    )
+    (workdir / ".env").write_text("JWT_SECRET=app-secret-0123456789abcdef0123456\n")
+    srv = server_factory.create("dotenv", database_url=None, jwt_secret=None, api_key=None, cwd=workdir,
+                                env={"ALLOWED_ORIGINS": "https://real.example"})
+    srv.start()
+    srv.jwt_secret = "app-secret-0123456789abcdef0123456"
+
+    with open_ws(srv.url(srv.token("demo-fan"))) as ws:                  # ./.env over ../.env
+        assert ws.welcome["data"]["userId"] == "demo-fan"
+    r = refused_handshake(srv.url(make_token("parent-secret-0123456789abcdef0123", "demo-fan")))
+    assert r.status == 401 and r.json().get("reason") == "invalid_token", (r.status, r.body)
+
+    r = srv.api("/api/events", {"event": {"type": "feed_update", "userId": "demo-fan", "posts": []}},
+                key="parent-api-key-0123456789abcdef")                 # from ../.env
+    assert r.status_code == 202, (r.status_code, r.text[:300])
+
+    with open_ws(srv.url(srv.token("demo-fan")), origin="https://real.example") as ws:  # real env wins
+        ws.ping()
+    r = refused_handshake(srv.url(srv.token("demo-fan")), origin="https://parent.example")
+    assert r.status == 403, (r.status, r.body)

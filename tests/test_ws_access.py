@@ -10,7 +10,6 @@ import datetime as dt
 import pytest
 
 from support.db import utcnow
-from support.server import ServerFactory
 
 pytestmark = pytest.mark.postgres
 
@@ -132,30 +131,3 @@ def test_allowed_subscriber_receives_post_events_and_denied_one_does_not(server,
     buyer.expect_event(event)
     other.barrier()
     buyer.barrier()
-
-
-# -- UTC, whatever the host and session time zones say ---------------------------------------
-
-@pytest.fixture(scope="module")
-def tz_server(tmp_path_factory, pg_url):
-    """The server process runs at UTC+14 and its PostgreSQL sessions at UTC-11: a server that
-    compares `validUntil` with local time or with the session's now() gets one of these wrong."""
-    factory = ServerFactory(tmp_path_factory)
-    srv = factory.start("tz-server", database_url=pg_url,
-                        env={"TZ": "Pacific/Kiritimati", "PGTZ": "Pacific/Pago_Pago"})
-    yield srv
-    factory.stop_all()
-
-
-@pytest.mark.parametrize("hours,allowed", [(2, True), (-2, False), (13, True), (-10, False)],
-                         ids=["valid_2h", "expired_2h", "valid_13h", "expired_10h"])
-def test_subscription_validity_is_judged_in_utc(tz_server, seed, hours, allowed):
-    creator, viewer = seed.user(), seed.user()
-    post_id = seed.post(creator, locked=True, tier="premium")
-    seed.subscription(viewer, creator, valid_until=utcnow() + dt.timedelta(hours=hours))
-    channel = {"type": "post", "postId": post_id}
-    ws = tz_server.connect(viewer)
-    if allowed:
-        ws.subscribe(channel)
-    else:
-        ws.subscribe_denied(channel)

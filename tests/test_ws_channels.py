@@ -64,6 +64,16 @@ def test_unsubscribe_is_idempotent(server, world, name):
     ws.barrier()
 
 
+def test_subscribed_and_unsubscribed_echo_the_channel_object_as_sent(server, world):
+    channel = {"postId": world["open_post"], "type": "post", "label": "client-side name"}
+    key = f"post_{world['open_post']}"
+    ws = server.connect(world["me"])
+    ws.send_json({"type": "subscribe", "channel": channel})
+    assert ws.recv_json() == {"type": "subscribed", "data": {"channel": channel, "channelKey": key}}
+    ws.send_json({"type": "unsubscribe", "channel": channel})
+    assert ws.recv_json() == {"type": "unsubscribed", "data": {"channel": channel, "channelKey": key}}
+
+
 def test_unsubscribe_from_a_channel_never_subscribed(server, world):
     channel, key = channels_of(world)["creator_other"]
     ws = server.connect(world["me"])

@@ -173,6 +173,27 @@ def test_message_just_under_the_limit_is_accepted(server, user):
     ws.expect_type("pong")
 
 
+def _ping_of_size(size: int) -> str:
+    frame = json.dumps({"type": "ping", "padding": ""})
+    return json.dumps({"type": "ping", "padding": "a" * (size - len(frame))})
+
+
+def test_message_of_exactly_64_kib_is_accepted(server, user):
+    ws = server.connect(user)
+    frame = _ping_of_size(65536)
+    assert len(frame.encode()) == 65536
+    ws.send_text(frame)
+    ws.expect_type("pong")
+
+
+def test_message_one_byte_over_64_kib_closes_1009(server, user):
+    ws = server.connect(user)
+    frame = _ping_of_size(65537)
+    assert len(frame.encode()) == 65537
+    ws.send_text(frame)
+    assert ws.expect_closed() == 1009
+
+
 def _raw(server, user):
     raw = RawWebSocket(server.host, server.port, f"/ws?token={server.token(user)}")
     op, payload = raw.recv_frame()

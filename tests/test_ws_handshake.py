@@ -58,6 +58,16 @@ def test_token_in_query_is_percent_decoded(server, user):
         assert_welcome(ws.welcome, user)
 
 
+def test_token_in_query_is_percent_decoded_only_once(server, user):
+    token = server.token(user)
+    twice = "".join(f"%25{b:02X}" for b in token.encode())  # decoded once: "%65%79..." is no JWT
+    assert_unauthorized(refused_handshake(f"{server.ws_url}?token={twice}"), "invalid_token")
+
+
+def test_empty_token_parameter_is_a_missing_token(server):
+    assert_unauthorized(refused_handshake(server.ws_url + "?token="), "missing_token")
+
+
 def test_token_in_authorization_bearer_header(server, user):
     with open_ws(server.ws_url, headers={"Authorization": f"Bearer {server.token(user)}"}) as ws:
         assert_welcome(ws.welcome, user)
@@ -97,6 +107,11 @@ def test_query_token_is_used_before_the_header(server, seed, user):
     token = server.token(user)
     with open_ws(server.url(token), headers={"Authorization": "Bearer not-a-token"}) as ws:
         assert_welcome(ws.welcome, user)
+
+
+def test_invalid_query_token_is_not_rescued_by_the_header(server, user):
+    r = refused_handshake(server.url("not-a-jwt"), headers={"Authorization": f"Bearer {server.token(user)}"})
+    assert_unauthorized(r, "invalid_token")
 
 
 def test_extra_claims_are_ignored(server, user):
@@ -179,7 +194,7 @@ def test_hs256_token_with_neither_userId_nor_sub(server):
     assert_unauthorized(refused_handshake(server.url(token)), {"invalid_token", "unknown_user"})
 
 
-@pytest.mark.parametrize("age", [120, 86400])
+@pytest.mark.parametrize("age", [45, 120, 86400])  # leeway is at most 30 s
 def test_expired_token(server, user, age):
     token = server.token(user, exp_in=-age)
     assert_unauthorized(refused_handshake(server.url(token)), "expired_token")
@@ -273,6 +288,13 @@ def test_no_origin_header_is_not_a_browser_and_connects(alt_server, user):
 def test_any_origin_connects_when_allowed_origins_is_unset(server, user):
     with open_ws(server.url(server.token(user)), origin="https://anything.example") as ws:
         assert_welcome(ws.welcome, user)
+
+
+def test_allowed_origins_star_allows_every_origin(server_factory):
+    srv = server_factory.start("origins-star", database_url=None, env={"ALLOWED_ORIGINS": "*"})
+    for origin in ("https://anything.example", "http://localhost:3000"):
+        with open_ws(srv.url(srv.token("demo-fan")), origin=origin) as ws:
+            assert_welcome(ws.welcome, "demo-fan")
 
 
 # -- no log line contains a token, a secret or the /ws query string (section 1) ------------------

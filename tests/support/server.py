@@ -46,9 +46,10 @@ def free_port() -> int:
 
 def gunicorn_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "gunicorn"
+    conf = str(REPO / "gunicorn.conf.py")
     if exe.exists():
-        return [str(exe), "-c", "gunicorn.conf.py", "wsgi:app"]
-    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+        return [str(exe), "-c", conf, "wsgi:app"]
+    return [sys.executable, "-m", "gunicorn", "-c", conf, "wsgi:app"]
 
 
 def clean_env(extra: dict | None = None) -> dict:
@@ -71,7 +72,7 @@ class Server:
 
     def __init__(self, workdir: Path, *, name: str = "server", database_url: str | None = None,
                  jwt_secret=AUTO, api_key=AUTO, nextauth_secret: str | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, cwd: Path | None = None):
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,11 @@ class Server:
         }
         config.update(env or {})
         self.env = clean_env(config)
+        # the launch directory: the repository, as in production, unless a test needs its own
+        # (`.env` files are read from it and from its parent)
+        self.cwd = Path(cwd) if cwd else REPO
+        if cwd:
+            self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH")) if p)
         self.proc: subprocess.Popen | None = None
         self.clients: list[WSClient] = []
         self.http = requests.Session()
@@ -113,7 +119,7 @@ class Server:
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> "Server":
         self._out = open(self.stdout_path, "ab")
         self._err = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(gunicorn_cmd(), cwd=REPO, env=self.env, stdout=self._out, stderr=self._err,
+        self.proc = subprocess.Popen(gunicorn_cmd(), cwd=self.cwd, env=self.env, stdout=self._out, stderr=self._err,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         RUNNING.append(self)
         if wait:
