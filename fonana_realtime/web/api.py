@@ -154,8 +154,11 @@ def post_notification():
     body = json_body()
     user_id = _user_id(body)
     kind, title, message = _text(body, "type"), _text(body, "title"), _text(body, "message")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadRequest("metadata must be a JSON object")
     try:
-        row = runtime().store.create_notification(user_id, kind, title, message, body.get("metadata"))
+        row = runtime().store.create_notification(user_id, kind, title, message, metadata)
     except UnknownNotificationType:
         raise BadRequest(f"type {kind!r} is not a NotificationType") from None
     except ValueError as exc:      # text or metadata the database cannot store (NUL, bad JSON)
