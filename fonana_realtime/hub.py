@@ -83,10 +83,14 @@ class Hub:
             found.update(self.by_topic.get(topic, ()))
         return found
 
-    def deliver(self, topics, frame: bytes) -> int:
-        """Send one frame to every local connection of `topics`; returns how many took it."""
+    def deliver(self, topics, frame: bytes) -> tuple[int, int]:
+        """Send one frame to every local connection of `topics`.
+
+        Returns (delivered, dropped): dropped are targets that were closing or whose
+        backlog overflowed with this frame."""
+        targets = self.targets(topics)
         delivered = 0
-        for conn in self.targets(topics):
+        for conn in targets:
             if conn.send(frame):
                 delivered += 1
-        return delivered
+        return delivered, len(targets) - delivered

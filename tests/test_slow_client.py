@@ -68,7 +68,9 @@ def _drain_raw(raw, timeout: float = 15.0) -> tuple[list, str]:
 def _run_until_slow_client_closed(srv, normal, make_events, per_round):
     """Publish rounds of events until /metrics counts a slow-client close. The normal
     subscriber reads each round in full before the next. Returns all events published."""
-    before = metric(scrape(srv), "fonana_rt_slow_client_closes_total")
+    samples = scrape(srv)
+    before = (metric(samples, "fonana_rt_slow_client_closes_total"),
+              metric(samples, "fonana_rt_deliveries_dropped_total"))
     published = []
     for n in range(MAX_ROUNDS):
         events = make_events(n, per_round)
@@ -77,7 +79,7 @@ def _run_until_slow_client_closed(srv, normal, make_events, per_round):
         published.extend(events)
         for e in events:
             normal.expect_event(e, timeout=10)
-        if metric(scrape(srv), "fonana_rt_slow_client_closes_total") > before:
+        if metric(scrape(srv), "fonana_rt_slow_client_closes_total") > before[0]:
             return published, before
     raise AssertionError(f"no slow-client close after {MAX_ROUNDS} rounds ({len(published)} events)")
 
@@ -91,7 +93,10 @@ def _check_slow_client_end(srv, raw, published, before):
     assert how in ("eof", "reset")
     # exactly one slow client was cut, and the server let go of its connection
     samples = scrape(srv)
-    assert metric(samples, "fonana_rt_slow_client_closes_total") == before + 1
+    closes_before, dropped_before = before
+    assert metric(samples, "fonana_rt_slow_client_closes_total") == closes_before + 1
+    # the frame that overflowed the backlog, at least, was counted as dropped
+    assert metric(samples, "fonana_rt_deliveries_dropped_total") > dropped_before
     wait_until(lambda: metric(scrape(srv), "fonana_rt_connections") == 1, 10,
                "the slow client's connection released")
 

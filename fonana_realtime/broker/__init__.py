@@ -52,10 +52,12 @@ class Broker:
 
     def deliver_local(self, topics, payload: bytes, published_at: float | None = None) -> int:
         frame = text_frame(payload)             # framed once per event, on this worker
-        delivered = self.hub.deliver(topics, frame)
+        delivered, dropped = self.hub.deliver(topics, frame)
         if delivered:
             metrics.EVENTS_DELIVERED.inc(delivered)
             metrics.FRAMES_OUT.inc(delivered)
+        if dropped:
+            metrics.DELIVERIES_DROPPED.inc(dropped)
         if published_at is not None:
             metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - published_at))
         return delivered
