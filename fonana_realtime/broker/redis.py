@@ -56,7 +56,7 @@ CLIENT_TIMEOUT = 2.0        # publishing client: connect, read and write timeout
 LISTENER_TIMEOUT = 5.0      # subscriber connection: connect and mid-message reads
 PING_EVERY = 10.0           # an idle subscriber connection sends PING after this long ...
 PONG_WAIT = 5.0             # ... and is dropped when no reply arrives within this
-BACKOFF_BASE, BACKOFF_CAP = 0.1, 2.0
+BACKOFF_BASE, BACKOFF_CAP = 0.1, 1.0
 STABLE_LINK = 5.0           # a link that lived this long resets the back-off (no tight flapping)
 PUBLISH_POOL = 32           # publishing connections per worker (callers wait <= CLIENT_TIMEOUT)
 CHANNELS_PER_COMMAND = 500  # resubscribing thousands of topics: a few big commands
