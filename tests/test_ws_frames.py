@@ -231,3 +231,14 @@ def test_client_close_frame_is_answered_with_a_close(server, user):
     with _raw(server, user) as raw:
         raw.send_frame(OP_CLOSE, (1000).to_bytes(2, "big") + b"bye")
         assert _close_code(raw) == 1000
+
+
+def test_deflate_offer_is_declined_and_the_client_still_works(server, user):
+    """A browser offers permessage-deflate; the server answers without the extension (no
+    per-connection inflate context to keep), and the offering client works as usual."""
+    client = server.connect(user)           # websockets offers permessage-deflate by default
+    offered = client.conn.request.headers.get("Sec-WebSocket-Extensions", "")
+    assert "permessage-deflate" in offered
+    assert client.conn.response.headers.get("Sec-WebSocket-Extensions") is None
+    client.send_json({"type": "ping", "padding": "x" * 5000})   # would be compressed if negotiated
+    client.expect_type("pong")

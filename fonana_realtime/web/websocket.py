@@ -94,6 +94,12 @@ def refuse_before_upgrade():
         return json_error(429, "too_many_requests", reason="too_many_connections")
     g.identity = identity
     g.client_ip = ip
+    # Never negotiate permessage-deflate. Our frames are pre-built, uncompressed, for every
+    # recipient, and client commands are a few bytes; but a browser that negotiated it
+    # compresses what it sends, and the inflate context we would keep for it costs ~40 KB
+    # per connection (measured: 52 KB vs 12 KB per idle client). Without the offer the
+    # handshake answers without the extension and clients send plain frames.
+    request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     return None
 
 
