@@ -53,12 +53,19 @@ class Commands:
     def ping(self, conn, obj):
         conn.send_json({"type": "pong"})
 
-    def subscribe(self, conn, obj):
+    @staticmethod
+    def _channel_of(conn, obj):
+        """(channel, the object as sent), or (None, _) after answering invalid_channel."""
         raw = obj.get("channel")
         try:
-            channel = parse_channel(raw)
+            return parse_channel(raw), raw
         except InvalidChannel:
             conn.send_error(error_codes.INVALID_CHANNEL, raw if isinstance(raw, (dict, str)) else None)
+            return None, raw
+
+    def subscribe(self, conn, obj):
+        channel, raw = self._channel_of(conn, obj)
+        if channel is None:
             return
         key = channel.key
         if key not in conn.channels and len(conn.channels) >= self.rt.settings.max_subscriptions:
@@ -91,11 +98,8 @@ class Commands:
                         "data": {"notifications": rows, "count": len(rows), "total": total}})
 
     def unsubscribe(self, conn, obj):
-        raw = obj.get("channel")
-        try:
-            channel = parse_channel(raw)
-        except InvalidChannel:
-            conn.send_error(error_codes.INVALID_CHANNEL, raw if isinstance(raw, (dict, str)) else None)
+        channel, raw = self._channel_of(conn, obj)
+        if channel is None:
             return
         if channel.key in conn.channels:
             self.rt.hub.unsubscribe(conn, channel.key)
