@@ -284,6 +284,7 @@ class Server:
                if not k.startswith(("WS_", "REDIS_", "DATABASE_", "JWT_", "NEXTAUTH_", "API_", "PROMETHEUS_"))}
         env.update(WS_HOST=HOST, WS_PORT=str(self.port), JWT_SECRET=ctx.jwt_secret, WS_API_SECRET=ctx.api_key)
         if self.kind == "reference":
+            env.update(getattr(self, "extra_env", {}))
             return ["node", str(REFERENCE / "server.js")], env, REFERENCE
         metrics = ctx.work / f"metrics-{ctx.instances}"
         metrics.mkdir()
@@ -388,13 +389,13 @@ class RunFailed(Exception):
     pass
 
 
-def loadgen(ctx, server, plan, *, tokens, channel, deadline, on_wait=None, inflight=200, window=4):
+def loadgen(ctx, server, plan, *, tokens, channel, deadline, on_wait=None, inflight=200, window=4, extra=()):
     cmd = [str(LOADGEN), "--port", str(server.port), "--tokens", str(tokens), "--plan", plan,
            "--channel", channel, "--post", POST_ID, "--api-secret", ctx.api_key,
            "--server-pids", ",".join(map(str, server.refresh_pids())),
            "--server-cpu", str(SERVER_CPU), "--gen-cpu", str(GEN_CPU),
            "--inflight", str(inflight), "--window", str(window), "--publishers", "2",
-           "--warmup", str(ctx.p["warmup"]), "--deadline", str(deadline)]
+           "--warmup", str(ctx.p["warmup"]), "--deadline", str(deadline), *extra]
     cmd = ["taskset", "-c", str(GEN_CPU)] + cmd
     if ctx.nice:
         cmd = ["nice", "-n", str(ctx.nice)] + cmd
@@ -576,6 +577,45 @@ def run_redis(ctx, rep):
         srv.stop()
 
 
+def selftest(ctx):
+    """Prove the generator on the reference: plain and compressed frames (with and without
+    context takeover) are counted exactly, and a bad token, a dropped delivery and a
+    duplicated one each fail the run."""
+    ok = True
+    bad = ctx.work / "tokens-bad.txt"
+    lines = ctx.tokens_main.read_text().splitlines()[:50]
+    bad.write_text("\n".join(lines[:49] + [lines[49].rsplit(".", 1)[0] + ".forged"]) + "\n")
+    cases = [  # (name, reference env, tokens, expect ok, check)
+        ("uncompressed", {}, ctx.tokens_main, True, lambda r: r["pmd_negotiated"] == 0 and r["compressed_frames"] == 0),
+        ("deflate, context takeover", {"REF_PERMESSAGE_DEFLATE": "1"}, ctx.tokens_main, True,
+         lambda r: r["pmd_negotiated"] == 200 and r["compressed_frames"] >= r["deliveries"]),
+        ("deflate, no context takeover", {"REF_PERMESSAGE_DEFLATE": "no-context"}, ctx.tokens_main, True,
+         lambda r: r["pmd_negotiated"] == 200 and r["compressed_frames"] >= r["deliveries"]),
+        ("forged token", {}, bad, False, lambda e: "HTTP 401" in e),
+        ("dropped delivery", {"REF_FAULT": "drop"}, ctx.tokens_main, False, lambda e: "missing" in e),
+        ("duplicated delivery", {"REF_FAULT": "dup"}, ctx.tokens_main, False, lambda e: "duplicate" in e),
+    ]
+    for name, env, tokens, expect_ok, check in cases:
+        srv = Server("reference", ctx, label="reference-selftest")
+        srv.extra_env = env
+        srv.start()
+        n = 50 if tokens is bad else 200
+        try:
+            try:
+                steps, res = loadgen(ctx, srv, f"c{n},max:1,rate20:1", tokens=tokens, channel="post", deadline=60,
+                                     extra=("--drain", "2"))
+                good = expect_ok and check(res)
+                detail = f"{res['deliveries']} deliveries, {res['compressed_frames']} compressed, pmd {res['pmd_negotiated']}"
+            except RunFailed as exc:
+                good = not expect_ok and check(str(exc))
+                detail = f"failed as it should: {str(exc)[:160]}" if good else f"unexpected failure: {exc}"
+        finally:
+            srv.stop()
+        ok &= good
+        log(f"  {'ok  ' if good else 'FAIL'} {name}: {detail}")
+    return ok
+
+
 # ---------------------------------------------------------------------------
 # results
 
@@ -692,7 +732,7 @@ def cost_cell(ctx, key, cost_metric):
         g = summary(ctx.values(key, s, cost_metric))
         v = summary(ctx.values(key, s, server_metric))
         if g:
-            parts.append(f"{s[:3]}: gen {fmt(g[0], 2 if g[0] < 100 else 0)} / srv {fmt(v[0] if v else None, 2 if (v and v[0] < 100) else 0)}")
+            parts.append(f"{'ours' if s == 'ours' else 'ref'}: gen {fmt(g[0], 2 if g[0] < 100 else 0)} / srv {fmt(v[0] if v else None, 2 if (v and v[0] < 100) else 0)}")
     return "; ".join(parts) or "–"
 
 
@@ -792,7 +832,8 @@ def markdown(ctx, info, elapsed):
         f"| ours | Python {info['python']}, gunicorn {info['gunicorn']}, gevent {info['gevent']}, "
         f"flask-sock {info['flask-sock']}, simple-websocket {info['simple-websocket']}; one gevent worker |",
         f"| reference | Node {info['node']}, ws {info['ws']} (bench/reference/server.js) |",
-        f"| pinning | server (and Redis) on core {SERVER_CPU}, load generator on core {GEN_CPU} |",
+        f"| pinning | server (and Redis) on core {SERVER_CPU}, load generator on core {GEN_CPU}"
+        + (f"; both under `nice -n {ctx.nice}`" if ctx.nice else "") + " |",
         "",
         "## Results",
         "",
@@ -858,6 +899,9 @@ def main():
     ap.add_argument("--quiet-wait", type=float, default=10,
                     help="seconds to wait for idle cores before each group (60 s in all)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, tokens)")
+    ap.add_argument("--selftest", action="store_true",
+                    help="only check the load generator against the reference (compressed frames, "
+                         "forged token, dropped and duplicated deliveries must be caught); ~20 s")
     args = ap.parse_args()
 
     ctx = Context(args, "quick" if args.quick else "full")
@@ -867,6 +911,15 @@ def main():
                                                      and groups >= {"idle", "fanout", "redis"})
     t_start = time.time()
     nofile = raise_nofile()
+    if args.selftest:
+        build_loadgen()
+        ensure_reference()
+        mint_tokens(ctx.tokens_main, ctx.jwt_secret, 0, 1000)
+        log("load generator self-test against the reference:")
+        good = selftest(ctx)
+        shutil.rmtree(ctx.work, ignore_errors=True)
+        log("self-test " + ("passed" if good else "FAILED"))
+        return 0 if good else 1
     if nofile < 12000:
         log(f"warning: open files limit is {nofile}; 10,000 connections need more")
     build_loadgen()

@@ -89,6 +89,7 @@ static int opt_verbose = 0;
 static int opt_deflate_offer = 1;
 static int opt_delack = 1;
 static int opt_coalesce_us = 100;
+static int opt_detail = 0;
 
 /* ------------------------------------------------------------------------- */
 /* time and CPU                                                               */
@@ -306,6 +307,7 @@ static int n_inflight = 0, next_to_start = 0, n_ready = 0, n_failed_conn = 0, n_
 static uint64_t total_deliveries = 0, n_compressed_frames = 0, n_pmd = 0, n_pings = 0;
 static uint64_t n_other_msgs = 0, n_unknown_seq = 0, n_out_of_order = 0;
 static uint32_t *seq_count;          /* receivers per seq */
+static int64_t *seq_ts, *seq_first_rx, *seq_last_rx; /* --detail: per event */
 static int64_t next_seq = 0;         /* events published (POST written) */
 static int64_t acked = 0;            /* 202 received */
 static int64_t completed = 0;        /* events received by every subscriber due */
@@ -526,6 +528,11 @@ static void on_event_frame(conn *c, const msginfo *mi, int64_t now) {
     if (seq < c->last_seq) n_out_of_order++;
     c->last_seq = seq;
     if (++seq_count[seq] == (uint32_t)subs_due) completed++;
+    if (opt_detail) {
+        if (!seq_first_rx[seq]) seq_first_rx[seq] = now;
+        seq_last_rx[seq] = now;
+        seq_ts[seq] = mi->ts;
+    }
     if (cur && cur->kind == S_PUBLISH && cur->seq_m0 >= 0 && seq >= cur->seq_m0 &&
         (cur->seq_m1 < 0 || seq < cur->seq_m1) && mi->has_ts)
         hadd(&cur->lat, now - mi->ts);
@@ -997,6 +1004,13 @@ static void print_step(int i) {
     } else {
         printf("\"kind\":\"wait\"}\n");
     }
+    if (opt_detail && s->kind == S_PUBLISH) { /* per event: first and last receive after ts, ms */
+        printf("{\"event\":\"detail\",\"index\":%d,\"events\":[", i);
+        for (int64_t q = s->seq_first; q < s->seq_last; q++)
+            printf("%s[%lld,%.2f,%.2f,%u]", q > s->seq_first ? "," : "", (long long)q,
+                   (seq_first_rx[q] - seq_ts[q]) / 1000.0, (seq_last_rx[q] - seq_ts[q]) / 1000.0, seq_count[q]);
+        printf("]}\n");
+    }
     fflush(stdout);
 }
 
@@ -1034,7 +1048,7 @@ static void usage(void) {
         "  --window W (8)  --publishers P (2)  --warmup S (1)  --settle S (0.5)  --drain S (15)\n"
         "  --max-events E (20000)  --deadline S (300)  --hold S (120)\n"
         "  --server-pids a,b  --server-cpu N  --gen-cpu N  --path /ws\n"
-        "  --no-deflate  --no-delack  --coalesce-us U (100)  -v\n"
+        "  --no-deflate  --no-delack  --coalesce-us U (100)  --detail (per-event latency line)  -v\n"
         "  tokens file: one \"<userId> <jwt>\" per line; client i uses line i\n");
     exit(4);
 }
@@ -1049,7 +1063,7 @@ int main(int argc, char **argv) {
         {"window", 1, 0, 'w'}, {"publishers", 1, 0, 'u'}, {"warmup", 1, 0, 'W'}, {"settle", 1, 0, 's'},
         {"drain", 1, 0, 'D'}, {"max-events", 1, 0, 'E'}, {"deadline", 1, 0, 'T'}, {"hold", 1, 0, 'h'},
         {"server-pids", 1, 0, 'S'}, {"server-cpu", 1, 0, 'X'}, {"gen-cpu", 1, 0, 'Y'}, {"path", 1, 0, 'q'},
-        {"no-deflate", 0, 0, 'z'}, {"no-delack", 0, 0, 'A'}, {"coalesce-us", 1, 0, 'C'},
+        {"no-deflate", 0, 0, 'z'}, {"no-delack", 0, 0, 'A'}, {"coalesce-us", 1, 0, 'C'}, {"detail", 0, 0, 'G'},
         {"verbose", 0, 0, 'v'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "v", lo, NULL)) != -1) {
@@ -1077,6 +1091,7 @@ int main(int argc, char **argv) {
         case 'z': opt_deflate_offer = 0; break;
         case 'A': opt_delack = 0; break;
         case 'C': opt_coalesce_us = atoi(optarg); break;
+        case 'G': opt_detail = 1; break;
         case 'v': opt_verbose = 1; break;
         default: usage();
         }
@@ -1109,6 +1124,11 @@ int main(int argc, char **argv) {
     size_t words = ((size_t)opt_max_events + 63) / 64;
     uint64_t *bitmaps = calloc((size_t)n_clients * words, 8);
     seq_count = calloc((size_t)opt_max_events, sizeof(uint32_t));
+    if (opt_detail) {
+        seq_ts = calloc((size_t)opt_max_events, sizeof(int64_t));
+        seq_first_rx = calloc((size_t)opt_max_events, sizeof(int64_t));
+        seq_last_rx = calloc((size_t)opt_max_events, sizeof(int64_t));
+    }
     pubs = calloc((size_t)opt_publishers, sizeof(pubconn));
     if (!conns || !bitmaps || !seq_count || !pubs) { fprintf(stderr, "loadgen: allocation failed\n"); exit(4); }
     for (int i = 0; i < n_clients; i++) {

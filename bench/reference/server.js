@@ -12,6 +12,9 @@
 //
 // Env: WS_HOST (127.0.0.1), WS_PORT (3002), JWT_SECRET, WS_API_SECRET.
 // No database: every valid token is a user, post channels are open to everyone.
+// Test hooks, only for `bench/run --selftest` (off by default, no cost when off):
+//   REF_PERMESSAGE_DEFLATE=1 | no-context   compress every message (context takeover or not)
+//   REF_FAULT=drop | dup                     drop or repeat every 997th delivery
 
 const http = require('http');
 const crypto = require('crypto');
@@ -21,6 +24,8 @@ const HOST = process.env.WS_HOST || '127.0.0.1';
 const PORT = parseInt(process.env.WS_PORT || '3002', 10);
 const JWT_SECRET = process.env.JWT_SECRET || process.env.NEXTAUTH_SECRET;
 const API_SECRET = process.env.WS_API_SECRET || '';
+const DEFLATE = process.env.REF_PERMESSAGE_DEFLATE || '';
+const FAULT = process.env.REF_FAULT || '';
 if (!JWT_SECRET) {
   console.error('JWT_SECRET is required');
   process.exit(2);
@@ -133,12 +138,30 @@ function publish(body) {
     const targets = new Set();
     if (key && channels.has(key)) for (const ws of channels.get(key)) targets.add(ws);
     if (user && users.has(user)) for (const ws of users.get(user)) targets.add(ws);
-    for (const ws of targets) {
-      if (ws.readyState === ws.OPEN) ws.send(data, { binary: false });
-    }
+    sendAll(targets, data);
   }
   return null;
 }
+
+function sendToEach(targets, data) {
+  for (const ws of targets) {
+    if (ws.readyState === ws.OPEN) ws.send(data, { binary: false });
+  }
+}
+
+let faultCount = 0;
+function sendToEachWithFault(targets, data) {
+  for (const ws of targets) {
+    if (ws.readyState !== ws.OPEN) continue;
+    if (++faultCount % 997 === 0) {
+      if (FAULT === 'drop') continue;
+      ws.send(data, { binary: false });
+    }
+    ws.send(data, { binary: false });
+  }
+}
+
+const sendAll = FAULT ? sendToEachWithFault : sendToEach;
 
 const server = http.createServer((req, res) => {
   if (req.method === 'GET' && (req.url === '/health' || req.url === '/ready')) {
@@ -165,7 +188,11 @@ const server = http.createServer((req, res) => {
 });
 
 // ---- WebSocket ---------------------------------------------------------------
-const wss = new WebSocketServer({ noServer: true });
+const wss = new WebSocketServer({
+  noServer: true,
+  // ws's default (false) unless the self-test asks for compression of every message
+  perMessageDeflate: DEFLATE ? { threshold: 0, serverNoContextTakeover: DEFLATE === 'no-context' } : false,
+});
 
 server.on('upgrade', (req, socket, head) => {
   const url = new URL(req.url, 'http://x');
