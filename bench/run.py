@@ -262,6 +262,31 @@ def add_bench_users(db: Path, count: int):
         raise RuntimeError(f"only {have} of {count} bench users in {db}")
 
 
+def snapshot_server(ctx):
+    """Copy our server's source into the work dir and run it from there: the working tree
+    may change under a long run (others keep working on it), and every repetition must
+    measure the same code. Returns a description of the version measured."""
+    dest = ctx.work / "server"
+    dest.mkdir()
+    shutil.copytree(ROOT / "fonana_realtime", dest / "fonana_realtime",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("wsgi.py", "gunicorn.conf.py"):
+        shutil.copy2(ROOT / name, dest / name)
+    ctx.server_src = dest
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--", "fonana_realtime", "wsgi.py", "gunicorn.conf.py")
+    if not dirty:
+        return f"commit {head}"
+    import hashlib
+    diff = git("diff", "HEAD", "--", "fonana_realtime", "wsgi.py", "gunicorn.conf.py")
+    files = len(dirty.splitlines())
+    return (f"commit {head} plus uncommitted changes in {files} file(s) "
+            f"(diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:10]})")
+
+
 # ---------------------------------------------------------------------------
 # servers
 
@@ -299,7 +324,7 @@ class Server:
         )
         if self.redis_url:
             env["REDIS_PREFIX"] = f"fonana:bench:{secrets.token_hex(4)}:"
-        return [str(VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], env, ROOT
+        return [str(VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], env, ctx.server_src
 
     def start(self, timeout=30):
         cmd, env, cwd = self.command_env()
@@ -643,6 +668,8 @@ class Context:
         self.redis_url = None
         self.extra_server_pids: list[int] = []
         self.quiet_budget = 60.0
+        self.server_src = ROOT
+        self.server_version = "?"
         self.data_dir.mkdir()
 
     def record(self, key, server, rep, metrics):
@@ -830,7 +857,8 @@ def markdown(ctx, info, elapsed):
         f"| memory | {info.get('memory', '?')} |",
         f"| kernel | {info['kernel']} |",
         f"| ours | Python {info['python']}, gunicorn {info['gunicorn']}, gevent {info['gevent']}, "
-        f"flask-sock {info['flask-sock']}, simple-websocket {info['simple-websocket']}; one gevent worker |",
+        f"flask-sock {info['flask-sock']}, simple-websocket {info['simple-websocket']}; one gevent worker; "
+        f"{ctx.server_version} |",
         f"| reference | Node {info['node']}, ws {info['ws']} (bench/reference/server.js) |",
         f"| pinning | server (and Redis) on core {SERVER_CPU}, load generator on core {GEN_CPU}"
         + (f"; both under `nice -n {ctx.nice}`" if ctx.nice else "") + " |",
@@ -936,6 +964,8 @@ def main():
     redis = None
     try:
         if "ours" in servers:
+            ctx.server_version = snapshot_server(ctx)
+            log(f"our server: {ctx.server_version}, run from a copy in {ctx.server_src}")
             log("preparing the embedded database (first start seeds it, then the bench users are added)")
             first = Server("ours", ctx, label="ours-seed").start()
             first.stop()
@@ -986,7 +1016,7 @@ def main():
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"{stamp}-{ctx.profile}.md").write_text(md + "\n")
     (RESULTS / f"{stamp}-{ctx.profile}.json").write_text(json.dumps(
-        {"machine": info, "profile": ctx.p, "results": ctx.results, "failures": ctx.failures,
+        {"machine": info, "server_version": ctx.server_version, "profile": ctx.p, "results": ctx.results, "failures": ctx.failures,
          "skips": sorted(ctx.skips), "background": ctx.background}, indent=1, default=str))
     log(f"\nresults: {RESULTS / (stamp + '-' + ctx.profile)}.md/.json; {elapsed / 60:.1f} minutes")
     if write:
