@@ -35,7 +35,7 @@ class Connection:
     """State of one WebSocket client. Created after the handshake succeeded."""
 
     __slots__ = ("id", "sock", "proto", "user_id", "expires_at", "ip", "channels",
-                 "backlog", "backlog_bytes", "closing", "closed", "close_deadline",
+                 "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
                  "limits", "_in_parts", "_in_size", "_in_binary")
 
@@ -48,8 +48,10 @@ class Connection:
         self.ip = ip
         self.limits = limits              # the Settings (frame, backlog and rate limits)
         self.channels: set[str] = set()
-        self.backlog: deque | None = None
+        self.backlog: deque | None = None   # (bytes, frame count) not yet written
         self.backlog_bytes = 0
+        self.backlog_frames = 0
+        self.mid_frame = False
         self.closing = False              # close frame queued; no more events
         self.closed = False               # socket is gone
         self.close_deadline = 0.0
@@ -66,15 +68,16 @@ class Connection:
 
     # ---- the one write path -------------------------------------------------
 
-    def send(self, data: bytes) -> bool:
-        """Write one complete frame, now or via the backlog. False if the connection is gone."""
+    def send(self, data: bytes, frames: int = 1) -> bool:
+        """Write whole frames (`frames` of them, back to back in `data`), now or via the
+        backlog. False if the connection is gone or this write overflowed it."""
         if self.closing or self.closed:
             return False
-        return self._write(data)
+        return self._write(data, frames)
 
-    def _write(self, data: bytes) -> bool:
+    def _write(self, data: bytes, frames: int = 1) -> bool:
         if self.backlog is not None:
-            return self._park(data)
+            return self._park(data, frames)
         try:
             sent = self.sock.send(data, 0, 0.0)     # gevent: timeout 0 = never wait
         except BlockingIOError:
@@ -85,16 +88,19 @@ class Connection:
         if sent == len(data):
             return True
         self.backlog = deque()
-        self.backlog_bytes = 0
-        self._park(memoryview(data)[sent:])
+        self.backlog_bytes = self.backlog_frames = 0
+        self.mid_frame = sent > 0                    # the client holds part of a frame
+        if not self._park(memoryview(data)[sent:], frames):
+            return False                             # overflowed at once: closed with 4009
         gevent.spawn(self._drain)
         return True
 
-    def _park(self, data) -> bool:
-        self.backlog.append(data)
+    def _park(self, data, frames: int) -> bool:
+        self.backlog.append((data, frames))
         self.backlog_bytes += len(data)
+        self.backlog_frames += frames
         if (self.backlog_bytes > self.limits.send_backlog_bytes
-                or len(self.backlog) > self.limits.send_backlog_frames):
+                or self.backlog_frames > self.limits.send_backlog_frames):
             self.overflow()
             return False
         return True
@@ -103,10 +109,14 @@ class Connection:
         """Writer greenlet: empties the backlog with blocking writes, then ends."""
         try:
             while self.backlog:
-                self.sock.sendall(self.backlog[0])
+                self.mid_frame = True
+                self.sock.sendall(self.backlog[0][0])
                 if self.backlog is None:       # aborted while we were writing
                     return
-                self.backlog_bytes -= len(self.backlog.popleft())
+                self.mid_frame = False
+                data, frames = self.backlog.popleft()
+                self.backlog_bytes -= len(data)
+                self.backlog_frames -= frames
             self.backlog = None
         except (OSError, AttributeError):
             self.abort()
@@ -118,11 +128,14 @@ class Connection:
         metrics.SLOW_CLIENT_CLOSES.inc()
         self.backlog = None
         self.closing = True
-        try:   # best effort; its buffer is full, so this usually writes nothing
-            self.sock.send(close_frame(close_codes.SLOW_CONSUMER,
-                                       close_codes.REASONS[close_codes.SLOW_CONSUMER]), 0, 0.0)
-        except OSError:
-            pass
+        if not self.mid_frame:
+            # Best effort, only at a frame boundary (never inside a half-sent frame); its
+            # buffer is full, so this usually writes nothing.
+            try:
+                self.sock.send(close_frame(close_codes.SLOW_CONSUMER,
+                                           close_codes.REASONS[close_codes.SLOW_CONSUMER]), 0, 0.0)
+            except OSError:
+                pass
         self.abort()
 
     def close(self, code: int, reason: str | None = None):

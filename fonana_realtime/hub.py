@@ -83,14 +83,48 @@ class Hub:
             found.update(self.by_topic.get(topic, ()))
         return found
 
-    def deliver(self, topics, frame: bytes) -> tuple[int, int]:
-        """Send one frame to every local connection of `topics`.
+    def deliver(self, topics, data: bytes, frames: int = 1) -> tuple[int, int]:
+        """Send `data` (`frames` whole frames) to every local connection of `topics`.
 
-        Returns (delivered, dropped): dropped are targets that were closing or whose
-        backlog overflowed with this frame."""
+        Returns (delivered, dropped) counted in frames: dropped are targets that were
+        closing or whose backlog overflowed with this write."""
         targets = self.targets(topics)
-        delivered = 0
+        accepted = 0
         for conn in targets:
-            if conn.send(frame):
-                delivered += 1
-        return delivered, len(targets) - delivered
+            if conn.send(data, frames):
+                accepted += 1
+        return accepted * frames, (len(targets) - accepted) * frames
+
+    def deliver_batch(self, batch) -> tuple[int, int]:
+        """Deliver [(topics, frame), ...] in order, one write per connection.
+
+        Events published in the same turn of the event loop reach a connection as one
+        write instead of one each: when the batch has one audience, the joined frames are
+        one shared bytes object; otherwise each connection gets the frames addressed to
+        it, still in publish order and each once."""
+        runs: list[tuple[tuple, list]] = []          # consecutive events with the same topics
+        for topics, frame in batch:
+            if runs and runs[-1][0] == topics:
+                runs[-1][1].append(frame)
+            else:
+                runs.append((topics, [frame]))
+        if len(runs) == 1:
+            topics, frames = runs[0]
+            return self.deliver(topics, b"".join(frames), len(frames))
+        per_conn: dict = {}
+        for topics, frames in runs:
+            chunk, count = b"".join(frames), len(frames)
+            for conn in self.targets(topics):
+                parts = per_conn.get(conn)
+                if parts is None:
+                    per_conn[conn] = [chunk, count]
+                else:
+                    parts[0] += chunk
+                    parts[1] += count
+        delivered = dropped = 0
+        for conn, (data, count) in per_conn.items():
+            if conn.send(data, count):
+                delivered += count
+            else:
+                dropped += count
+        return delivered, dropped

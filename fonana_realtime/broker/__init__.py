@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import gevent
+
 from .. import metrics
 from ..hub import channel_topic, user_topic
 from ..wsframes import text_frame
@@ -27,6 +29,7 @@ class Broker:
 
     def __init__(self, hub):
         self.hub = hub
+        self._deliveries: list = []     # (topics, frame, published_at) waiting for this turn's write
         hub.on_first = self.listen
         hub.on_last = self.unlisten
 
@@ -50,17 +53,30 @@ class Broker:
         """Whether events can flow now, and a short reason if not."""
         return True, "ok"
 
-    def deliver_local(self, topics, payload: bytes, published_at: float | None = None) -> int:
-        frame = text_frame(payload)             # framed once per event, on this worker
-        delivered, dropped = self.hub.deliver(topics, frame)
+    def deliver_local(self, topics, payload: bytes, published_at: float | None = None):
+        """Hand one event to this worker's connections, framed once.
+
+        Events are queued and written at the end of the current turn of the event loop,
+        all that arrived in that turn together: a connection gets them in one write (one
+        syscall) instead of one each, which is most of what a delivery costs. A turn ends
+        as soon as the publishing greenlet yields, so nothing waits longer than that.
+        """
+        self._deliveries.append((topics, text_frame(payload), published_at))
+        if len(self._deliveries) == 1:
+            gevent.spawn_raw(self._write_pending)
+
+    def _write_pending(self):
+        batch, self._deliveries = self._deliveries, []
+        delivered, dropped = self.hub.deliver_batch([(topics, frame) for topics, frame, _ in batch])
         if delivered:
             metrics.EVENTS_DELIVERED.inc(delivered)
             metrics.FRAMES_OUT.inc(delivered)
         if dropped:
             metrics.DELIVERIES_DROPPED.inc(dropped)
-        if published_at is not None:
-            metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - published_at))
-        return delivered
+        now = time.time()
+        for _, _, published_at in batch:
+            if published_at is not None:
+                metrics.DELIVERY_SECONDS.observe(max(0.0, now - published_at))
 
 
 def open_broker(settings, hub) -> Broker:
