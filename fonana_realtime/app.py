@@ -7,6 +7,7 @@ import logging.config
 import simple_websocket
 from flask import Flask
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import WebsocketMismatch
 
 from .logs import logging_config
 from .runtime import Runtime
@@ -41,6 +42,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(websocket.bp)
+
+    @app.errorhandler(WebsocketMismatch)
+    def _not_a_websocket(exc):
+        # GET /ws (or /) without the upgrade headers: say what the endpoint is for.
+        response = json_error(426, "upgrade_required",
+                              reason="this endpoint speaks WebSocket: ws://HOST/ws?token=<JWT>")
+        response.headers["Upgrade"] = "websocket"
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -51,3 +51,11 @@ def test_ready_and_health_answer_head_free_json_or_text(server):
     for path in ("/health", "/ready"):
         r = server.get(path, allow_redirects=False)
         assert r.status_code == 200, (path, r.status_code)
+
+
+def test_plain_http_get_of_the_websocket_endpoints_is_426_json(server):
+    for path in ("/ws", "/"):
+        r = server.get(path)
+        assert r.status_code == 426, (path, r.status_code, r.text)
+        assert r.headers["Upgrade"].lower() == "websocket"
+        assert r.json()["error"] == "upgrade_required"
