@@ -31,7 +31,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from . import Store, StoreUnavailable, check_notification_type
+from . import Store, StoreUnavailable, check_notification_type, queries
 from .rows import (
     check_text,
     dump_metadata,
@@ -76,6 +76,9 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
     except Exception:  # already broken; nothing to do
         pass
+
+
+_CAN_VIEW_POST = queries.in_style(queries.CAN_VIEW_POST, "%({})s")
 
 
 class _Pool:
@@ -282,27 +285,7 @@ class PostgresStore(Store):
     def can_view_post(self, user_id: str, post_id: str) -> bool:
         if not (is_key(user_id) and is_key(post_id)):
             return False
-        row = self._fetchone(
-            """
-            SELECT EXISTS (
-              SELECT 1 FROM "posts" p
-              WHERE p."id" = %(post)s AND (
-                p."creatorId" = %(user)s
-                OR (NOT p."isLocked" AND COALESCE(p."minSubscriptionTier", '') = '')
-                OR EXISTS (
-                  SELECT 1 FROM "post_purchases" pp
-                  WHERE pp."postId" = p."id" AND pp."userId" = %(user)s
-                    AND pp."paymentStatus" = 'COMPLETED')
-                OR EXISTS (
-                  SELECT 1 FROM "subscriptions" s
-                  WHERE s."creatorId" = p."creatorId" AND s."userId" = %(user)s
-                    AND s."isActive" AND s."paymentStatus" = 'COMPLETED'
-                    AND s."validUntil" > %(now)s)
-              )
-            )
-            """,
-            {"post": post_id, "user": user_id, "now": utc_now()},
-        )
+        row = self._fetchone(_CAN_VIEW_POST, {"post": post_id, "user": user_id, "now": utc_now()})
         return bool(row[0])
 
     def unread_notifications(self, user_id: str, limit: int = 20) -> tuple[list[dict], int]:

@@ -28,7 +28,7 @@ import threading
 from datetime import datetime
 from typing import Any, Iterator
 
-from . import Store, StoreUnavailable, check_notification_type
+from . import Store, StoreUnavailable, check_notification_type, queries
 from .rows import (
     check_text,
     dump_metadata,
@@ -62,6 +62,9 @@ def _to_sqlite(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
     return value
+
+
+_CAN_VIEW_POST = queries.in_style(queries.CAN_VIEW_POST, ":{}")
 
 
 class SqliteStore(Store):
@@ -149,27 +152,7 @@ class SqliteStore(Store):
     def can_view_post(self, user_id: str, post_id: str) -> bool:
         if not (is_key(user_id) and is_key(post_id)):
             return False
-        row = self._fetchone(
-            """
-            SELECT EXISTS (
-              SELECT 1 FROM "posts" p
-              WHERE p."id" = :post AND (
-                p."creatorId" = :user
-                OR (NOT p."isLocked" AND COALESCE(p."minSubscriptionTier", '') = '')
-                OR EXISTS (
-                  SELECT 1 FROM "post_purchases" pp
-                  WHERE pp."postId" = p."id" AND pp."userId" = :user
-                    AND pp."paymentStatus" = 'COMPLETED')
-                OR EXISTS (
-                  SELECT 1 FROM "subscriptions" s
-                  WHERE s."creatorId" = p."creatorId" AND s."userId" = :user
-                    AND s."isActive" AND s."paymentStatus" = 'COMPLETED'
-                    AND s."validUntil" > :now)
-              )
-            )
-            """,
-            {"post": post_id, "user": user_id, "now": sqlite_ts(utc_now())},
-        )
+        row = self._fetchone(_CAN_VIEW_POST, {"post": post_id, "user": user_id, "now": sqlite_ts(utc_now())})
         return bool(row[0])
 
     def unread_notifications(self, user_id: str, limit: int = 20) -> tuple[list[dict], int]:

@@ -1,0 +1,31 @@
+"""SQL both stores run, written once. Placeholders are `{name}`: each store fills in its
+own parameter style (`%(name)s` for psycopg2, `:name` for sqlite3)."""
+
+# Who may subscribe to post_<id> (PROTOCOL.md 2.3): the author; anyone when the post is
+# open (not locked, no tier); a COMPLETED purchase; an active COMPLETED subscription to
+# its creator still valid at {now} (UTC, passed in: never the session's clock). A missing
+# post is simply "no".
+CAN_VIEW_POST = """
+SELECT EXISTS (
+  SELECT 1 FROM "posts" p
+  WHERE p."id" = {post} AND (
+    p."creatorId" = {user}
+    OR (NOT p."isLocked" AND COALESCE(p."minSubscriptionTier", '') = '')
+    OR EXISTS (
+      SELECT 1 FROM "post_purchases" pp
+      WHERE pp."postId" = p."id" AND pp."userId" = {user}
+        AND pp."paymentStatus" = 'COMPLETED')
+    OR EXISTS (
+      SELECT 1 FROM "subscriptions" s
+      WHERE s."creatorId" = p."creatorId" AND s."userId" = {user}
+        AND s."isActive" AND s."paymentStatus" = 'COMPLETED'
+        AND s."validUntil" > {now})
+  )
+)
+"""
+
+
+def in_style(sql: str, style: str) -> str:
+    """`sql` with each `{name}` written as a `style` placeholder, e.g. style=':{}'."""
+    names = ("post", "user", "now")
+    return sql.format(**{n: style.format(n) for n in names})
