@@ -17,7 +17,7 @@ import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from support.hardening import running_server, wait_until
-from support.rawws import OP_CLOSE, OP_TEXT, RawWebSocket
+from support.rawws import OP_TEXT, RawWebSocket
 from support.ws import open_ws, refused_handshake
 
 pytestmark = pytest.mark.postgres
@@ -135,16 +135,6 @@ def test_binary_frame_is_invalid_message_and_connection_lives(limits_server, use
     ws.ping()
 
 
-def _close_code(raw, timeout=5.0):
-    while True:
-        try:
-            op, payload = raw.recv_frame(timeout)
-        except EOFError:
-            return None
-        if op == OP_CLOSE:
-            return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-
-
 def test_text_frame_that_is_not_utf8_closes_1007(limits_server, user):
     with RawWebSocket(limits_server.host, limits_server.port, f"/ws?token={limits_server.token(user)}") as raw:
         op, payload = raw.recv_frame()
@@ -153,7 +143,7 @@ def test_text_frame_that_is_not_utf8_closes_1007(limits_server, user):
         op, payload = raw.recv_frame()
         assert json.loads(payload) == {"type": "pong"}
         raw.send_frame(OP_TEXT, b"\xff\xfe")
-        assert _close_code(raw) == 1007
+        assert raw.close_code() == 1007
 
 
 # -- 2. command rate -------------------------------------------------------------------------

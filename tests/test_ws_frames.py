@@ -11,7 +11,7 @@ import os
 import jwt
 import pytest
 
-from support.rawws import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWebSocket
+from support.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWebSocket
 
 pytestmark = pytest.mark.postgres
 
@@ -201,20 +201,10 @@ def _raw(server, user):
     return raw
 
 
-def _close_code(raw, timeout=5.0):
-    while True:
-        try:
-            op, payload = raw.recv_frame(timeout)
-        except EOFError:
-            return None
-        if op == OP_CLOSE:
-            return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-
-
 def test_text_frame_that_is_not_utf8_closes_1007(server, user):
     with _raw(server, user) as raw:
         raw.send_frame(OP_TEXT, b'{"type": "ping", "x": "\xff\xfe"}')
-        assert _close_code(raw) == 1007
+        assert raw.close_code() == 1007
 
 
 def test_raw_client_without_extensions_gets_plain_frames(server, user):
@@ -230,7 +220,7 @@ def test_raw_client_without_extensions_gets_plain_frames(server, user):
 def test_client_close_frame_is_answered_with_a_close(server, user):
     with _raw(server, user) as raw:
         raw.send_frame(OP_CLOSE, (1000).to_bytes(2, "big") + b"bye")
-        assert _close_code(raw) == 1000
+        assert raw.close_code() == 1000
 
 
 def test_deflate_offer_is_declined_and_the_client_still_works(server, user):

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .rawws import OP_CLOSE, OP_TEXT, RawWebSocket
+from .rawws import RawWebSocket
 from .server import Server
 
 
@@ -89,54 +89,8 @@ def metric_sum(samples: dict, name: str) -> float:
 
 # -- raw sockets ----------------------------------------------------------------------------
 
-class TunedRawWebSocket(RawWebSocket):
-    """RawWebSocket whose receive buffer is set *before* connecting (so the TCP window is
-    small from the SYN on): a client that stops reading fills up after little data."""
-
-    def __init__(self, host: str, port: int, path: str, *, rcvbuf: int | None = None, timeout: float = 10.0,
-                 headers: dict | None = None):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(timeout)
-        sock.connect((host, port))
-        self.sock = sock
-        self.buf = b""
-        key = base64.b64encode(os.urandom(16)).decode()
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        )
-        sock.sendall(request.encode())
-        while b"\r\n\r\n" not in self.buf:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionError(f"connection closed during the handshake: {self.buf!r}")
-            self.buf += chunk
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        self.status_line = head.split(b"\r\n", 1)[0].decode()
-        if " 101 " not in self.status_line + " ":
-            raise ConnectionError(f"handshake refused: {head!r}")
-
-    def send_json(self, obj) -> None:
-        self.send_frame(OP_TEXT, json.dumps(obj).encode())
-
-    def recv_json_until(self, type_: str, timeout: float = 5.0) -> dict:
-        """Read text frames until one of `type_` arrives (control frames are skipped)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            op, payload = self.recv_frame(max(0.01, deadline - time.monotonic()))
-            if op == OP_TEXT:
-                frame = json.loads(payload)
-                if frame.get("type") == type_:
-                    return frame
-            elif op == OP_CLOSE:
-                raise AssertionError(f"closed while waiting for {type_!r}: {payload!r}")
-
-
-def raw_connect(srv: Server, token: str, *, rcvbuf: int | None = None) -> TunedRawWebSocket:
-    raw = TunedRawWebSocket(srv.host, srv.port, f"/ws?token={quote(token, safe='')}", rcvbuf=rcvbuf)
+def raw_connect(srv: Server, token: str, *, rcvbuf: int | None = None) -> RawWebSocket:
+    raw = RawWebSocket(srv.host, srv.port, f"/ws?token={quote(token, safe='')}", rcvbuf=rcvbuf)
     raw.recv_json_until("connected")
     return raw
 

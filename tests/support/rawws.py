@@ -7,6 +7,7 @@ so every server frame is plain.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import struct
@@ -16,13 +17,24 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 
 
 class RawWebSocket:
-    def __init__(self, host: str, port: int, path: str, *, timeout: float = 10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    """`rcvbuf` sets the receive buffer before connecting (a small TCP window from the SYN
+    on, so a client that stops reading fills up after little data); `headers` are added
+    to the upgrade request."""
+
+    def __init__(self, host: str, port: int, path: str, *, timeout: float = 10.0,
+                 rcvbuf: int | None = None, headers: dict | None = None):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        self.sock = sock
         self.buf = b""
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         )
         self.sock.sendall(request.encode())
         while b"\r\n\r\n" not in self.buf:
@@ -34,6 +46,31 @@ class RawWebSocket:
         self.status_line = head.split(b"\r\n", 1)[0].decode()
         if " 101 " not in self.status_line + " ":
             raise ConnectionError(f"handshake refused: {head!r}")
+
+    def send_json(self, obj) -> None:
+        self.send_frame(OP_TEXT, json.dumps(obj).encode())
+
+    def recv_json_until(self, type_: str, timeout: float = 5.0) -> dict:
+        """Read text frames until one of `type_` arrives (control frames are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            op, payload = self.recv_frame(max(0.01, deadline - time.monotonic()))
+            if op == OP_TEXT:
+                frame = json.loads(payload)
+                if frame.get("type") == type_:
+                    return frame
+            elif op == OP_CLOSE:
+                raise AssertionError(f"closed while waiting for {type_!r}: {payload!r}")
+
+    def close_code(self, timeout: float = 5.0) -> int | None:
+        """Read until the server's close frame; its code (None on EOF or a bare close)."""
+        while True:
+            try:
+                op, payload = self.recv_frame(timeout)
+            except EOFError:
+                return None
+            if op == OP_CLOSE:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
         while len(self.buf) < n:
