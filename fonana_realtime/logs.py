@@ -16,7 +16,8 @@ _SECRETS = re.compile(
     r"(eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*)"       # JWTs
     r"|((?<=token=)[^&\s\"']+)"                                        # ?token=...
     r"|((?<=[Bb]earer )[^\s\"']+)")                                    # Authorization: Bearer ...
-_FIELDS = ("event", "user_id", "conn_id", "ip", "status", "reason", "count", "code", "topic")
+_FIELDS = ("event", "user_id", "conn_id", "ip", "status", "reason", "count", "code", "topic",
+           "redis", "prefix", "error", "attempt", "topics", "reconnect")
 
 
 def redact(text: str) -> str:
@@ -25,6 +26,9 @@ def redact(text: str) -> str:
 
 class RedactFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_redacted", False):     # the same record, at the next handler
+            return True
+        record._redacted = True
         try:
             message = record.getMessage()
         except Exception:       # a bad format string must not lose the line
@@ -39,6 +43,10 @@ class RedactFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # One line serves every handler of the record (stdout and the log files).
+        cached = getattr(record, "_json_line", None)
+        if cached is not None:
+            return cached
         out = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                     + f".{int(record.msecs):03d}Z",
@@ -54,7 +62,8 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_text:
             out["exception"] = record.exc_text
-        return json.dumps(out, ensure_ascii=False, default=str)
+        record._json_line = line = json.dumps(out, ensure_ascii=False, default=str)
+        return line
 
 
 # Every greenlet would otherwise get a dummy thread object per log record (our lines

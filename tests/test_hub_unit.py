@@ -72,3 +72,24 @@ def test_last_leaver_stops_the_topic_and_first_joiner_starts_it():
     hub.remove(b)
     assert started == ["user:a", "channel:post_p"]
     assert sorted(stopped) == ["channel:post_p", "user:a"]
+
+
+def test_a_publisher_that_never_yields_still_gets_its_events_written():
+    """Queued deliveries wait for the end of the event-loop turn, but at most MAX_BATCH
+    of them: a greenlet publishing back to back writes each full batch itself."""
+    import gevent
+
+    from fonana_realtime.broker import MAX_BATCH
+    from fonana_realtime.broker.memory import MemoryBroker
+    from fonana_realtime.events import Route
+
+    a = Recorder("a")
+    hub = _hub(a)
+    hub.subscribe(a, "post_p")
+    broker = MemoryBroker(hub)
+    route = Route(channels=("post_p",))
+    for n in range(MAX_BATCH + 3):                      # no yield in between
+        broker.publish(route, b'{"n":%d}' % n)
+    assert [frames for _, frames in a.writes] == [MAX_BATCH]
+    gevent.sleep(0)                                     # the turn ends: the rest goes out
+    assert [frames for _, frames in a.writes] == [MAX_BATCH, 3]

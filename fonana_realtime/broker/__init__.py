@@ -16,6 +16,12 @@ from ..hub import channel_topic, user_topic
 from ..wsframes import text_frame
 
 
+# A batch of queued deliveries is written at the latest when it holds this many events
+# or its first event has waited this long (see Broker.deliver_local).
+MAX_BATCH = 256
+MAX_BATCH_SECONDS = 0.005
+
+
 class BrokerUnavailable(Exception):
     """The event could not be handed to the cross-worker transport."""
 
@@ -30,6 +36,7 @@ class Broker:
     def __init__(self, hub):
         self.hub = hub
         self._deliveries: list = []     # (topics, frame, published_at) waiting for this turn's write
+        self._batch_started = 0.0
         hub.on_first = self.listen
         hub.on_last = self.unlisten
 
@@ -59,14 +66,23 @@ class Broker:
         Events are queued and written at the end of the current turn of the event loop,
         all that arrived in that turn together: a connection gets them in one write (one
         syscall) instead of one each, which is most of what a delivery costs. A turn ends
-        as soon as the publishing greenlet yields, so nothing waits longer than that.
+        as soon as the publishing greenlet yields; a greenlet that keeps publishing without
+        yielding (back-to-back requests already buffered on a keep-alive connection, a
+        list publish) writes the batch itself once it holds MAX_BATCH events or has held
+        one for MAX_BATCH_SECONDS, so nothing waits on it for long.
         """
-        self._deliveries.append((topics, text_frame(payload), published_at))
-        if len(self._deliveries) == 1:
+        pending = self._deliveries
+        if not pending:
+            self._batch_started = time.monotonic()
             gevent.spawn_raw(self._write_pending)
+        pending.append((topics, text_frame(payload), published_at))
+        if len(pending) >= MAX_BATCH or time.monotonic() - self._batch_started >= MAX_BATCH_SECONDS:
+            self._write_pending()
 
     def _write_pending(self):
         batch, self._deliveries = self._deliveries, []
+        if not batch:              # already written by deliver_local
+            return
         delivered, dropped = self.hub.deliver_batch([(topics, frame) for topics, frame, _ in batch])
         if delivered:
             metrics.EVENTS_DELIVERED.inc(delivered)

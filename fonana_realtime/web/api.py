@@ -8,7 +8,6 @@ from __future__ import annotations
 import hmac
 import logging
 
-import gevent
 from flask import Blueprint, jsonify, request
 
 from .. import metrics
@@ -73,15 +72,6 @@ def _check_key_and_size():
     if request.content_length is not None and request.content_length > settings.api_max_body_bytes:
         return json_error(413, "payload_too_large", limit=settings.api_max_body_bytes)
     return None
-
-
-@bp.after_request
-def _let_deliveries_go(response):
-    """Yield once before answering: this turn's queued deliveries (broker.deliver_local)
-    are written now, even when the publisher's next request is already buffered on a
-    keep-alive connection and this greenlet would otherwise never yield."""
-    gevent.sleep(0)
-    return response
 
 
 def json_body() -> dict:
