@@ -112,7 +112,6 @@ def serve(ws):
     environ, Flask and werkzeug request objects, the handshake state): tens of KB each.
     """
     rt = runtime()
-    rt.start()
     identity = g.identity
     sock = ws.sock.dup()            # ours now; gunicorn closes its own copy when the request ends
     proto = ws.ws.connection        # the frame protocol only; the handshake objects go away
