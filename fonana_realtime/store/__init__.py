@@ -24,6 +24,8 @@ import os
 import re
 from typing import Any
 
+from .rows import check_text, dump_metadata
+
 __all__ = [
     "NOTIFICATION_TYPES",
     "Store",
@@ -109,6 +111,15 @@ class Store:
         Raises UnknownNotificationType before touching the database.
         """
         raise NotImplementedError
+
+    @staticmethod
+    def _checked_notification(type: Any, title: Any, message: Any, metadata: Any) -> str | None:
+        """Check a new notification before any database work (both stores accept exactly
+        the same values); return its metadata as JSON text (None for no metadata)."""
+        check_notification_type(type)
+        check_text("title", title)
+        check_text("message", message)
+        return dump_metadata(metadata)
 
     def mark_notification_read(self, user_id: str, notification_id: str) -> dict | None:
         """Mark one of the user's notifications read; its ROW, or None if missing / not theirs."""

@@ -31,10 +31,8 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from . import Store, StoreUnavailable, check_notification_type, queries
+from . import Store, StoreUnavailable, queries
 from .rows import (
-    check_text,
-    dump_metadata,
     is_key,
     new_id,
     notification_row,
@@ -320,10 +318,7 @@ class PostgresStore(Store):
     def create_notification(
         self, user_id: str, type: str, title: str, message: str, metadata: Any = None
     ) -> dict | None:
-        check_notification_type(type)
-        check_text("title", title)
-        check_text("message", message)
-        metadata_json = dump_metadata(metadata)
+        metadata_json = self._checked_notification(type, title, message, metadata)
         if not is_key(user_id):
             return None
         row = self._fetchone(

@@ -28,10 +28,8 @@ import threading
 from datetime import datetime
 from typing import Any, Iterator
 
-from . import Store, StoreUnavailable, check_notification_type, queries
+from . import Store, StoreUnavailable, queries
 from .rows import (
-    check_text,
-    dump_metadata,
     is_key,
     load_metadata,
     new_id,
@@ -183,10 +181,7 @@ class SqliteStore(Store):
     def create_notification(
         self, user_id: str, type: str, title: str, message: str, metadata: Any = None
     ) -> dict | None:
-        check_notification_type(type)
-        check_text("title", title)
-        check_text("message", message)
-        metadata_json = dump_metadata(metadata)
+        metadata_json = self._checked_notification(type, title, message, metadata)
         if not is_key(user_id):
             return None
         notification_id, created_at = new_id(), utc_now()
