@@ -27,9 +27,6 @@ class Channel:
     def key(self) -> str:
         return f"{self.kind}_{self.id}"
 
-    def as_object(self) -> dict:
-        return {"type": self.kind, ID_FIELDS[self.kind]: self.id}
-
 
 def valid_id(value) -> bool:
     return isinstance(value, str) and _ID.fullmatch(value) is not None

@@ -4,7 +4,6 @@ NORMAL = 1000            # normal closure
 GOING_AWAY = 1001        # server shutting down or draining: reconnect with jitter
 PROTOCOL_ERROR = 1002    # the peer broke the WebSocket framing rules
 INVALID_PAYLOAD = 1007   # a text frame that is not valid UTF-8
-POLICY = 1008            # no pong to our ping in time (dead peer)
 TOO_BIG = 1009           # inbound message over WS_MAX_MESSAGE_BYTES
 INTERNAL_ERROR = 1011    # a bug on our side: reconnect
 TOKEN_EXPIRED = 4001     # the token's exp passed (or an `auth` for another user)
@@ -16,7 +15,6 @@ REASONS = {
     GOING_AWAY: "server going away",
     PROTOCOL_ERROR: "protocol error",
     INVALID_PAYLOAD: "invalid utf-8",
-    POLICY: "ping timeout",
     TOO_BIG: "message too big",
     INTERNAL_ERROR: "internal error",
     TOKEN_EXPIRED: "token expired",

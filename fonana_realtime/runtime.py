@@ -14,7 +14,7 @@ from .broker import open_broker
 from .commands import Commands
 from .handshake_limits import HandshakeRate
 from .hub import Hub
-from .store import StoreUnavailable, open_store
+from .store import open_store
 
 log = logging.getLogger("fonana_realtime.runtime")
 
@@ -54,5 +54,3 @@ class Runtime:
             self._user_cache[user_id] = now + self.settings.user_cache_seconds
         return exists
 
-
-__all__ = ["Runtime", "StoreUnavailable"]
