@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from .channels import InvalidChannel, parse_channel_any, valid_id
 from .events import InvalidEvent, Route, route_event
 from .hub import channel_topic, user_topic
+from .redis_history import Published, RedisHistory
 from .wsframes import dumps
 
 DEFAULT_PREFIX = "fonana:rt:"
@@ -52,6 +53,11 @@ def envelope(topics: list[str], payload: bytes, now: float | None = None) -> byt
     else:
         meta = {"id": uuid.uuid4().hex, "topics": list(topics), "ts": ts}
     return b'{"event":' + payload + b"," + dumps(meta)[1:]
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
 
 
 def _iso_now() -> str:
@@ -143,15 +149,23 @@ class _Helpers:
 
 
 class RedisPublisher(_Helpers):
-    """Publishes straight to Redis, exactly as the server's own API does.
+    """Publishes straight to Redis, exactly as the server's own API does: with positions,
+    through the publish script (redis_history.py), so the event gets an offset in every
+    stream of its route and a place in their history (PROTOCOL.md 7).
 
     `publish` returns how many server workers received the message (Redis's PUBLISH
-    count, summed over the route's topics); 0 means nobody is listening for it now.
+    count, summed over the route's topics; 0 means nobody is listening for it now) as a
+    `Published`, an int that also carries `.id` and `.positions` {stream: (epoch, offset)}.
     Raises PublishError when Redis cannot be reached within `timeout` seconds.
+
+    The history bounds are the server's settings and are read from the same environment
+    variables (WS_HISTORY_SIZE, WS_HISTORY_SECONDS, WS_HISTORY_META_SECONDS; defaults
+    100, 300, 86400); a publisher with other values trims that stream differently.
     """
 
     def __init__(self, url: str | None = None, prefix: str | None = None, *, client=None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, history_size: int | None = None,
+                 history_seconds: int | None = None, history_meta_seconds: int | None = None):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -164,18 +178,17 @@ class RedisPublisher(_Helpers):
             client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                           retry=Retry(NoBackoff(), 0), protocol=2)
         self.client = client
+        self.history = RedisHistory(
+            client, self.prefix,
+            size=_env_int("WS_HISTORY_SIZE", 100) if history_size is None else history_size,
+            seconds=_env_int("WS_HISTORY_SECONDS", 300) if history_seconds is None else history_seconds,
+            meta_seconds=(_env_int("WS_HISTORY_META_SECONDS", 86400) if history_meta_seconds is None
+                          else history_meta_seconds))
         self._errors = redis.RedisError
 
-    def _send(self, event, route, channel, user_id) -> int:
-        topics = topics_of(route)
-        body = envelope(topics, dumps(event))
+    def _send(self, event, route, channel, user_id) -> Published:
         try:
-            if len(topics) == 1:
-                return int(self.client.publish(self.prefix + topics[0], body))
-            with self.client.pipeline(transaction=True) as pipe:
-                for topic in topics:
-                    pipe.publish(self.prefix + topic, body)
-                return int(sum(pipe.execute()))
+            return self.history.publish(topics_of(route), dumps(event))
         except self._errors as exc:
             raise PublishError(f"redis: {type(exc).__name__}") from None
 
@@ -228,4 +241,4 @@ class HttpPublisher(_Helpers):
         return self._post("/api/notifications", body)
 
 
-__all__ = ["HttpPublisher", "InvalidEvent", "PublishError", "RedisPublisher", "envelope"]
+__all__ = ["HttpPublisher", "InvalidEvent", "PublishError", "Published", "RedisPublisher", "envelope"]
