@@ -43,7 +43,7 @@ return {e, tonumber(redis.call('HGET', KEYS[1], 't'))}
 """
 
 # KEYS meta, hist; ARGV meta_seconds, epoch, offset, limit.
-# Reply {epoch, top, history length, redis time (s), entries...}; the entries (the last
+# Reply {epoch, top, history length, redis time "s.us", entries...}; the entries (the last
 # top-offset envelopes) only when the recovery can succeed on epoch, count and length.
 SINCE_SCRIPT = """
 local e = redis.call('HGET', KEYS[1], 'e')
@@ -56,7 +56,8 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
 local len = redis.call('LLEN', KEYS[2])
-local reply = {e, top, len, redis.call('TIME')[1]}
+local now = redis.call('TIME')
+local reply = {e, top, len, now[1] .. '.' .. string.format('%06d', tonumber(now[2]))}
 local missed = top - tonumber(ARGV[3])
 if e == ARGV[2] and missed > 0 and missed <= tonumber(ARGV[4]) and missed <= len then
   local entries = redis.call('LRANGE', KEYS[2], -missed, -1)
@@ -65,8 +66,10 @@ end
 return reply
 """
 
-# The reasons a recovery fails (also the `reason` label of the recovery metrics).
-EPOCH_MISMATCH = "epoch_mismatch"   # other epoch, or an offset this epoch never reached
+# The reasons a recovery fails (the `reason` label of the recovery metrics; the same
+# strings as the in-process history's).
+EPOCH_MISMATCH = "epoch"            # another epoch: the stream's offsets were lost since
+AHEAD = "ahead"                     # an offset this epoch never reached
 TRIMMED = "trimmed"                 # more missed than the history holds (WS_HISTORY_SIZE)
 EXPIRED = "expired"                 # the history (or its oldest needed event) is too old
 TOO_MANY = "too_many"               # more missed than the caller accepts (WS_RECOVERY_MAX)
@@ -211,15 +214,17 @@ class RedisHistory:
                 for reply, (_, epoch, offset) in zip(replies, requests)]
 
     def recovery(self, reply, epoch: str, offset: int, limit: int) -> Recovery:
-        current, top, length, now = _text(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
+        current, top, length, now = _text(reply[0]), int(reply[1]), int(reply[2]), float(reply[3])
         entries = list(reply[4:])
         missed = top - offset
 
         def fail(reason):
             return Recovery(False, reason, current, top, [])
 
-        if current != epoch or offset < 0 or missed < 0:
+        if current != epoch:
             return fail(EPOCH_MISMATCH)
+        if offset < 0 or missed < 0:
+            return fail(AHEAD)
         if missed == 0:
             return Recovery(True, None, current, top, [])
         if missed > limit:
