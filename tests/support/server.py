@@ -72,7 +72,7 @@ class Server:
 
     def __init__(self, workdir: Path, *, name: str = "server", database_url: str | None = None,
                  jwt_secret=AUTO, api_key=AUTO, nextauth_secret: str | None = None,
-                 env: dict | None = None, cwd: Path | None = None):
+                 env: dict | None = None, cwd: Path | None = None, command: list[str] | None = None):
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +110,8 @@ class Server:
         self.cwd = Path(cwd) if cwd else REPO
         if cwd:
             self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH")) if p)
+        # the launch command; the suite's own venv unless a test brings another install
+        self.command = command or gunicorn_cmd()
         self.proc: subprocess.Popen | None = None
         self.clients: list[WSClient] = []
         self.http = requests.Session()
@@ -119,7 +121,7 @@ class Server:
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> "Server":
         self._out = open(self.stdout_path, "ab")
         self._err = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(gunicorn_cmd(), cwd=self.cwd, env=self.env, stdout=self._out, stderr=self._err,
+        self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=self._out, stderr=self._err,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         RUNNING.append(self)
         if wait:
