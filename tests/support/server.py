@@ -17,23 +17,18 @@ from urllib.parse import quote
 
 import requests
 
+from fonana_realtime.settings import ENV_NAMES
+
 from .tokens import make_token
 from .ws import WSClient, open_ws
 
 REPO = Path(__file__).resolve().parents[2]
 AUTO = object()
 
-# Every variable the server reads (PROTOCOL.md section 1): never inherited from the
-# caller's environment, so a developer's shell cannot change what a test means.
-CONFIG_VARS = (
-    "WS_PORT", "WS_HOST", "NEXTAUTH_SECRET", "JWT_SECRET", "DATABASE_URL", "REDIS_URL", "WS_API_SECRET",
-    "ALLOWED_ORIGINS", "WS_WORKERS", "WS_WORKER_CONNECTIONS", "WS_PING_INTERVAL", "WS_MAX_MESSAGE_BYTES",
-    "WS_RATE_PER_SEC", "WS_RATE_BURST", "WS_RATE_ABUSE_SECONDS", "WS_MAX_SUBSCRIPTIONS",
-    "WS_MAX_CONNECTIONS_PER_USER", "WS_HANDSHAKES_PER_IP_PER_SEC", "WS_HANDSHAKES_PER_IP_BURST",
-    "TRUSTED_PROXIES", "WS_SEND_BACKLOG_BYTES", "WS_SEND_BACKLOG_FRAMES", "WS_DRAIN_SECONDS",
-    "API_MAX_BODY_BYTES", "API_MAX_EVENTS", "METRICS_PUBLIC", "REDIS_PREFIX", "LOG_DIR", "DATA_DIR",
-    "GUNICORN_CMD_ARGS", "FLASK_ENV", "FLASK_DEBUG", "ENV", "APP_ENV", "NODE_ENV",
-)
+# Every variable the server reads (settings.ENV_NAMES) and the launch's own: never
+# inherited from the caller's environment, so a developer's shell cannot change what a
+# test means.
+CONFIG_VARS = ENV_NAMES + ("GUNICORN_CMD_ARGS", "FLASK_ENV", "FLASK_DEBUG", "ENV", "APP_ENV")
 
 RUNNING: list["Server"] = []
 
