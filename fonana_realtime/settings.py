@@ -128,7 +128,8 @@ class Settings:
 
 KNOBS = tuple(f for f in fields(Settings) if "env" in f.metadata)
 # What the secrets and the production switch are derived from (`_secrets`, `_is_production`).
-DERIVED_FROM = ("JWT_SECRET", "NEXTAUTH_SECRET", "WS_API_SECRET", "NODE_ENV", "FONANA_ENV")
+DERIVED_FROM = ("JWT_SECRET", "NEXTAUTH_SECRET", "WS_API_SECRET", "WS_ALLOW_WEAK_JWT_SECRET", "NODE_ENV",
+                "FONANA_ENV")
 # Every variable the server reads.
 ENV_NAMES = tuple(k.metadata["env"] for k in KNOBS) + DERIVED_FROM
 
@@ -144,6 +145,12 @@ def _read(knob, env: dict[str, str]):
     return meta["parse"](meta["env"], raw)
 
 
+# HS256 keys shorter than the hash output (256 bits) are forgeable by brute force
+# (RFC 7518 section 3.2); the API key is ours to choose, so it gets the same floor.
+MIN_JWT_SECRET_BYTES = 32
+MIN_API_SECRET_CHARS = 32
+
+
 def _dev_secrets(data_dir: str) -> dict[str, str]:
     """The embedded default's own secrets, made once and kept in DATA_DIR so tokens
     minted by the CLI keep working across restarts. Never used with DATABASE_URL."""
@@ -151,7 +158,9 @@ def _dev_secrets(data_dir: str) -> dict[str, str]:
     if path.is_file():
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = {"jwt_secret": secrets.token_urlsafe(32), "api_secret": secrets.token_urlsafe(24)}
+    # 43 characters each: above both production floors
+    values = {"jwt_secret": secrets.token_urlsafe(MIN_JWT_SECRET_BYTES),
+              "api_secret": secrets.token_urlsafe(MIN_API_SECRET_CHARS)}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(values, fh)
@@ -166,19 +175,41 @@ def _is_production(env: dict[str, str], database_url: str | None) -> bool:
 def _secrets(env: dict[str, str], production: bool, data_dir: str,
              warnings: list[str]) -> tuple[tuple[str, ...], str | None]:
     """(JWT secrets, API key). The Next.js signer uses JWT_SECRET first, then
-    NEXTAUTH_SECRET: accept either. The embedded default makes its own."""
-    jwt = [s for s in (env.get("JWT_SECRET", ""), env.get("NEXTAUTH_SECRET", "")) if s]
+    NEXTAUTH_SECRET: accept either. The production launch refuses weak ones; the
+    embedded default makes its own strong ones."""
+    named = [(n, env.get(n, "")) for n in ("JWT_SECRET", "NEXTAUTH_SECRET") if env.get(n, "")]
+    jwt = [value for _, value in named]
     if len(jwt) == 2 and jwt[0] != jwt[1]:
         warnings.append("JWT_SECRET and NEXTAUTH_SECRET differ; tokens signed with either are accepted")
     jwt = list(dict.fromkeys(jwt))
     api_secret = env.get("WS_API_SECRET", "") or None
+    weak_jwt = [n for n, value in named if len(value.encode()) < MIN_JWT_SECRET_BYTES]
+    weak_api = api_secret is not None and len(api_secret) < MIN_API_SECRET_CHARS
     if production:
         if not jwt:
             raise SettingsError("no JWT secret: set JWT_SECRET or NEXTAUTH_SECRET "
                                 "(required with DATABASE_URL or NODE_ENV=production)")
+        if weak_jwt:
+            # The Next.js app may already sign with a short secret: rotating it logs every
+            # user out, so an explicit, loud escape hatch exists for the meantime.
+            if not flag("WS_ALLOW_WEAK_JWT_SECRET", env.get("WS_ALLOW_WEAK_JWT_SECRET", "").strip() or "0"):
+                raise SettingsError(f"{' and '.join(weak_jwt)} shorter than {MIN_JWT_SECRET_BYTES} bytes: "
+                                    "HS256 tokens signed with it can be forged by brute force; use a longer "
+                                    "secret (or set WS_ALLOW_WEAK_JWT_SECRET=1 while the Next.js app rotates)")
+            warnings.append(f"WS_ALLOW_WEAK_JWT_SECRET=1: accepting {' and '.join(weak_jwt)} shorter than "
+                            f"{MIN_JWT_SECRET_BYTES} bytes; tokens signed with it can be forged by brute force, "
+                            "rotate it")
+        if weak_api:
+            raise SettingsError(f"WS_API_SECRET shorter than {MIN_API_SECRET_CHARS} characters: "
+                                "use a long random key (python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
         if api_secret is None:
             warnings.append("WS_API_SECRET is not set: the HTTP API answers 503 until it is")
-    elif not jwt or api_secret is None:
+        return tuple(jwt), api_secret
+    weak = weak_jwt + (["WS_API_SECRET"] if weak_api else [])
+    if weak:
+        warnings.append(f"{' and '.join(weak)} shorter than the production launch accepts "
+                        "(it refuses them with DATABASE_URL)")
+    if not jwt or api_secret is None:
         dev = _dev_secrets(data_dir)
         if not jwt:
             jwt = [dev["jwt_secret"]]

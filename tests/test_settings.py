@@ -107,3 +107,89 @@ def test_settings_module_reads_only_what_it_declares():
     doc = settings_module.__doc__
     for reader in readers:
         assert reader.split("/")[-1] in doc, f"settings.py's docstring does not name {reader}"
+
+
+# -- weak secrets (issue 8.2) ------------------------------------------------------------------
+
+def production(tmp_path, **env) -> dict:
+    return {"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", **env}
+
+
+@pytest.mark.parametrize("name", ["JWT_SECRET", "NEXTAUTH_SECRET"])
+@pytest.mark.parametrize("weak", [" ", "a", "x" * 31, "é" * 15])
+def test_production_refuses_a_jwt_secret_under_32_bytes(tmp_path, name, weak):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(production(tmp_path, **{name: weak, "WS_API_SECRET": "k" * 32}))
+    message = str(caught.value)
+    assert name in message and "32 bytes" in message and "\n" not in message, message
+    assert len(weak) < 8 or weak not in message, "the refusal must not repeat the secret"
+
+
+def test_production_accepts_32_bytes_and_counts_bytes_not_characters(tmp_path):
+    assert load_settings(production(tmp_path, JWT_SECRET="x" * 32)).jwt_secrets == ("x" * 32,)
+    assert load_settings(production(tmp_path, JWT_SECRET="é" * 16)).jwt_secrets == ("é" * 16,)
+
+
+@pytest.mark.parametrize("weak", ["k", " " * 5, "k" * 31])
+def test_production_refuses_an_api_key_under_32_characters(tmp_path, weak):
+    with pytest.raises(SettingsError, match=r"^WS_API_SECRET shorter than 32 characters"):
+        load_settings(production(tmp_path, JWT_SECRET="j" * 32, WS_API_SECRET=weak))
+    assert load_settings(production(tmp_path, JWT_SECRET="j" * 32, WS_API_SECRET="k" * 32)).api_secret == "k" * 32
+
+
+def test_the_escape_hatch_accepts_a_weak_jwt_secret_with_a_warning(tmp_path):
+    loaded = load_settings(production(tmp_path, NEXTAUTH_SECRET="s3cr3t", WS_ALLOW_WEAK_JWT_SECRET="1"))
+    assert loaded.jwt_secrets == ("s3cr3t",)
+    assert any("WS_ALLOW_WEAK_JWT_SECRET" in w and "NEXTAUTH_SECRET" in w for w in loaded.warnings), loaded.warnings
+    assert not any("s3cr3t" in w for w in loaded.warnings)
+    # only for the JWT secret: the API key has no escape hatch
+    with pytest.raises(SettingsError, match="WS_API_SECRET"):
+        load_settings(production(tmp_path, JWT_SECRET="short", WS_API_SECRET="k", WS_ALLOW_WEAK_JWT_SECRET="1"))
+    with pytest.raises(SettingsError, match="WS_ALLOW_WEAK_JWT_SECRET must be 1 or 0"):
+        load_settings(production(tmp_path, JWT_SECRET="short", WS_ALLOW_WEAK_JWT_SECRET="maybe"))
+    with pytest.raises(SettingsError):
+        load_settings(production(tmp_path, JWT_SECRET="short", WS_ALLOW_WEAK_JWT_SECRET="0"))
+
+
+def test_the_embedded_default_makes_strong_secrets(tmp_path):
+    loaded = load_settings({"DATA_DIR": str(tmp_path)})
+    assert len(loaded.jwt_secrets[0].encode()) >= 32 and len(loaded.api_secret) >= 32
+    # what it made passes the production floors too
+    load_settings(production(tmp_path, JWT_SECRET=loaded.jwt_secrets[0], WS_API_SECRET=loaded.api_secret))
+
+
+def test_the_embedded_default_warns_about_weak_explicit_secrets(tmp_path):
+    loaded = load_settings({"DATA_DIR": str(tmp_path), "JWT_SECRET": "a", "WS_API_SECRET": "k"})
+    assert loaded.jwt_secrets == ("a",)
+    assert any("JWT_SECRET and WS_API_SECRET shorter" in w for w in loaded.warnings), loaded.warnings
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("env,named", [({"JWT_SECRET": None, "NEXTAUTH_SECRET": " "}, "NEXTAUTH_SECRET"),
+                                       ({"WS_API_SECRET": "k"}, "WS_API_SECRET")],
+                         ids=["nextauth-space", "api-key-k"])
+def test_the_production_launch_refuses_weak_secrets_with_one_line(server_factory, pg_url, env, named):
+    srv = server_factory.create("weak-secret", database_url=pg_url, env=env)
+    srv.start(wait=False)
+    rc = srv.wait_exit(30)
+    out = srv.output()
+    assert rc is not None and rc != 0, f"started with a weak {named}:\n{srv.output_tail()}"
+    refusal = [line for line in out.splitlines() if "refusing to start" in line]
+    assert len(refusal) == 1 and named in refusal[0], out[-2000:]
+    assert "Traceback" not in out, out[-3000:]
+
+
+@pytest.mark.postgres
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")   # the point of the test
+def test_the_escape_hatch_warns_at_every_start(server_factory, pg_url, seed):
+    weak = "weak-nextauth"
+    user = seed.user()
+    for n in (1, 2):
+        srv = server_factory.start(f"weak-allowed-{n}", database_url=pg_url, nextauth_secret=weak,
+                                   env={"JWT_SECRET": None, "WS_ALLOW_WEAK_JWT_SECRET": "1"})
+        srv.jwt_secret = weak
+        ws = srv.connect(user)        # the weak secret the Next.js app signs with works
+        ws.ping()
+        srv.stop()
+        warnings = [line for line in srv.output().splitlines() if "WS_ALLOW_WEAK_JWT_SECRET=1" in line]
+        assert warnings, f"start {n} did not warn:\n{srv.output_tail()}"
