@@ -11,48 +11,26 @@
 
 Every event is checked against the catalogue (`events.route_event`) before anything is
 sent, so a mistake raises `InvalidEvent` here rather than being dropped by the server.
-The wire format (docs/PUBLISHING.md): `PUBLISH <prefix>channel:<key>` or
-`<prefix>user:<id>` with `{"event": E}`; an event addressed to several topics is one
-envelope with an `id` and the full topic list, so each connection gets it once.
+The wire format is the server's own (`wire.py`, docs/PUBLISHING.md): `PUBLISH
+<prefix>channel:<key>` or `<prefix>user:<id>` with `{"event": E}`; an event addressed
+to several topics is one envelope with an `id` and the full topic list, so each
+connection gets it once.
 """
 from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
-import uuid
 from datetime import datetime, timezone
 
 from .channels import InvalidChannel, parse_channel_any, valid_id
-from .events import InvalidEvent, Route, route_event
-from .hub import channel_topic, user_topic
+from .events import InvalidEvent, route_event
 from .redis_history import Published, RedisHistory
+from .wire import DEFAULT_PREFIX, envelope, route_topics
 from .wsframes import dumps
 
-DEFAULT_PREFIX = "fonana:rt:"
 DEFAULT_TIMEOUT = 2.0
-
-
-def topics_of(route: Route) -> list[str]:
-    return [channel_topic(k) for k in route.channels] + [user_topic(u) for u in route.users]
-
-
-def envelope(topics: list[str], payload: bytes, now: float | None = None) -> bytes:
-    """The bytes PUBLISHed for one serialised event (`payload`, a JSON object).
-
-    One topic: `{"event":E,"ts":T}`. Several: `{"event":E,"id":I,"topics":[...],"ts":T}`,
-    the same bytes to each topic; a worker delivers the first copy to all listed topics
-    and drops the others by id. `ts` (publish time, Unix seconds) feeds the
-    publish-to-delivery histogram. Built by concatenation: the event is not parsed again.
-    """
-    ts = time.time() if now is None else now
-    if len(topics) == 1:
-        meta = {"ts": ts}
-    else:
-        meta = {"id": uuid.uuid4().hex, "topics": list(topics), "ts": ts}
-    return b'{"event":' + payload + b"," + dumps(meta)[1:]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -188,7 +166,7 @@ class RedisPublisher(_Helpers):
 
     def _send(self, event, route, channel, user_id) -> Published:
         try:
-            return self.history.publish(topics_of(route), dumps(event))
+            return self.history.publish(route_topics(route), dumps(event))
         except self._errors as exc:
             raise PublishError(f"redis: {type(exc).__name__}") from None
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from .wire import DEFAULT_PREFIX
+
 
 class SettingsError(Exception):
     """A setting is missing or malformed; the message is one line for the operator."""
@@ -67,7 +69,7 @@ class Settings:
     port: int = 3002
     database_url: str | None = None
     redis_url: str | None = None
-    redis_prefix: str = "fonana:rt:"
+    redis_prefix: str = DEFAULT_PREFIX
     jwt_secrets: tuple[str, ...] = ()
     jwt_secrets_differ: bool = False
     api_secret: str | None = None
@@ -168,7 +170,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         port=_int(env, "WS_PORT", 3002),
         database_url=database_url,
         redis_url=env.get("REDIS_URL", "").strip() or None,
-        redis_prefix=env.get("REDIS_PREFIX", "fonana:rt:"),
+        redis_prefix=env.get("REDIS_PREFIX", DEFAULT_PREFIX),
         jwt_secrets=tuple(jwt),
         jwt_secrets_differ=differ,
         api_secret=api_secret,
