@@ -31,6 +31,11 @@ BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from t
 BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
 BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
                       multiprocess_mode="livesum")
+BROKER_CATCHUP_EVENTS = Counter("fonana_rt_broker_catchup_events",
+                                "Events a worker read from Redis history after its listener's link came back")
+BROKER_CATCHUP_FAILED = Counter("fonana_rt_broker_catchup_failed",
+                                "Streams whose missed events were no longer in history when the link came back",
+                                ["reason"])
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",

@@ -25,6 +25,8 @@ import json
 import uuid
 from pathlib import Path
 
+from .wire import topic_stream     # the script derives streams from topics the same way
+
 PUBLISH_SCRIPT_PATH = Path(__file__).with_name("redis_publish.lua")
 PUBLISH_SCRIPT = PUBLISH_SCRIPT_PATH.read_text()
 
@@ -81,13 +83,6 @@ def meta_key(prefix: str, stream: str) -> str:
 
 def history_key(prefix: str, stream: str) -> str:
     return f"{prefix}{{{stream}}}:h"
-
-
-def topic_stream(topic: str) -> str:
-    """`channel:post_P` -> `post_P`; `user:U` -> `user_U` (what the script does too)."""
-    if topic.startswith("channel:"):
-        return topic[8:]
-    return "user_" + topic[5:]
 
 
 class Published(int):
@@ -191,6 +186,17 @@ class RedisHistory:
         """(epoch, top offset) of a stream; a stream never published to gets its epoch now."""
         epoch, top = self._position(keys=self._keys(stream), args=[self.meta_seconds])
         return _text(epoch), int(top)
+
+    def positions(self, streams) -> list[tuple[str, int]]:
+        """`position` for many streams, in one pipeline."""
+        streams = list(streams)
+        if not streams:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                self._position(keys=self._keys(stream), args=[self.meta_seconds], client=pipe)
+            replies = pipe.execute()
+        return [(_text(epoch), int(top)) for epoch, top in replies]
 
     def since(self, stream: str, epoch: str, offset: int, limit: int) -> Recovery:
         """Every event of `stream` after `offset` of `epoch`, all or nothing: at most

@@ -49,6 +49,10 @@ class Broker:
 def open_broker(settings) -> Broker:
     if settings.redis_url:
         from .redis import RedisBroker
-        return RedisBroker(settings.redis_url, settings.redis_prefix)
+        return RedisBroker(settings.redis_url, settings.redis_prefix,
+                           history_size=getattr(settings, "history_size", 100),
+                           history_seconds=getattr(settings, "history_seconds", 300),
+                           history_meta_seconds=getattr(settings, "history_meta_seconds", 86400),
+                           recovery_max=getattr(settings, "recovery_max", 300))
     from .memory import MemoryBroker
     return MemoryBroker()
