@@ -1,4 +1,4 @@
-"""The Redis wire format, once: topic and stream names, the envelope, the publish.
+"""The Redis wire format, once: topic and stream names, the envelope and its decoding.
 
 Used by the server (broker/redis.py) and by other processes (publisher.py) alike, so
 the two can never drift apart. docs/PUBLISHING.md is the same format in prose.
@@ -11,6 +11,10 @@ the two can never drift apart. docs/PUBLISHING.md is the same format in prose.
 - An *envelope* is the JSON published for one event: `{"event":E,"ts":T}` on one topic;
   a union (several topics) adds `"id"` and `"topics"`, and the same bytes go to each
   topic, so a worker delivers the first copy to all listed topics and drops the rest.
+  An envelope with positions (what the server and publisher.py send, built by the
+  publish script of redis_history.py) always has `id` and `topics`, and `"pos"`:
+  {stream: [epoch, offset]}; the same bytes are kept in each stream's history.
+  `envelope()` builds the bare form of PROTOCOL.md 5 (no positions).
 """
 from __future__ import annotations
 
@@ -95,20 +99,6 @@ def envelope(topics: list[str], payload: bytes, now: float | None = None,
             raise ValueError(f"a union reaches at most {MAX_ENVELOPE_TOPICS} topics")
         meta = {"id": message_id or uuid.uuid4().hex, "topics": list(topics), "ts": ts}
     return b'{"event":' + payload + b"," + dumps(meta)[1:]
-
-
-def publish(client, prefix: str, topics: list[str], body: bytes) -> int:
-    """PUBLISH one envelope to each topic; returns Redis's receiver count (summed).
-
-    Several topics go inside MULTI/EXEC so the copies reach every subscriber back to
-    back (a worker delivers the first and drops the others by id). Raises whatever the
-    redis client raises; callers turn that into their own error."""
-    if len(topics) == 1:
-        return int(client.publish(prefix + topics[0], body))
-    with client.pipeline(transaction=True) as pipe:
-        for topic in topics:
-            pipe.publish(prefix + topic, body)
-        return int(sum(pipe.execute()))
 
 
 # ---- decode -----------------------------------------------------------------------
