@@ -198,27 +198,27 @@ class RedisBroker(Broker):
     # ---- positions and history ------------------------------------------------------
 
     def position(self, stream: str) -> tuple:
+        """(epoch, top) of `stream`, creating its epoch when it has none; (None, 0) while
+        Redis does not answer (like a broker without history)."""
         try:
             return self.history_store.position(stream)
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(type(exc).__name__) from None
+        except redis.RedisError:
+            return None, 0
 
     def history(self, stream: str, epoch, since: int, limit: int):
-        """The events of `stream` after `since` of `epoch` (wire.Messages, positions
-        filled), all or nothing; raises BrokerUnavailable when Redis does not answer."""
-        from ..history import Recovery
+        """The events of `stream` after `since` of `epoch` (wire.Messages, positions and
+        ids as their live copies had them), all or nothing; reason `unavailable` while
+        Redis does not answer."""
+        from ..history import UNAVAILABLE, Recovery
         try:
             rec = self.history_store.since(stream, epoch if isinstance(epoch, str) else "", since, limit)
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(type(exc).__name__) from None
+        except redis.RedisError:
+            return Recovery(False, None, 0, reason=UNAVAILABLE)
         if not rec.ok:
             return Recovery(False, rec.epoch, rec.top, reason=rec.reason)
-        events = []
-        for entry in rec.entries:
-            try:
-                events.append(self._decoder.decode_stored(stream, entry))
-            except wire.Drop:                   # cannot happen for what the script stored
-                return Recovery(False, rec.epoch, rec.top, reason="trimmed")
+        events = self._stored(stream, rec.entries)
+        if len(events) != len(rec.entries):     # cannot happen for what the script stored
+            return Recovery(False, rec.epoch, rec.top, reason=UNAVAILABLE)
         return Recovery(True, rec.epoch, rec.top, events)
 
     # ---- listen / unlisten (called by fanout, in a client's greenlet) ----------------
