@@ -298,3 +298,28 @@ def test_redis_cli_eval_of_the_shipped_script(rds):
     h = RedisHistory(rds, p)
     assert h.since("post_cli", out[3], 0, 300).ok
     ps.close()
+
+
+def test_the_decoder_reads_positions_and_stored_envelopes_leave_its_id_cache_alone(rds):
+    from fonana_realtime import wire
+    h = RedisHistory(rds, rds.test_prefix)
+    ps = subscriber(rds, rds.test_prefix + "channel:post_d")
+    pub = h.publish(["channel:post_d", "user:ud"], event(1))
+    live = ps.get_message(ignore_subscribe_messages=True, timeout=5)["data"]
+    stored = h.since("post_d", pub.positions["post_d"][0], 0, 300).entries[0]
+    assert stored == live
+
+    decoder = wire.Decoder()
+    replayed = decoder.decode_stored("post_d", stored)
+    assert replayed.positions == pub.positions and replayed.id == pub.id
+    assert replayed.topics == ["channel:post_d", "user:ud"]
+    first = decoder.decode("channel:post_d", live)          # the live copy after a replay: delivered
+    assert first is not None and first.positions == pub.positions and first.id == pub.id
+    assert decoder.decode("user:ud", live) is None           # its second copy: dropped by id
+    assert decoder.decode_stored("user_ud", stored).id == pub.id   # a replay after it: still there
+    ps.close()
+
+    for bad in ('{"post_d":["e",0]}', '{"post_d":["e",true]}', '{"post_d":[1,2]}', '["e",1]',
+                '{"post_d":["e",1,2]}', '{"post_d":["' + "e" * 65 + '",1]}'):
+        msg = wire.Decoder().decode("channel:post_d", b'{"event":{"type":"x"},"pos":' + bad.encode() + b'}')
+        assert msg is not None and msg.positions == {}       # delivered live, without positions
