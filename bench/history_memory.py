@@ -10,6 +10,7 @@ ours alone, and measures through the real publish script (fonana_realtime/redis_
 - an idle stream: one that a client asked the position of (or whose history expired):
   only its meta hash (epoch, top offset), kept WS_HISTORY_META_SECONDS;
 - 1,000 active streams holding 1, 10 and 100 (= WS_HISTORY_SIZE, the bound) events;
+- Redis time per publication: the script against a bare PUBLISH (INFO commandstats);
 - the same with the history held as Redis Streams (XADD MAXLEN) instead of lists, the
   alternative that redis_history.py's docstring compares against.
 
@@ -130,10 +131,29 @@ def main():
                             pipe.execute()
                 rows.append(measure(r, f"active, {events} events (stream, for comparison)", n, as_stream))
                 rows[-1]["memory_usage_key"] = r.memory_usage(history_key(PREFIX, "post_0"), samples=0)
+
+            # Redis time per publication (INFO commandstats usec_per_call), 5,000 each:
+            # the script (one stream, history kept) against a bare PUBLISH of the same bytes.
+            r.flushall()
+            r.config_resetstat()
+            body = payload(1, args.event_bytes)
+            for start in range(0, 5000, 500):
+                with r.pipeline(transaction=False) as pipe:
+                    for i in range(start, start + 500):
+                        keys, argv = h.publish_args([f"channel:post_{i % n}"], body)
+                        h._publish(keys=keys, args=argv, client=pipe)
+                        pipe.publish(f"{PREFIX}channel:post_{i % n}", probe)
+                    pipe.execute()
+            stats = r.info("commandstats")
+            per_call = {name: stats[f"cmdstat_{name}"]["usec_per_call"] for name in ("evalsha", "publish")
+                        if f"cmdstat_{name}" in stats}
+            print(json.dumps({"redis_usec_per_call": per_call}), flush=True)
         finally:
             proc.kill()
             proc.wait()
     print(f"\nenvelope {len(probe)} B (flat event {args.event_bytes} B); {n} streams; redis-server {version}")
+    print(f"Redis time per publication: script {per_call.get('evalsha', 0):.1f} us, "
+          f"bare PUBLISH {per_call.get('publish', 0):.1f} us (INFO commandstats, 5,000 each)")
     print("| what | bytes per stream (used_memory delta) | MEMORY USAGE of one key | total |")
     print("|---|---|---|---|")
     for row in rows:
