@@ -98,6 +98,10 @@ class Settings:
     db_pool_size: int = 10
     user_cache_seconds: float = 5.0
     jwt_leeway_seconds: int = 10
+    history_size: int = 100
+    history_seconds: float = 300.0
+    history_meta_seconds: float = 86400.0
+    recovery_max: int = 300
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -199,5 +203,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         db_pool_size=_int(env, "DB_POOL_SIZE", 10),
         user_cache_seconds=_float(env, "WS_USER_CACHE_SECONDS", 5.0),
         jwt_leeway_seconds=_leeway(env),
+        history_size=_int(env, "WS_HISTORY_SIZE", 100),
+        history_seconds=_float(env, "WS_HISTORY_SECONDS", 300.0),
+        history_meta_seconds=_float(env, "WS_HISTORY_META_SECONDS", 86400.0),
+        recovery_max=_int(env, "WS_RECOVERY_MAX", 300),
         warnings=tuple(warnings),
     )

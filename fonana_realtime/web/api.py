@@ -118,9 +118,11 @@ def _address(body) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return channels, users
 
 
-def publish(route: Route, event: dict):
-    runtime().broker.publish(route, dumps(event))
+def publish(route: Route, event: dict) -> dict:
+    """Hand one checked event to the broker; its positions `{stream: offset}`."""
+    positions = runtime().broker.publish(route, dumps(event))
     metrics.EVENTS_PUBLISHED.inc()
+    return positions
 
 
 @bp.post("/events")
@@ -144,9 +146,8 @@ def post_events():
             routed.append((route_event(event, channels, users), event))
         except InvalidEvent as exc:
             raise BadRequest(str(exc), **({"index": index} if "events" in body else {})) from None
-    for route, event in routed:
-        publish(route, event)
-    return jsonify({"published": len(routed)}), 202
+    positions = [publish(route, event) for route, event in routed]
+    return jsonify({"published": len(routed), "positions": positions}), 202
 
 
 @bp.post("/notifications")
