@@ -14,13 +14,12 @@ the two can never drift apart. docs/PUBLISHING.md is the same format in prose.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
 from collections import OrderedDict
 
-from .wsframes import dumps
+from .wsframes import dumps, loads
 
 DEFAULT_PREFIX = "fonana:rt:"
 TOPIC_KINDS = ("channel:", "user:")
@@ -134,8 +133,8 @@ class Decoder:
         """The Message to deliver, None for another copy of a union already delivered;
         raises Drop for anything malformed."""
         try:
-            env = json.loads(data)
-        except (ValueError, RecursionError):        # UnicodeDecodeError is a ValueError
+            env = loads(data)          # standard JSON only: NaN or a lone surrogate is dropped here
+        except ValueError:             # UnicodeDecodeError is a ValueError
             raise Drop("not_json") from None
         if not isinstance(env, dict):
             raise Drop("not_an_object")
