@@ -47,10 +47,24 @@ export function freePort() {
   });
 }
 
+// Once settings.py lists its variables (settings.ENV_NAMES), those too: a new setting is
+// then never inherited without anyone touching this file.
+let settingsNames;
+function serverSettingNames() {
+  if (settingsNames === undefined) {
+    const run = spawnSync(PYTHON, ["-c",
+      "import json; from fonana_realtime import settings; print(json.dumps(sorted(getattr(settings, 'ENV_NAMES', ()))))"],
+    { cwd: REPO, encoding: "utf8" });
+    settingsNames = run.status === 0 ? JSON.parse(run.stdout) : [];
+  }
+  return settingsNames;
+}
+
 function cleanEnv(extra) {
   const env = {};
+  const names = new Set([...CONFIG_VARS, ...serverSettingNames()]);
   for (const [k, v] of Object.entries(process.env)) {
-    if (!CONFIG_VARS.has(k) && !k.toLowerCase().endsWith("_proxy")) env[k] = v;
+    if (!names.has(k) && !k.toLowerCase().endsWith("_proxy")) env[k] = v;
   }
   env.PYTHONUNBUFFERED = "1";
   for (const [k, v] of Object.entries(extra)) {

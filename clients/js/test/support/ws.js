@@ -81,8 +81,11 @@ export class TestSocket {
     assert.deepEqual(frame, { type: "pong" }, `unexpected frame before the pong barrier: ${JSON.stringify(frame)}`);
   }
 
+  /** A normal close (1000): the client went away on purpose, so the server has nothing
+   *  to keep for a reconnect of this user (PROTOCOL.md 8). */
   close() {
-    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.terminate();
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
+    else if (this.ws.readyState === WebSocket.CONNECTING) this.ws.terminate();
   }
 }
 
