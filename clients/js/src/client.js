@@ -1,7 +1,7 @@
 // createClient: the server-to-server HTTP API (docs/PROTOCOL.md section 4) over fetch.
 //
-// Only global fetch, AbortSignal.timeout and performance are used (Node >= 18, and the
-// Next.js edge runtime), so the package has no dependency and no `node:` import.
+// Only global fetch, AbortSignal.timeout and performance are used (Node >= 18), so the
+// package has no dependency and no `node:` import.
 
 import { retryDelay, sleep } from "./backoff.js";
 import { connectionError, httpError, networkCode, redactDeep } from "./errors.js";
@@ -13,6 +13,9 @@ export const DEFAULT_TIMEOUT_MS = 5000;
 // Failures where the request cannot have reached the server, so sending it again cannot
 // write a row or publish an event twice (a reset or a timeout mid-request might have).
 const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"]);
+
+// Printable ASCII, no whitespace at either end: what a Bearer header carries intact.
+const HEADER_SAFE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
 
 // A 503 that will not go away by waiting: the server has no WS_API_SECRET.
 const FINAL_503 = new Set(["api_disabled"]);
@@ -52,6 +55,11 @@ export function createClient(options = {}) {
   const apiKey = options.apiKey ?? env.WS_API_SECRET;
   if (typeof apiKey !== "string" || !apiKey) {
     throw new TypeError("fonana-realtime: no API key: pass apiKey or set WS_API_SECRET (the server's WS_API_SECRET)");
+  }
+  // fetch would refuse such a header later, quoting its value in the error
+  if (!HEADER_SAFE.test(apiKey)) {
+    throw new TypeError("fonana-realtime: the API key has leading or trailing whitespace, or a character " +
+      "an HTTP header cannot carry (check WS_API_SECRET for a stray newline)");
   }
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {

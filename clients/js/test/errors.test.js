@@ -260,4 +260,12 @@ test("bad options are TypeErrors that name the option, never the key", () => {
     return true;
   });
   assert.throws(() => createClient({ url: server.url, apiKey: "k", timeoutMs: 0 }), /timeoutMs/);
+  for (const key of [`${WRONG_KEY}\n`, ` ${WRONG_KEY}`, `${WRONG_KEY}\u00e9`]) {
+    assert.throws(() => createClient({ url: server.url, apiKey: key }), (error) => {
+      assert.ok(error instanceof TypeError);
+      assert.match(error.message, /a character an HTTP header cannot carry/);
+      assert.ok(!error.message.includes(WRONG_KEY));
+      return true;
+    });
+  }
 });
