@@ -25,6 +25,7 @@ import json
 import uuid
 from pathlib import Path
 
+from .history import AHEAD, EPOCH, EXPIRED, TOO_MANY, TRIMMED
 from .wire import topic_stream     # the script derives streams from topics the same way
 
 PUBLISH_SCRIPT_PATH = Path(__file__).with_name("redis_publish.lua")
@@ -68,13 +69,9 @@ end
 return reply
 """
 
-# The reasons a recovery fails (the `reason` label of the recovery metrics; the same
-# strings as the in-process history's).
-EPOCH_MISMATCH = "epoch"            # another epoch: the stream's offsets were lost since
-AHEAD = "ahead"                     # an offset this epoch never reached
-TRIMMED = "trimmed"                 # more missed than the history holds (WS_HISTORY_SIZE)
-EXPIRED = "expired"                 # the history (or its oldest needed event) is too old
-TOO_MANY = "too_many"               # more missed than the caller accepts (WS_RECOVERY_MAX)
+# Why a recovery fails: the in-process history's reasons, so metrics and logs name them alike.
+EPOCH_MISMATCH = EPOCH
+__all__ = ["AHEAD", "EPOCH_MISMATCH", "EXPIRED", "TOO_MANY", "TRIMMED", "Published", "Recovery", "RedisHistory"]
 
 
 def meta_key(prefix: str, stream: str) -> str:

@@ -26,7 +26,7 @@ class Runtime:
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
         self.hub = Hub()
         self.broker = open_broker(settings)
-        self.fanout = Fanout(self.hub, self.broker)
+        self.fanout = Fanout(self.hub, self.broker, settings.recovery_max)
         self.commands = Commands(self)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)

@@ -57,6 +57,7 @@ from redis.connection import BlockingConnectionPool, Connection, parse_url
 from redis.retry import Retry
 
 from .. import metrics, wire
+from ..history import UNAVAILABLE, Recovery
 from ..redis_history import EPOCH_MISMATCH, RedisHistory
 from . import Broker, BrokerUnavailable
 
@@ -209,7 +210,6 @@ class RedisBroker(Broker):
         """The events of `stream` after `since` of `epoch` (wire.Messages, positions and
         ids as their live copies had them), all or nothing; reason `unavailable` while
         Redis does not answer."""
-        from ..history import UNAVAILABLE, Recovery
         try:
             rec = self.history_store.since(stream, epoch if isinstance(epoch, str) else "", since, limit)
         except redis.RedisError:
