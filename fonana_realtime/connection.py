@@ -1,6 +1,7 @@
 """One client connection: its one write path, its bounded backlog, its read loop.
 
-Everything written to the socket (events, replies, pings, pongs, close frames)
+Events enter through `Connection.deliver` (fanout hands it the Outgoings of a batch);
+everything written to the socket (events, replies, pings, pongs, close frames)
 goes through `Connection.send`. It first tries a non-blocking write straight from
 the caller's greenlet, so a publisher never waits on a client; only when the kernel
 buffer is full is the rest parked in a bounded backlog, drained by a writer
@@ -25,6 +26,8 @@ from .wsframes import close_frame, json_frame, loads, pong_frame
 log = logging.getLogger("fonana_realtime.connection")
 _ids = itertools.count(1)
 
+# The WebSocket subprotocol of protocol v2 (PROTOCOL.md 7); without it a connection is legacy.
+V2 = "fonana.v2"
 # How long a closing connection may take to answer our close frame before we cut it.
 CLOSE_GRACE_SECONDS = 5.0
 # A refusal this long after the previous one starts a new excess run (rate limit).
@@ -34,7 +37,7 @@ ABUSE_QUIET_SECONDS = 1.0
 class Connection:
     """State of one WebSocket client. Created after the handshake succeeded."""
 
-    __slots__ = ("id", "sock", "proto", "user_id", "expires_at", "ip", "channels",
+    __slots__ = ("id", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id", "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
                  "limits", "_in_parts", "_in_size", "_in_binary")
@@ -43,6 +46,13 @@ class Connection:
         self.id = next(_ids)
         self.sock = sock                  # gevent socket, after the 101 response
         self.proto = proto                # wsproto frame protocol: parses what the client sends
+        self.protocol = None              # "fonana.v2" when the handshake negotiated it, else legacy
+        self.marks: dict = {}             # stream -> (epoch, offset) of the last event written to it
+        # v2 only: stream -> (epoch, offset) the connection was told when it joined the stream
+        # (welcome, subscribed), and streams whose live events wait while a replay runs.
+        self.joined_at: dict = {}
+        self.buffers: dict = {}           # stream -> [Outgoing] (see fanout.Fanout.replay)
+        self.user_stream = "user_" + user_id
         self.user_id = user_id
         self.expires_at = expires_at
         self.ip = ip
@@ -65,6 +75,58 @@ class Connection:
         self._in_parts: list = []
         self._in_size = 0
         self._in_binary = False
+
+    # ---- events in -----------------------------------------------------------
+
+    def deliver(self, outgoings, joined_legacy: bytes | None = None, positions=None) -> bool:
+        """The one entry point for events (a batch of `Outgoing`, in order) into this
+        connection. `joined_legacy` is their legacy frames already joined, and
+        `positions` their streams' last positions merged ({stream: (epoch, offset)}),
+        both built once per batch and shared by every recipient (a union's entry may
+        name a stream this connection does not hold). False if the connection is gone
+        or overflowed."""
+        if self.protocol is not None:
+            return self._deliver_v2(outgoings)
+        if joined_legacy is None:
+            joined_legacy = b"".join(o.legacy for o in outgoings)
+        if positions is None:
+            positions = merged_positions(outgoings)
+        if not self.send(joined_legacy, len(outgoings)):
+            return False
+        if positions:
+            self.marks.update(positions)
+        return True
+
+    def stream_of(self, out) -> str | None:
+        """The first stream of the event's route that this connection holds."""
+        for stream in out.streams:
+            if stream == self.user_stream or stream in self.channels:
+                return stream
+        return None
+
+    def _deliver_v2(self, outgoings) -> bool:
+        """Each event once, under its first held stream; held back while that stream
+        replays; skipped if its offset was already written (a replay sent it)."""
+        frames = []
+        marks = self.marks
+        buffers = self.buffers
+        for out in outgoings:
+            stream = self.stream_of(out)
+            if stream is None:
+                continue
+            if buffers and stream in buffers:
+                buffers[stream].append(out)
+                continue
+            position = out.positions.get(stream)
+            if position is not None:
+                mark = marks.get(stream)
+                if mark is not None and mark[0] == position[0] and position[1] <= mark[1]:
+                    continue                                # already written
+                marks[stream] = position
+            frames.append(out.v2_frame(stream))
+        if not frames:
+            return not (self.closing or self.closed)
+        return self.send(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
 
     # ---- the one write path -------------------------------------------------
 
@@ -251,6 +313,15 @@ class Connection:
                 self.closing = True
             return False
         return True
+
+
+def merged_positions(outgoings) -> dict:
+    """{stream: (epoch, offset)} of the last of `outgoings` in each stream."""
+    merged: dict = {}
+    for out in outgoings:
+        if out.positions:
+            merged.update(out.positions)
+    return merged
 
 
 def parse_command(text: str):

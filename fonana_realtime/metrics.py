@@ -7,6 +7,7 @@ the recipient count, never once per recipient.
 """
 from __future__ import annotations
 
+import math
 import os
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
@@ -30,6 +31,13 @@ BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from t
 BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
 BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
                       multiprocess_mode="livesum")
+RECOVERIES = Counter("fonana_rt_recoveries", "Recoveries asked for (subscribe with since, recover), by result",
+                     ["result"])   # succeeded, or the failure reason: epoch, trimmed, expired, too_many, ahead, unavailable
+REPLAYED_EVENTS = Counter("fonana_rt_replayed_events", "Events sent to clients by a recovery")
+HISTORY_BYTES = Gauge("fonana_rt_history_bytes", "Memory held by the in-process history (estimate)",
+                      multiprocess_mode="livesum")
+HISTORY_EVENTS = Gauge("fonana_rt_history_events", "Events held by the in-process history",
+                       multiprocess_mode="livesum")
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",
@@ -57,5 +65,7 @@ def snapshot() -> dict:
             if sample.name.endswith(("_created", "_bucket")):
                 continue
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "pid")
-            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+            # JSON has no NaN/Infinity: such a value is written as its name
+            value = sample.value if math.isfinite(sample.value) else str(sample.value)
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = value
     return out
