@@ -140,6 +140,39 @@ def test_can_view_post_matrix(store, rows):
     assert actual == expected
 
 
+def test_post_access_until_says_until_when_access_holds(store, rows):
+    """Author, open post and purchase do not lapse (LASTING); a subscription holds until
+    its validUntil (one subscription per user and creator: UNIQUE ("userId", "creatorId"))
+    (issue 8.6)."""
+    from fonana_realtime.store import LASTING
+    now = rows.now
+    creator = rows.user("creator")
+    for uid in ("stranger", "buyer", "fan", "expired", "buyer-and-fan"):
+        rows.user(uid)
+    rows.post("open", creator)
+    rows.post("locked", creator, locked=True)
+    rows.purchase("buyer", "locked")
+    rows.purchase("buyer-and-fan", "locked")
+    soon = now + timedelta(hours=1)
+    rows.subscription("fan", creator, valid_until=soon)
+    rows.subscription("expired", creator, valid_until=now - timedelta(minutes=1))
+    rows.subscription("buyer-and-fan", creator, valid_until=soon)
+    expected = {
+        ("creator", "locked"): LASTING,
+        ("stranger", "open"): LASTING,
+        ("buyer", "locked"): LASTING,
+        ("buyer-and-fan", "locked"): LASTING,      # the purchase outlives the subscription
+        ("fan", "locked"): soon,
+        ("expired", "locked"): None,
+        ("stranger", "locked"): None,
+        ("fan", "missing-post"): None,
+        ("fan", "bad\x00id"): None,
+    }
+    actual = {key: store.post_access_until(*key) for key in expected}
+    assert actual == expected
+    assert all(store.can_view_post(*key) is (value is not None) for key, value in expected.items())
+
+
 def test_subscription_expiry_is_compared_with_utc_now(store, rows):
     creator = rows.user("creator")
     rows.user("soon")

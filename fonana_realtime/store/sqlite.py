@@ -28,8 +28,9 @@ import threading
 from datetime import datetime
 from typing import Any, Iterator
 
-from . import Store, StoreUnavailable, queries
+from . import LASTING, Store, StoreUnavailable, queries
 from .rows import (
+    as_naive_utc,
     is_key,
     load_metadata,
     new_id,
@@ -62,7 +63,7 @@ def _to_sqlite(value: Any) -> Any:
     return value
 
 
-_CAN_VIEW_POST = queries.in_style(queries.CAN_VIEW_POST, ":{}")
+_POST_ACCESS = queries.in_style(queries.POST_ACCESS, ":{}")
 
 
 class SqliteStore(Store):
@@ -147,11 +148,13 @@ class SqliteStore(Store):
             return False
         return self._fetchone('SELECT 1 FROM "users" WHERE "id" = ?', (user_id,)) is not None
 
-    def can_view_post(self, user_id: str, post_id: str) -> bool:
+    def post_access_until(self, user_id: str, post_id: str) -> datetime | None:
         if not (is_key(user_id) and is_key(post_id)):
-            return False
-        row = self._fetchone(_CAN_VIEW_POST, {"post": post_id, "user": user_id, "now": sqlite_ts(utc_now())})
-        return bool(row[0])
+            return None
+        row = self._fetchone(_POST_ACCESS, {"post": post_id, "user": user_id, "now": sqlite_ts(utc_now())})
+        if row is None:
+            return None
+        return LASTING if row[0] else (as_naive_utc(row[1]) if row[1] is not None else None)
 
     def unread_notifications(self, user_id: str, limit: int = 20) -> tuple[list[dict], int]:
         if not is_key(user_id):
