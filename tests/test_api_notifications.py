@@ -202,6 +202,32 @@ def test_mark_read_with_a_missing_field_is_400(server, seed, missing):
     assert seed.notification_row(nid)["isRead"] is False
 
 
+def test_mark_read_of_a_read_notification_answers_the_row_and_pushes_nothing(server, seed):
+    uid = seed.user()
+    nid = seed.notification(uid)
+    ws = server.connect(uid)
+    first = server.api("/api/notifications/read", {"userId": uid, "notificationId": nid})
+    assert first.status_code == 200, first.text[:300]
+    ws.expect_event({"type": "notification_read", "userId": uid, "notificationId": nid})
+    again = server.api("/api/notifications/read", {"userId": uid, "notificationId": nid})
+    assert again.status_code == 200 and again.json() == first.json(), again.text[:300]
+    assert again.json()["notification"]["isRead"] is True
+    ws.barrier()                        # no second notification_read
+
+
+def test_concurrent_reads_of_one_notification_push_once(server, seed):
+    from concurrent.futures import ThreadPoolExecutor
+    uid = seed.user()
+    nid = seed.notification(uid)
+    ws = server.connect(uid)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: server.api("/api/notifications/read",
+                                                     {"userId": uid, "notificationId": nid}), range(24)))
+    assert [r.status_code for r in answers] == [200] * 24
+    ws.expect_event({"type": "notification_read", "userId": uid, "notificationId": nid})
+    ws.barrier()                        # exactly one push for 24 reads
+
+
 # -- POST /api/notifications/clear -------------------------------------------------------------
 
 def test_clear_marks_all_read_and_pushes(server, seed):
@@ -226,9 +252,11 @@ def test_clear_marks_all_read_and_pushes(server, seed):
 def test_clear_with_nothing_unread_is_zero(server, seed):
     uid = seed.user()
     seed.notification(uid, read=True)
+    ws = server.connect(uid)
     r = server.api("/api/notifications/clear", {"userId": uid})
     assert r.status_code == 200, (r.status_code, r.text[:500])
     assert r.json() == {"cleared": 0}
+    ws.barrier()                        # a clear that cleared nothing pushes nothing
 
 
 def test_clear_then_subscribe_sees_no_unread(server, seed):

@@ -282,6 +282,17 @@ def test_mark_notification_read(store, rows):
     assert store.mark_notification_read("u", "missing") is None
 
 
+def test_read_notification_says_whether_this_call_changed_it(store, rows):
+    rows.user("u")
+    rows.user("v")
+    mine = store.create_notification("u", "LIKE_POST", "t", "m")
+    row, changed = store.read_notification("u", mine["id"])
+    assert changed is True and row == {**mine, "isRead": True}
+    assert store.read_notification("u", mine["id"]) == (row, False)
+    assert store.read_notification("v", mine["id"]) is None
+    assert store.read_notification("u", "missing") is None
+
+
 def test_clear_notifications(store, rows):
     rows.user("u")
     rows.user("v")

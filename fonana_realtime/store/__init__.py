@@ -132,9 +132,16 @@ class Store:
         check_text("message", message)
         return dump_metadata(metadata)
 
+    def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
+        """Mark one of the user's notifications read: (its ROW, whether this call changed
+        it), or None if missing / not theirs. Of concurrent calls on an unread row exactly
+        one says changed (the UPDATE matches only while it is unread)."""
+        raise NotImplementedError
+
     def mark_notification_read(self, user_id: str, notification_id: str) -> dict | None:
         """Mark one of the user's notifications read; its ROW, or None if missing / not theirs."""
-        raise NotImplementedError
+        answer = self.read_notification(user_id, notification_id)
+        return None if answer is None else answer[0]
 
     def clear_notifications(self, user_id: str) -> int:
         """Mark all of the user's unread notifications read; how many were changed."""

@@ -336,19 +336,23 @@ class PostgresStore(Store):
         )
         return None if row is None else notification_row(*row)
 
-    def mark_notification_read(self, user_id: str, notification_id: str) -> dict | None:
+    def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
         if not (is_key(user_id) and is_key(notification_id)):
             return None
         row = self._fetchone(
             f"""
             UPDATE "notifications" SET "isRead" = true
-            WHERE "id" = %s AND "userId" = %s
+            WHERE "id" = %s AND "userId" = %s AND NOT "isRead"
             RETURNING {_ROW_COLUMNS}
             """,
             (notification_id, user_id),
             read_only=False,
         )
-        return None if row is None else notification_row(*row)
+        if row is not None:
+            return notification_row(*row), True
+        row = self._fetchone(f'SELECT {_ROW_COLUMNS} FROM "notifications" WHERE "id" = %s AND "userId" = %s',
+                             (notification_id, user_id))
+        return None if row is None else (notification_row(*row), False)
 
     def clear_notifications(self, user_id: str) -> int:
         if not is_key(user_id):

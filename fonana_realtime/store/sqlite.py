@@ -203,20 +203,20 @@ class SqliteStore(Store):
             notification_id, user_id, type, title, message, False, load_metadata(metadata_json), created_at
         )
 
-    def mark_notification_read(self, user_id: str, notification_id: str) -> dict | None:
+    def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
         if not (is_key(user_id) and is_key(notification_id)):
             return None
         with self._cursor(transaction=True) as cur:
             cur.execute(
-                'UPDATE "notifications" SET "isRead" = 1 WHERE "id" = ? AND "userId" = ?',
+                'UPDATE "notifications" SET "isRead" = 1 WHERE "id" = ? AND "userId" = ? AND NOT "isRead"',
                 (notification_id, user_id),
             )
-            if cur.rowcount != 1:
-                return None
+            changed = cur.rowcount == 1
             row = cur.execute(
-                f'SELECT {_ROW_COLUMNS} FROM "notifications" WHERE "id" = ?', (notification_id,)
+                f'SELECT {_ROW_COLUMNS} FROM "notifications" WHERE "id" = ? AND "userId" = ?',
+                (notification_id, user_id),
             ).fetchone()
-        return _to_row(row)
+        return None if row is None else (_to_row(row), changed)
 
     def clear_notifications(self, user_id: str) -> int:
         if not is_key(user_id):
