@@ -1,8 +1,9 @@
 """One client connection: its one write path, its bounded backlog, its read loop.
 
 Events enter through `Connection.deliver` (fanout hands it the Outgoings of a batch);
-everything written to the socket (events, replies, pings, pongs, close frames)
-goes through `Connection.send`. It first tries a non-blocking write straight from
+everything written to the socket goes through this class: events, replies and pings
+through `Connection.send`, close frames and pongs through `_write` (they go out while
+closing too). `_write` first tries a non-blocking write straight from
 the caller's greenlet, so a publisher never waits on a client; only when the kernel
 buffer is full is the rest parked in a bounded backlog, drained by a writer
 greenlet that exists only for that moment. A backlog over its limits closes that
@@ -286,7 +287,8 @@ class Connection:
             self.awaiting_pong = False
         elif isinstance(event, CloseConnection):
             if not self.closing:
-                # Echo the client's code (1005 "no status" is echoed as an empty close).
+                # Echo the client's code; 1005 "no status" (a close without a code) and
+                # 1006 are never sent on the wire, so those are answered with 1000.
                 code = event.code if event.code not in (1005, 1006) else close_codes.NORMAL
                 self._write(close_frame(code, (event.reason or "")[:100]))
                 self.closing = True

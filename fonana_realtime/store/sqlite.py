@@ -231,12 +231,13 @@ class SqliteStore(Store):
                 self._closed = True
                 self._conn.close()
 
-    # -- dev/test helper (not used by the server) ---------------------------
+    # -- the demo seed (the server's first start on a new file) and tests ------
 
     def insert_rows(self, table: str, rows: list[dict]) -> int:
         """Insert plain rows into a Fonana table, skipping ids that exist; how many were inserted.
 
-        For the demo seed and tests only. bools, datetimes (naive = UTC) and
+        The server calls it once, through ``seed_demo``, when it creates a new file;
+        tests and ``seed-demo`` use it too. Never for notifications at run time. bools, datetimes (naive = UTC) and
         dict/list JSON are converted to the SQLite storage form.
         """
         if table not in _TABLES:

@@ -16,10 +16,9 @@ import psycopg2
 import psycopg2.extras
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA_CANDIDATES = (
-    REPO / "fonana_realtime" / "store" / "schema" / "postgres.sql",
-    Path("/work/shared/fonana-schema.sql"),
-)
+# The reference DDL of the Fonana tables, in the repository (never a path outside it:
+# CI runs a clean clone).
+SCHEMA_FILE = REPO / "fonana_realtime" / "store" / "schema" / "postgres.sql"
 ADMIN_URL = os.environ.get("FONANA_TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
 
 
@@ -29,10 +28,9 @@ def utcnow() -> dt.datetime:
 
 
 def schema_path() -> Path:
-    for candidate in SCHEMA_CANDIDATES:
-        if candidate.is_file() and candidate.stat().st_size > 0:
-            return candidate
-    raise FileNotFoundError(f"no schema file among {SCHEMA_CANDIDATES}")
+    if SCHEMA_FILE.is_file() and SCHEMA_FILE.stat().st_size > 0:
+        return SCHEMA_FILE
+    raise FileNotFoundError(f"no schema file at {SCHEMA_FILE}")
 
 
 def postgres_available() -> bool:
