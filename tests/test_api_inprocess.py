@@ -16,15 +16,13 @@ import pytest
 
 from fonana_realtime.app import create_app
 from fonana_realtime.settings import Settings
+from support.db import NOTIFICATION_TYPES, ROW_KEYS
 
 KEY = "k" * 40
 JWT = "j" * 40
 BEARER = {"Authorization": f"Bearer {KEY}"}
 FAN, CREATOR = "demo-fan", "demo-creator"          # the embedded store's demo users
 API_PATHS = ["/api/events", "/api/notifications", "/api/notifications/read", "/api/notifications/clear"]
-NOTIFICATION_TYPES = ["LIKE_POST", "LIKE_COMMENT", "COMMENT_POST", "REPLY_COMMENT", "NEW_SUBSCRIBER",
-                      "POST_PURCHASE", "MESSAGE_PURCHASE", "SUBSCRIPTION_PURCHASE", "TIP_RECEIVED", "POST_SALE",
-                      "SYSTEM_ANNOUNCEMENT", "NEW_MESSAGE", "NEW_POST_FROM_SUBSCRIPTION"]
 
 
 def _app(tmp_path_factory, **overrides):
@@ -237,7 +235,7 @@ def test_create_notification_is_201_with_the_row(client, published):
                                             "metadata": {"postId": "p"}})
     assert r.status_code == 201, r.get_data(as_text=True)
     row = r.get_json()
-    assert set(row) == {"id", "userId", "type", "title", "message", "isRead", "metadata", "createdAt"}
+    assert set(row) == ROW_KEYS
     assert (row["userId"], row["isRead"], row["metadata"]) == (FAN, False, {"postId": "p"})
     assert [json.loads(m.payload) for m in published] == [{"type": "notification", "userId": FAN,
                                                            "notification": row}]

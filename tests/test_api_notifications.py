@@ -5,15 +5,11 @@ import re
 
 import pytest
 
-from support.db import utcnow
+from support.db import NOTIFICATION_TYPES, ROW_KEYS, utcnow
 
 pytestmark = pytest.mark.postgres
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-ROW_KEYS = {"id", "userId", "type", "title", "message", "isRead", "metadata", "createdAt"}
-NOTIFICATION_TYPES = ["LIKE_POST", "LIKE_COMMENT", "COMMENT_POST", "REPLY_COMMENT", "NEW_SUBSCRIBER",
-                      "POST_PURCHASE", "MESSAGE_PURCHASE", "SUBSCRIPTION_PURCHASE", "TIP_RECEIVED", "POST_SALE",
-                      "SYSTEM_ANNOUNCEMENT", "NEW_MESSAGE", "NEW_POST_FROM_SUBSCRIPTION"]
 
 
 def iso(value: dt.datetime) -> str:

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from support.hardening import metric, raw_connect, running_server, scrape, wait_until
+from support.hardening import metric, raw_connect, running_server, scrape
+from support.waiting import wait_until
 from support.rawws import OP_CLOSE, OP_TEXT
 
 pytestmark = pytest.mark.postgres

@@ -24,7 +24,8 @@ for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().pare
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from store_fixtures import Rows, drop_connections, rows, store, store_pg_url  # noqa: E402,F401
+from store_fixtures import drop_connections, rows, store, store_pg_url  # noqa: E402,F401
+from support.db import ROW_KEYS  # noqa: E402
 
 from fonana_realtime.store import (  # noqa: E402
     NOTIFICATION_TYPES,
@@ -37,7 +38,6 @@ from fonana_realtime.store.postgres import PostgresStore  # noqa: E402
 from fonana_realtime.store.rows import new_id, utc_now  # noqa: E402
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-ROW_KEYS = {"id", "userId", "type", "title", "message", "isRead", "metadata", "createdAt"}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -97,12 +97,12 @@ def test_can_view_post_matrix(store, rows):
     other_creator = rows.user("other-creator")
     for uid in ("stranger", "buyer", "pending-buyer", "fan", "expired", "inactive", "pending-fan", "other-fan"):
         rows.user(uid)
-    rows.post("open", creator)
-    rows.post("empty-tier", creator, tier="")
-    rows.post("locked", creator, locked=True)
-    rows.post("premium", creator, tier="premium")  # not isLocked, but a tier: not open
-    rows.post("locked-premium", creator, locked=True, tier="premium")
-    rows.post("paid", creator, locked=True, price=0.5)
+    rows.post(creator, id="open")
+    rows.post(creator, id="empty-tier", tier="")
+    rows.post(creator, id="locked", locked=True)
+    rows.post(creator, id="premium", tier="premium")  # not isLocked, but a tier: not open
+    rows.post(creator, id="locked-premium", locked=True, tier="premium")
+    rows.post(creator, id="paid", locked=True, price=0.5)
     rows.purchase("buyer", "paid")
     rows.purchase("pending-buyer", "paid", status="PENDING")
     rows.subscription("fan", creator)
@@ -149,8 +149,8 @@ def test_post_access_until_says_until_when_access_holds(store, rows):
     creator = rows.user("creator")
     for uid in ("stranger", "buyer", "fan", "expired", "buyer-and-fan"):
         rows.user(uid)
-    rows.post("open", creator)
-    rows.post("locked", creator, locked=True)
+    rows.post(creator, id="open")
+    rows.post(creator, id="locked", locked=True)
     rows.purchase("buyer", "locked")
     rows.purchase("buyer-and-fan", "locked")
     soon = now + timedelta(hours=1)
@@ -176,7 +176,7 @@ def test_post_access_until_says_until_when_access_holds(store, rows):
 def test_subscription_expiry_is_compared_with_utc_now(store, rows):
     creator = rows.user("creator")
     rows.user("soon")
-    rows.post("locked", creator, locked=True)
+    rows.post(creator, id="locked", locked=True)
     # Valid for two more minutes in UTC; a session clock at UTC+14 would call it expired.
     rows.subscription("soon", creator, valid_until=rows.now + timedelta(minutes=2))
     assert store.can_view_post("soon", "locked") is True
@@ -190,9 +190,9 @@ def test_unread_notifications_order_limit_total(store, rows):
     rows.user("v")
     base = rows.now - timedelta(hours=1)
     for i in range(25):
-        rows.notification(f"n{i:02d}", "u", base + timedelta(seconds=i))
-    rows.notification("read-1", "u", base + timedelta(hours=2), read=True)
-    rows.notification("other-1", "v", base + timedelta(hours=2))
+        rows.notification("u", id=f"n{i:02d}", created_at=base + timedelta(seconds=i))
+    rows.notification("u", id="read-1", created_at=base + timedelta(hours=2), read=True)
+    rows.notification("v", id="other-1", created_at=base + timedelta(hours=2))
 
     page, total = store.unread_notifications("u")
     assert total == 25
