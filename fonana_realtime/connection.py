@@ -27,6 +27,8 @@ from .wsframes import close_frame, json_frame, loads, pong_frame
 log = logging.getLogger("fonana_realtime.connection")
 _ids = itertools.count(1)
 
+# The WebSocket subprotocol of protocol v2 (PROTOCOL.md 7); without it a connection is legacy.
+V2 = "fonana.v2"
 # How long a closing connection may take to answer our close frame before we cut it
 # (the heartbeat cuts it); for a slow client it also bounds writing the frame in flight
 # and the 4009 close frame itself.
@@ -38,7 +40,8 @@ ABUSE_QUIET_SECONDS = 1.0
 class Connection:
     """State of one WebSocket client. Created after the handshake succeeded."""
 
-    __slots__ = ("id", "sock", "proto", "protocol", "marks", "user_id", "expires_at", "ip", "channels",
+    __slots__ = ("id", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id",
+                 "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "writer", "closing", "closed",
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
@@ -50,6 +53,11 @@ class Connection:
         self.proto = proto                # wsproto frame protocol: parses what the client sends
         self.protocol = None              # "fonana.v2" when the handshake negotiated it, else legacy
         self.marks: dict = {}             # stream -> (epoch, offset) of the last event written to it
+        # v2 only: stream -> (epoch, offset) the connection was told when it joined the stream
+        # (welcome, subscribed), and streams whose live events wait while a replay runs.
+        self.joined_at: dict = {}
+        self.buffers: dict = {}           # stream -> [Outgoing] (see fanout.Fanout.replay)
+        self.user_stream = "user_" + user_id
         self.user_id = user_id
         self.expires_at = expires_at
         self.ip = ip
@@ -83,6 +91,8 @@ class Connection:
         both built once per batch and shared by every recipient (a union's entry may
         name a stream this connection does not hold). False if the connection is gone
         or overflowed."""
+        if self.protocol is not None:
+            return self._deliver_v2(outgoings)
         if joined_legacy is None:
             joined_legacy = b"".join(o.legacy for o in outgoings)
         if positions is None:
@@ -92,6 +102,37 @@ class Connection:
         if positions:
             self.marks.update(positions)
         return True
+
+    def stream_of(self, out) -> str | None:
+        """The first stream of the event's route that this connection holds."""
+        for stream in out.streams:
+            if stream == self.user_stream or stream in self.channels:
+                return stream
+        return None
+
+    def _deliver_v2(self, outgoings) -> bool:
+        """Each event once, under its first held stream; held back while that stream
+        replays; skipped if its offset was already written (a replay sent it)."""
+        frames = []
+        marks = self.marks
+        buffers = self.buffers
+        for out in outgoings:
+            stream = self.stream_of(out)
+            if stream is None:
+                continue
+            if buffers and stream in buffers:
+                buffers[stream].append(out)
+                continue
+            position = out.positions.get(stream)
+            if position is not None:
+                mark = marks.get(stream)
+                if mark is not None and mark[0] == position[0] and position[1] <= mark[1]:
+                    continue                                # already written
+                marks[stream] = position
+            frames.append(out.v2_frame(stream))
+        if not frames:
+            return not (self.closing or self.closed)
+        return self.send(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
 
     # ---- the one write path -------------------------------------------------
 

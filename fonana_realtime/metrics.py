@@ -31,6 +31,13 @@ BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from t
 BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
 BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
                       multiprocess_mode="livesum")
+RECOVERIES = Counter("fonana_rt_recoveries", "Recoveries asked for (subscribe with since, recover), by result",
+                     ["result"])   # succeeded, or the failure reason: epoch, trimmed, expired, too_many, ahead, unavailable
+REPLAYED_EVENTS = Counter("fonana_rt_replayed_events", "Events sent to clients by a recovery")
+HISTORY_BYTES = Gauge("fonana_rt_history_bytes", "Memory held by the in-process history (estimate)",
+                      multiprocess_mode="livesum")
+HISTORY_EVENTS = Gauge("fonana_rt_history_events", "Events held by the in-process history",
+                       multiprocess_mode="livesum")
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",

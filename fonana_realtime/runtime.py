@@ -27,7 +27,7 @@ class Runtime:
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
         self.hub = Hub()
         self.broker = open_broker(settings)
-        self.fanout = Fanout(self.hub, self.broker)
+        self.fanout = Fanout(self.hub, self.broker, settings.recovery_max)
         self.commands = Commands(self)
         # one schedule per worker for access that lapses while connected
         self.access_expiry = AccessExpiry(self.commands.access_until, self.commands.revoke)

@@ -118,6 +118,11 @@ class Settings:
     user_cache_seconds: float = setting("WS_USER_CACHE_SECONDS", 5.0, number)
     # clock skew allowed on `exp`; PROTOCOL.md 2.1 caps it at 30 s
     jwt_leeway_seconds: int = setting("WS_JWT_LEEWAY_SECONDS", 10, between(0, 30))
+    # positions, history and recovery (PROTOCOL.md 7)
+    history_size: int = setting("WS_HISTORY_SIZE", 100, whole)
+    history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, number)
+    history_meta_seconds: float = setting("WS_HISTORY_META_SECONDS", 86400.0, number)
+    recovery_max: int = setting("WS_RECOVERY_MAX", 300, whole)
     # derived by `_secrets` (several variables, dev defaults), not read one to one
     jwt_secrets: tuple[str, ...] = ()
     api_secret: str | None = None

@@ -82,14 +82,14 @@ def assert_400(r):
 def test_one_event_is_202_and_published_once(client, published):
     event = {"type": "feed_update", "userId": FAN, "posts": []}
     r = post(client, "/api/events", {"event": event})
-    assert r.status_code == 202 and r.get_json() == {"published": 1}, r.get_data(as_text=True)
+    assert r.status_code == 202 and r.get_json()["published"] == 1, r.get_data(as_text=True)
     assert [json.loads(m.payload) for m in published] == [event]
 
 
 def test_a_list_is_202_and_published_in_order(client, published):
     events = [{"type": "post_deleted", "postId": f"p{i}"} for i in range(3)]
     r = post(client, "/api/events", {"events": events})
-    assert r.status_code == 202 and r.get_json() == {"published": 3}
+    assert r.status_code == 202 and r.get_json()["published"] == 3
     assert [json.loads(m.payload) for m in published] == events
 
 
