@@ -15,7 +15,7 @@ import time
 import pytest
 
 from fonana_realtime.publisher import RedisPublisher
-from support.hardening import wait_until
+from support.waiting import wait_until
 from support.redis_server import SPREAD_WORKER_CONNECTIONS, RedisServer, spread
 from support.server import Server
 

@@ -21,7 +21,7 @@ import redis
 
 from fonana_realtime.redis_history import (AHEAD, EPOCH_MISMATCH, EXPIRED, PUBLISH_SCRIPT_PATH, TOO_MANY,
                                            TRIMMED, RedisHistory, history_key, meta_key)
-from support.hardening import wait_until
+from support.waiting import wait_until
 from support.redis_server import SHARED_URL, RedisServer, shared_redis
 
 ROOT = Path(__file__).resolve().parent.parent

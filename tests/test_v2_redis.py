@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from support.hardening import wait_until
+from support.waiting import wait_until
 from support.redis_server import SPREAD_WORKER_CONNECTIONS, RedisServer
 from support.server import Server
 
