@@ -137,6 +137,7 @@ class RedisBroker(Broker):
         self._catching_up = False               # a new link: hold live messages until caught up
         self._held: list = []                   # live Messages received while catching up
         self._live = Event()                    # set while this link is caught up
+        self._subscribes_pending = 0            # SUBSCRIBE replies still to come on this link
         # listener state (only the listener greenlet writes the subscriber socket)
         self._greenlet = None
         self._conn = None
@@ -331,6 +332,7 @@ class RedisBroker(Broker):
         self._last_rx = time.monotonic()
         self._ping_sent = None
         self._expect.append((b"subscribe", self._private, self._private_ev))
+        self._subscribes_pending = 1
         conn.send_command("SUBSCRIBE", self._private, check_health=False)
         self._catching_up = True                    # live messages wait until we caught up
         self._held = []
@@ -355,6 +357,7 @@ class RedisBroker(Broker):
         for event in self._waiting.values():
             event.set()
         self._expect.clear()
+        self._subscribes_pending = 0
         self._acked.clear()
         self._waiting.clear()
         self._ping_sent = None
@@ -374,6 +377,8 @@ class RedisBroker(Broker):
                 self._last_rx = time.monotonic()
                 self._on_reply(reply)
                 handled += 1
+                if self._catching_up and not self._subscribes_pending:
+                    self._catch_up()                # at once, even while messages keep coming
                 if handled % YIELD_EVERY == 0:
                     gevent.sleep(0)
                     if self._dirty:
@@ -381,7 +386,7 @@ class RedisBroker(Broker):
             if self._dirty:
                 self._flush()
                 continue
-            if self._catching_up and self._subscribed_all():
+            if self._catching_up and not self._subscribes_pending:
                 self._catch_up()
                 continue
             readable, _, _ = gevent.select.select([fd, wake], [], [], self._idle_timeout(conn))
@@ -435,6 +440,7 @@ class RedisBroker(Broker):
         for start in range(0, len(subscribe), CHANNELS_PER_COMMAND):
             chunk = subscribe[start:start + CHANNELS_PER_COMMAND]
             self._expect.extend((b"subscribe", channel, event) for channel, event in chunk)
+            self._subscribes_pending += len(chunk)
             conn.send_command("SUBSCRIBE", *(channel for channel, _ in chunk), check_health=False)
         for start in range(0, len(unsubscribe), CHANNELS_PER_COMMAND):
             chunk = unsubscribe[start:start + CHANNELS_PER_COMMAND]
@@ -460,8 +466,11 @@ class RedisBroker(Broker):
             raise _Desync(f"expected {want_kind!r} reply, got {kind!r}")
         if kind == b"pong":
             self._ping_sent = None
-        elif event is not None:
-            event.set()
+        else:
+            if kind == b"subscribe":
+                self._subscribes_pending -= 1
+            if event is not None:
+                event.set()
 
     # ---- one message from Redis ---------------------------------------------------
 
@@ -529,9 +538,6 @@ class RedisBroker(Broker):
                 return False
         self.on_message(message)
         return True
-
-    def _subscribed_all(self) -> bool:
-        return self._private_ev.is_set() and all(event.is_set() for event in self._acked.values())
 
     def _catch_up(self):
         """Every SUBSCRIBE of this link is acknowledged: read what each held stream
