@@ -30,6 +30,13 @@ BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from t
 BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
 BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
                       multiprocess_mode="livesum")
+FRAMES_HELD = Counter("fonana_rt_legacy_frames_held",
+                      "Event frames to legacy connections written later than they arrived (pacing)")
+FRAMES_REPLACED = Counter("fonana_rt_legacy_frames_replaced",
+                          "Waiting event frames to legacy connections replaced by a newer one (pacing)")
+HOLD_SECONDS = Histogram("fonana_rt_legacy_hold_seconds",
+                         "Per write of held frames to a legacy connection: the longest wait among them",
+                         buckets=(.01, .025, .05, .1, .15, .25, .5, 1, 2.5, 5, 10))
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",

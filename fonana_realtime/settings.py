@@ -96,6 +96,7 @@ class Settings:
     db_pool_size: int = 10
     user_cache_seconds: float = 5.0
     jwt_leeway_seconds: int = 10
+    legacy_type_gap_ms: int = 120
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -197,5 +198,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         db_pool_size=_int(env, "DB_POOL_SIZE", 10),
         user_cache_seconds=_float(env, "WS_USER_CACHE_SECONDS", 5.0),
         jwt_leeway_seconds=_leeway(env),
+        legacy_type_gap_ms=_int(env, "WS_LEGACY_TYPE_GAP_MS", 120),
         warnings=tuple(warnings),
     )
