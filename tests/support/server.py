@@ -31,7 +31,7 @@ CONFIG_VARS = (
     "WS_RATE_PER_SEC", "WS_RATE_BURST", "WS_RATE_ABUSE_SECONDS", "WS_MAX_SUBSCRIPTIONS",
     "WS_MAX_CONNECTIONS_PER_USER", "WS_HANDSHAKES_PER_IP_PER_SEC", "WS_HANDSHAKES_PER_IP_BURST",
     "TRUSTED_PROXIES", "WS_SEND_BACKLOG_BYTES", "WS_SEND_BACKLOG_FRAMES", "WS_DRAIN_SECONDS",
-    "API_MAX_BODY_BYTES", "API_MAX_EVENTS", "METRICS_PUBLIC", "REDIS_PREFIX", "LOG_DIR", "DATA_DIR",
+    "WS_LEGACY_TYPE_GAP_MS", "API_MAX_BODY_BYTES", "API_MAX_EVENTS", "METRICS_PUBLIC", "REDIS_PREFIX", "LOG_DIR", "DATA_DIR",
     "GUNICORN_CMD_ARGS", "FLASK_ENV", "FLASK_DEBUG", "ENV", "APP_ENV", "NODE_ENV",
 )
 
@@ -102,6 +102,9 @@ class Server:
             "NEXTAUTH_SECRET": nextauth_secret,
             "WS_API_SECRET": self.api_key,
             "DATABASE_URL": database_url,
+            # tests of raw delivery semantics expect every frame at once; the browser tests
+            # (test_browser_legacy.py) pass None to run with the server's own default
+            "WS_LEGACY_TYPE_GAP_MS": 0,
         }
         config.update(env or {})
         self.env = clean_env(config)

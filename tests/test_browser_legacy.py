@@ -1,0 +1,60 @@
+"""The live Fonana client as it is (PROTOCOL.md 8), in a real browser.
+
+Headless Chromium runs tests/browser/fonana_client.html, a page that behaves like the
+Fonana client (`lib/services/websocket.ts`): per-type 100 ms throttle, resubscribe on
+open, reconnect after 1, 2, 4, 8, 16 s. Servers here run with the real defaults
+(WS_LEGACY_TYPE_GAP_MS unset: 120 ms), against real gunicorn and PostgreSQL.
+"""
+from __future__ import annotations
+
+import pytest
+
+from support.browser import Browser, chromium_path
+
+pytestmark = [pytest.mark.postgres,
+              pytest.mark.skipif(chromium_path() is None,
+                                 reason="no chromium (scripts/ensure-services installs the Debian package)")]
+
+DEFAULTS = {"WS_LEGACY_TYPE_GAP_MS": None}      # the server's own default, not the suite's 0
+
+
+@pytest.fixture(scope="module")
+def browser():
+    b = Browser()
+    yield b
+    b.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tabs(browser):
+    yield
+    browser.close_tabs()
+
+
+@pytest.fixture
+def scene(seed):
+    creator = seed.user(is_creator=True)
+    return {"creator": creator, "fan": seed.user(), "posts": [seed.post(creator) for _ in range(3)]}
+
+
+def post_channels(scene):
+    return [{"type": "post", "postId": p} for p in scene["posts"]]
+
+
+def like_burst(scene, per_post=10):
+    """30 post_liked for 3 posts, interleaved, counts rising per post."""
+    return [{"type": "post_liked", "postId": scene["posts"][i % 3], "userId": scene["creator"],
+             "likesCount": i // 3 + 1} for i in range(3 * per_post)]
+
+
+def test_the_page_drops_events_like_the_fonana_client_when_nothing_paces_them(server_factory, pg_url,
+                                                                              browser, scene):
+    """The harness itself: with pacing off, the page loses what the issue describes."""
+    srv = server_factory.start("browser-nopacing", database_url=pg_url, env={"WS_LEGACY_TYPE_GAP_MS": "0"})
+    tab = browser.open(srv.ws_url, srv.token(scene["fan"]), post_channels(scene))
+    tab.wait_subscribed(3)
+    srv.publish({"events": like_burst(scene)})
+    tab.wait("f.raw.filter(m => m.type === 'post_liked').length === 30", "all 30 frames received")
+    state = tab.state()
+    assert len(state["dropped"]) > 0, "the page's 100 ms per-type throttle dropped nothing"
+    assert tab.likes() != {p: 10 for p in scene["posts"]}
