@@ -12,7 +12,7 @@ from werkzeug.routing import WebsocketMismatch
 from .logs import logging_config
 from .runtime import Runtime
 from .settings import Settings, load_settings
-from .web import api, json_error, ops, websocket
+from .web import StandardJSONProvider, api, json_error, ops, websocket
 
 log = logging.getLogger("fonana_realtime.app")
 
@@ -27,9 +27,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning(line, extra={"event": "config_warning"})
 
     app = Flask(__name__)
+    app.json = StandardJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = websocket.SERVER_OPTIONS
-    app.json.sort_keys = False
     rt = app.extensions["fonana_realtime"] = Runtime(settings)
 
     @app.before_request

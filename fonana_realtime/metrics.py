@@ -7,6 +7,7 @@ the recipient count, never once per recipient.
 """
 from __future__ import annotations
 
+import math
 import os
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
@@ -64,5 +65,7 @@ def snapshot() -> dict:
             if sample.name.endswith(("_created", "_bucket")):
                 continue
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "pid")
-            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+            # JSON has no NaN/Infinity: such a value is written as its name
+            value = sample.value if math.isfinite(sample.value) else str(sample.value)
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = value
     return out

@@ -91,9 +91,13 @@ class _Helpers:
         `channel` is a channel object (`{"type":"post","postId":"p1"}`) or a key (`"post_p1"`)."""
         channels, users = _address(channel, user_id)
         route = route_event(event, channels, users)     # raises InvalidEvent
-        return self._send(event, route, channel, user_id)
+        try:
+            payload = dumps(event)
+        except ValueError as exc:      # NaN/Infinity or a lone surrogate: no browser could read it
+            raise InvalidEvent(f"event is not standard JSON: {exc}") from None
+        return self._send(event, payload, route, channel, user_id)
 
-    def _send(self, event, route, channel, user_id):  # pragma: no cover - abstract
+    def _send(self, event, payload, route, channel, user_id):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def notification(self, user_id: str, notification: dict):
@@ -166,9 +170,9 @@ class RedisPublisher(_Helpers):
         self.client = client
         self._errors = redis.RedisError
 
-    def _send(self, event, route, channel, user_id) -> int:
+    def _send(self, event, payload, route, channel, user_id) -> int:
         topics = topics_of(route)
-        body = envelope(topics, dumps(event))
+        body = envelope(topics, payload)
         try:
             if len(topics) == 1:
                 return int(self.client.publish(self.prefix + topics[0], body))
@@ -196,7 +200,7 @@ class HttpPublisher(_Helpers):
 
     def _post(self, path: str, body: dict):
         request = urllib.request.Request(
-            self.base_url + path, data=json.dumps(body).encode(), method="POST",
+            self.base_url + path, data=json.dumps(body, allow_nan=False).encode(), method="POST",
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -211,7 +215,7 @@ class HttpPublisher(_Helpers):
         except (urllib.error.URLError, OSError) as exc:
             raise PublishError(f"{path}: {type(exc).__name__}") from None
 
-    def _send(self, event, route, channel, user_id):
+    def _send(self, event, payload, route, channel, user_id):
         body: dict = {"event": event}
         if channel is not None:
             body["channel"] = channel

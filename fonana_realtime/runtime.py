@@ -14,6 +14,7 @@ from .broker import open_broker
 from .commands import Commands
 from .handshake_limits import HandshakeRate
 from .hub import Hub
+from .pacing import Pacer
 from .store import open_store
 
 log = logging.getLogger("fonana_realtime.runtime")
@@ -25,6 +26,9 @@ class Runtime:
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
         self.hub = Hub()
         self.broker = open_broker(settings, self.hub)
+        # legacy pacing (PROTOCOL.md 8): one scheduler for the worker, None when turned off
+        gap = settings.legacy_type_gap_ms / 1000.0
+        self.pacer = Pacer(gap) if gap > 0 else None
         self.commands = Commands(self)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
@@ -38,6 +42,8 @@ class Runtime:
             return
         self._started = True
         self.broker.start()
+        if self.pacer is not None:
+            self.pacer.start()
         gevent.spawn(heartbeat.run, self.hub, self.settings)
 
     def user_exists(self, user_id: str) -> bool:

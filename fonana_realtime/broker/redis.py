@@ -24,7 +24,6 @@ HTTP API answers 503); waits are bounded everywhere.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -45,7 +44,7 @@ from redis.retry import Retry
 
 from .. import metrics
 from ..publisher import envelope
-from ..wsframes import dumps
+from ..wsframes import dumps, loads
 from . import Broker, BrokerUnavailable, route_topics
 
 log = logging.getLogger("fonana_realtime.broker")
@@ -416,8 +415,8 @@ class RedisBroker(Broker):
         metrics.BROKER_RECEIVED.inc()
         topic = channel[len(self._bprefix):].decode("utf-8", "replace")
         try:
-            env = json.loads(data)
-        except (ValueError, RecursionError):        # UnicodeDecodeError is a ValueError
+            env = loads(data)          # standard JSON only: NaN or a lone surrogate is dropped here
+        except ValueError:             # UnicodeDecodeError is a ValueError
             return self._drop("not_json", topic)
         if not isinstance(env, dict):
             return self._drop("not_an_object", topic)

@@ -58,7 +58,7 @@ def _to_sqlite(value: Any) -> Any:
     if isinstance(value, datetime):
         return sqlite_ts(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
     return value
 
 
