@@ -82,7 +82,7 @@ class Commands:
         if conn.closed or conn.closing:       # it went away while we asked the database
             return
         if key not in conn.channels:
-            self.rt.hub.subscribe(conn, key)
+            self.rt.fanout.subscribe(conn, key)     # waits (bounded) until the broker listens
             metrics.SUBSCRIPTIONS.labels(channel.kind).inc()
         conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
         if channel.kind == "notifications":
@@ -102,7 +102,7 @@ class Commands:
         if channel is None:
             return
         if channel.key in conn.channels:
-            self.rt.hub.unsubscribe(conn, channel.key)
+            self.rt.fanout.unsubscribe(conn, channel.key)
             metrics.SUBSCRIPTIONS.labels(channel.kind).dec()
         conn.send_json({"type": "unsubscribed", "data": {"channel": raw, "channelKey": channel.key}})
 

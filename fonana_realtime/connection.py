@@ -1,6 +1,7 @@
 """One client connection: its one write path, its bounded backlog, its read loop.
 
-Everything written to the socket (events, replies, pings, pongs, close frames)
+Events enter through `Connection.deliver` (fanout hands it the Outgoings of a batch);
+everything written to the socket (events, replies, pings, pongs, close frames)
 goes through `Connection.send`. It first tries a non-blocking write straight from
 the caller's greenlet, so a publisher never waits on a client; only when the kernel
 buffer is full is the rest parked in a bounded backlog, drained by a writer
@@ -34,7 +35,7 @@ ABUSE_QUIET_SECONDS = 1.0
 class Connection:
     """State of one WebSocket client. Created after the handshake succeeded."""
 
-    __slots__ = ("id", "sock", "proto", "user_id", "expires_at", "ip", "channels",
+    __slots__ = ("id", "sock", "proto", "protocol", "marks", "user_id", "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
                  "limits", "_in_parts", "_in_size", "_in_binary")
@@ -43,6 +44,8 @@ class Connection:
         self.id = next(_ids)
         self.sock = sock                  # gevent socket, after the 101 response
         self.proto = proto                # wsproto frame protocol: parses what the client sends
+        self.protocol = None              # "fonana.v2" when the handshake negotiated it, else legacy
+        self.marks: dict = {}             # stream -> (epoch, offset) of the last event written to it
         self.user_id = user_id
         self.expires_at = expires_at
         self.ip = ip
@@ -65,6 +68,25 @@ class Connection:
         self._in_parts: list = []
         self._in_size = 0
         self._in_binary = False
+
+    # ---- events in -----------------------------------------------------------
+
+    def deliver(self, outgoings, joined_legacy: bytes | None = None, positions=None) -> bool:
+        """The one entry point for events (a batch of `Outgoing`, in order) into this
+        connection. `joined_legacy` is their legacy frames already joined, and
+        `positions` their streams' last positions merged ({stream: (epoch, offset)}),
+        both built once per batch and shared by every recipient (a union's entry may
+        name a stream this connection does not hold). False if the connection is gone
+        or overflowed."""
+        if joined_legacy is None:
+            joined_legacy = b"".join(o.legacy for o in outgoings)
+        if positions is None:
+            positions = merged_positions(outgoings)
+        if not self.send(joined_legacy, len(outgoings)):
+            return False
+        if positions:
+            self.marks.update(positions)
+        return True
 
     # ---- the one write path -------------------------------------------------
 
@@ -251,6 +273,15 @@ class Connection:
                 self.closing = True
             return False
         return True
+
+
+def merged_positions(outgoings) -> dict:
+    """{stream: (epoch, offset)} of the last of `outgoings` in each stream."""
+    merged: dict = {}
+    for out in outgoings:
+        if out.positions:
+            merged.update(out.positions)
+    return merged
 
 
 def parse_command(text: str):

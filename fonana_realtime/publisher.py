@@ -11,47 +11,25 @@
 
 Every event is checked against the catalogue (`events.route_event`) before anything is
 sent, so a mistake raises `InvalidEvent` here rather than being dropped by the server.
-The wire format (docs/PUBLISHING.md): `PUBLISH <prefix>channel:<key>` or
-`<prefix>user:<id>` with `{"event": E}`; an event addressed to several topics is one
-envelope with an `id` and the full topic list, so each connection gets it once.
+The wire format is the server's own (`wire.py`, docs/PUBLISHING.md): `PUBLISH
+<prefix>channel:<key>` or `<prefix>user:<id>` with `{"event": E}`; an event addressed
+to several topics is one envelope with an `id` and the full topic list, so each
+connection gets it once.
 """
 from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
-import uuid
 from datetime import datetime, timezone
 
 from .channels import InvalidChannel, parse_channel_any, valid_id
-from .events import InvalidEvent, Route, route_event
-from .hub import channel_topic, user_topic
+from .events import InvalidEvent, route_event
+from .wire import DEFAULT_PREFIX, envelope, publish, route_topics
 from .wsframes import dumps
 
-DEFAULT_PREFIX = "fonana:rt:"
 DEFAULT_TIMEOUT = 2.0
-
-
-def topics_of(route: Route) -> list[str]:
-    return [channel_topic(k) for k in route.channels] + [user_topic(u) for u in route.users]
-
-
-def envelope(topics: list[str], payload: bytes, now: float | None = None) -> bytes:
-    """The bytes PUBLISHed for one serialised event (`payload`, a JSON object).
-
-    One topic: `{"event":E,"ts":T}`. Several: `{"event":E,"id":I,"topics":[...],"ts":T}`,
-    the same bytes to each topic; a worker delivers the first copy to all listed topics
-    and drops the others by id. `ts` (publish time, Unix seconds) feeds the
-    publish-to-delivery histogram. Built by concatenation: the event is not parsed again.
-    """
-    ts = time.time() if now is None else now
-    if len(topics) == 1:
-        meta = {"ts": ts}
-    else:
-        meta = {"id": uuid.uuid4().hex, "topics": list(topics), "ts": ts}
-    return b'{"event":' + payload + b"," + dumps(meta)[1:]
 
 
 def _iso_now() -> str:
@@ -171,15 +149,9 @@ class RedisPublisher(_Helpers):
         self._errors = redis.RedisError
 
     def _send(self, event, payload, route, channel, user_id) -> int:
-        topics = topics_of(route)
-        body = envelope(topics, payload)
+        topics = route_topics(route)
         try:
-            if len(topics) == 1:
-                return int(self.client.publish(self.prefix + topics[0], body))
-            with self.client.pipeline(transaction=True) as pipe:
-                for topic in topics:
-                    pipe.publish(self.prefix + topic, body)
-                return int(sum(pipe.execute()))
+            return publish(self.client, self.prefix, topics, envelope(topics, payload))
         except self._errors as exc:
             raise PublishError(f"redis: {type(exc).__name__}") from None
 

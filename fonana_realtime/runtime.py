@@ -1,5 +1,5 @@
-"""Everything one worker holds while it serves: settings, store, hub, broker,
-command handlers, the heartbeat, and small caches. Made once per worker by
+"""Everything one worker holds while it serves: settings, store, hub, broker, the
+fanout joining them, command handlers, the heartbeat, and small caches. Made once per worker by
 `create_app` (gunicorn loads the app after forking), kept in app.extensions.
 """
 from __future__ import annotations
@@ -12,6 +12,8 @@ import gevent
 from . import heartbeat
 from .broker import open_broker
 from .commands import Commands
+from .connection import Connection
+from .fanout import Fanout
 from .handshake_limits import HandshakeRate
 from .hub import Hub
 from .pacing import Pacer
@@ -25,10 +27,11 @@ class Runtime:
         self.settings = settings
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
         self.hub = Hub()
-        self.broker = open_broker(settings, self.hub)
+        self.broker = open_broker(settings)
+        self.fanout = Fanout(self.hub, self.broker)
         # legacy pacing (PROTOCOL.md 8): one scheduler for the worker, None when turned off
         gap = settings.legacy_type_gap_ms / 1000.0
-        self.pacer = Pacer(gap) if gap > 0 else None
+        self.pacer = Pacer(gap, on_written=Connection.written) if gap > 0 else None
         self.commands = Commands(self)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)

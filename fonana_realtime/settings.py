@@ -21,6 +21,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from .wire import DEFAULT_PREFIX
+
 
 class SettingsError(Exception):
     """A setting is missing or malformed; the message is one line for the operator."""
@@ -90,7 +92,7 @@ class Settings:
     port: int = setting("WS_PORT", 3002, whole)
     database_url: str | None = setting("DATABASE_URL", None)
     redis_url: str | None = setting("REDIS_URL", None)
-    redis_prefix: str = setting("REDIS_PREFIX", "fonana:rt:")
+    redis_prefix: str = setting("REDIS_PREFIX", DEFAULT_PREFIX)
     allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), comma_list)     # empty = all
     data_dir: str = setting("DATA_DIR", "data")
     log_dir: str = setting("LOG_DIR", "logs", blank_is_value=True)

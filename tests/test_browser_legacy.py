@@ -58,3 +58,24 @@ def test_the_page_drops_events_like_the_fonana_client_when_nothing_paces_them(se
     state = tab.state()
     assert len(state["dropped"]) > 0, "the page's 100 ms per-type throttle dropped nothing"
     assert tab.likes() != {p: 10 for p in scene["posts"]}
+
+
+def test_bursts_across_posts_and_notifications_all_reach_the_page(server_factory, pg_url, browser, scene):
+    """The issue's scenario with the defaults: 30 post_liked for 3 posts in one list
+    publish and 3 notifications back to back → every final count and every notification."""
+    srv = server_factory.start("browser-paced", database_url=pg_url, env=DEFAULTS)
+    tab = browser.open(srv.ws_url, srv.token(scene["fan"]), post_channels(scene))
+    tab.wait_subscribed(3)
+    srv.publish({"events": like_burst(scene)})
+    notes = []
+    for n in range(3):
+        r = srv.api("/api/notifications", {"userId": scene["fan"], "type": "SYSTEM_ANNOUNCEMENT",
+                                           "title": f"note {n}", "message": "hello"})
+        assert r.status_code == 201, r.text
+        notes.append(r.json()["id"])
+    final = {p: 10 for p in scene["posts"]}
+    tab.wait("Object.keys(f.likes).length === 3 && Object.values(f.likes).every(v => v === 10)"
+             f" && f.notifications.length === 3", "every final count and every notification")
+    assert tab.likes() == final
+    assert tab.notifications() == notes
+    assert [m for m in tab.state()["dropped"] if m["type"] not in ("subscribed",)] == []

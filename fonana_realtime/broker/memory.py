@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import time
 
-from . import Broker, route_topics
+from ..wire import Message, route_topics
+from . import Broker
 
 
 class MemoryBroker(Broker):
     name = "memory"
 
     def publish(self, route, payload: bytes):
-        self.deliver_local(route_topics(route), payload, time.time())
+        self.on_message(Message(payload, route_topics(route), time.time()))
 
     def listen(self, topic: str):
         pass        # every topic of this process is already "heard"

@@ -1,16 +1,17 @@
 """The Redis broker: fan-out across workers and hosts through Redis pub/sub.
 
-Publishing: one envelope per event, PUBLISHed to `<prefix><topic>` for each topic of
-its route (`fonana:rt:channel:post_P`, `fonana:rt:user:U`). Nothing is delivered
+Publishing: one envelope per event (wire.py), PUBLISHed to `<prefix><topic>` for each
+topic of its route (`fonana:rt:channel:post_P`, `fonana:rt:user:U`). Nothing is delivered
 locally at publish time: every worker, the publishing one included, delivers what
 its listener receives, so all workers see the same order.
 
 Listening: per worker, one subscriber connection and one listener greenlet. The
 listener is the only greenlet that touches that connection: it reads, and it writes
 the SUBSCRIBE/UNSUBSCRIBE commands that `listen`/`unlisten` ask for (woken through a
-pipe), batched per wake-up. It holds only the topics with local connections
-(`hub.by_topic`) plus this worker's private topic, used by `ready()` for a real
-publish -> receive round trip.
+pipe), batched per wake-up. It holds only the topics fanout asked for (`listen` and
+not yet `unlisten`: those with local connections) plus this worker's private topic,
+used by `ready()` for a real publish -> receive round trip. Every message it receives
+is decoded (wire.Decoder) and handed to `on_message`.
 
 "Subscribed means delivered": the first local subscriber of a topic waits (at most
 SUBSCRIBE_WAIT) until Redis has acknowledged the SUBSCRIBE, and so does anyone who
@@ -19,7 +20,7 @@ command order, so a FIFO of expected replies pairs each acknowledgement with the
 exact command it answers.
 
 Redis goes away: the listener reconnects with capped, jittered back-off and
-resubscribes every topic in `hub.by_topic`; publishes raise BrokerUnavailable (the
+resubscribes every topic it was asked for; publishes raise BrokerUnavailable (the
 HTTP API answers 503); waits are bounded everywhere.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ import random
 import socket
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -42,10 +43,8 @@ from redis.backoff import NoBackoff
 from redis.connection import BlockingConnectionPool, Connection, parse_url
 from redis.retry import Retry
 
-from .. import metrics
-from ..publisher import envelope
-from ..wsframes import dumps, loads
-from . import Broker, BrokerUnavailable, route_topics
+from .. import metrics, wire
+from . import Broker, BrokerUnavailable
 
 log = logging.getLogger("fonana_realtime.broker")
 
@@ -60,11 +59,7 @@ STABLE_LINK = 5.0           # a link that lived this long resets the back-off (n
 PUBLISH_POOL = 32           # publishing connections per worker (callers wait <= CLIENT_TIMEOUT)
 CHANNELS_PER_COMMAND = 500  # resubscribing thousands of topics: a few big commands
 YIELD_EVERY = 64            # a burst of messages: let client greenlets run between batches
-RECENT_IDS = 4096           # union envelopes already delivered (copies arrive back to back)
-MAX_ENVELOPE_TOPICS = 64
 DROP_LOG_EVERY = 10.0       # seconds between warnings about dropped (malformed) messages
-
-TOPIC_KINDS = ("channel:", "user:")
 
 
 def redacted(url: str) -> str:
@@ -100,9 +95,8 @@ class _Desync(Exception):
 class RedisBroker(Broker):
     name = "redis"
 
-    def __init__(self, hub, url: str, prefix: str = "fonana:rt:"):
-        super().__init__(hub)
-        hub.on_join = self._joined
+    def __init__(self, url: str, prefix: str = wire.DEFAULT_PREFIX):
+        super().__init__()
         self.url = url
         self.where = redacted(url)
         self.prefix = prefix
@@ -126,10 +120,11 @@ class RedisBroker(Broker):
         self._waiting: dict[str, Event] = {}    # topic -> event for a SUBSCRIBE not yet written
         self._dirty: set[str] = set()           # topics whose membership changed since the last flush
         self._expect: deque = deque()           # (kind, channel, event|None) in reply order
+        self._wanted: set[str] = set()          # topics fanout asked for (local subscribers)
         self._wake_r = self._wake_w = -1
         self._wake_pending = False
         self._nonces: dict[str, Event] = {}     # ready() round trips in flight
-        self._recent: OrderedDict = OrderedDict()
+        self._decoder = wire.Decoder()
         self._last_rx = 0.0
         self._ping_sent: float | None = None
         self._dropped = 0
@@ -160,29 +155,22 @@ class RedisBroker(Broker):
     # ---- publish ----------------------------------------------------------------------
 
     def publish(self, route, payload: bytes):
-        topics = route_topics(route)
-        body = envelope(topics, payload)
+        topics = wire.route_topics(route)
         try:
-            if len(topics) == 1:
-                self.client.publish(self._bprefix + topics[0].encode(), body)
-            else:
-                # MULTI/EXEC: the copies reach every subscriber back to back.
-                with self.client.pipeline(transaction=True) as pipe:
-                    for topic in topics:
-                        pipe.publish(self._bprefix + topic.encode(), body)
-                    pipe.execute()
+            wire.publish(self.client, self.prefix, topics, wire.envelope(topics, payload))
         except redis.RedisError as exc:
             log.warning("publish to redis failed", extra={"event": "broker_publish_failed",
                                                          "error": type(exc).__name__})
             raise BrokerUnavailable(type(exc).__name__) from None
         metrics.BROKER_PUBLISHED.inc(len(topics))
 
-    # ---- listen / unlisten (called by the hub, in a client's greenlet) ----------------
+    # ---- listen / unlisten (called by fanout, in a client's greenlet) ----------------
 
     def listen(self, topic: str):
         """First local subscriber of `topic`: returns once Redis acknowledged the
         SUBSCRIBE, or after SUBSCRIBE_WAIT, or at once while Redis is down (the
-        reconnect resubscribes every topic of the hub)."""
+        reconnect resubscribes every topic asked for)."""
+        self._wanted.add(topic)
         self._dirty.add(topic)
         self._wake()
         if self._down or self._greenlet is None:
@@ -194,7 +182,7 @@ class RedisBroker(Broker):
                 event = self._waiting[topic] = Event()
         event.wait(SUBSCRIBE_WAIT)
 
-    def _joined(self, topic: str):
+    def wait_listening(self, topic: str):
         """A later subscriber: waits only while the first one's SUBSCRIBE is unacknowledged."""
         if self._down:
             return
@@ -203,6 +191,7 @@ class RedisBroker(Broker):
             event.wait(SUBSCRIBE_WAIT)
 
     def unlisten(self, topic: str):
+        self._wanted.discard(topic)
         self._dirty.add(topic)
         self._wake()
 
@@ -284,7 +273,7 @@ class RedisBroker(Broker):
         self._ping_sent = None
         self._expect.append((b"subscribe", self._private, self._private_ev))
         conn.send_command("SUBSCRIBE", self._private, check_health=False)
-        self._dirty.update(self.hub.by_topic)       # everything this worker needs
+        self._dirty.update(self._wanted)            # everything this worker needs
         self._flush()
         log.info("redis listener connected", extra={
             "event": "broker_connected", "redis": self.where, "topics": len(self._acked),
@@ -359,10 +348,10 @@ class RedisBroker(Broker):
         if conn is None:
             self._dirty = dirty | self._dirty
             return
-        by_topic = self.hub.by_topic
+        wanted = self._wanted
         subscribe, unsubscribe = [], []
         for topic in dirty:
-            if topic in by_topic:
+            if topic in wanted:
                 if topic not in self._acked:
                     event = self._waiting.pop(topic, None) or Event()
                     self._acked[topic] = event
@@ -415,34 +404,11 @@ class RedisBroker(Broker):
         metrics.BROKER_RECEIVED.inc()
         topic = channel[len(self._bprefix):].decode("utf-8", "replace")
         try:
-            env = loads(data)          # standard JSON only: NaN or a lone surrogate is dropped here
-        except ValueError:             # UnicodeDecodeError is a ValueError
-            return self._drop("not_json", topic)
-        if not isinstance(env, dict):
-            return self._drop("not_an_object", topic)
-        event = env.get("event")
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not event["type"]:
-            return self._drop("bad_event", topic)
-        topics = [topic]
-        message_id = env.get("id")
-        if message_id is not None:
-            if not isinstance(message_id, str) or not 0 < len(message_id) <= 64:
-                return self._drop("bad_id", topic)
-            if message_id in self._recent:
-                return None                       # another copy of a union we delivered
-            self._recent[message_id] = None
-            if len(self._recent) > RECENT_IDS:
-                self._recent.popitem(last=False)
-            listed = env.get("topics")
-            if isinstance(listed, list) and len(listed) <= MAX_ENVELOPE_TOPICS:
-                for other in listed:
-                    if isinstance(other, str) and other.startswith(TOPIC_KINDS) and other not in topics:
-                        topics.append(other)
-        published_at = env.get("ts")
-        if not isinstance(published_at, (int, float)) or isinstance(published_at, bool) \
-                or not math.isfinite(published_at):
-            published_at = None
-        self.deliver_local(topics, dumps(event), published_at)
+            message = self._decoder.decode(topic, data)
+        except wire.Drop as drop:
+            return self._drop(drop.reason, topic)
+        if message is not None:                   # None: another copy of a union delivered
+            self.on_message(message)
         return None
 
     def _drop(self, reason: str, topic: str):

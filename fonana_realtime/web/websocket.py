@@ -117,7 +117,7 @@ def serve(ws):
     proto = ws.ws.connection        # the frame protocol only; the handshake objects go away
     ws.connected = False            # flask-sock must not write a close frame: we own the writes
     conn = Connection(sock, proto, identity.user_id, identity.expires_at, g.client_ip, rt.settings)
-    rt.hub.add(conn)
+    rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
     metrics.CONNECTIONS.inc()
     metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - g.handshake_started)
     log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
@@ -136,7 +136,7 @@ def _live(rt, conn):
     finally:
         for key in conn.channels:
             metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]).dec()
-        rt.hub.remove(conn)
+        rt.fanout.remove(conn)
         metrics.CONNECTIONS.dec()
         conn.abort()
         conn.sock.close()
