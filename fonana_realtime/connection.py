@@ -38,7 +38,7 @@ class Connection:
     __slots__ = ("id", "sock", "proto", "protocol", "marks", "user_id", "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "limits", "_in_parts", "_in_size", "_in_binary")
+                 "limits", "pacer", "pace", "_in_parts", "_in_size", "_in_binary")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits):
         self.id = next(_ids)
@@ -51,6 +51,8 @@ class Connection:
         self.ip = ip
         self.limits = limits              # the Settings (frame, backlog and rate limits)
         self.channels: set[str] = set()
+        self.pacer = None                 # the worker's Pacer for a legacy connection (pacing on)
+        self.pace = None                  # its pacing state, only while it is being written to
         self.backlog: deque | None = None   # (bytes, frame count) not yet written
         self.backlog_bytes = 0
         self.backlog_frames = 0
@@ -77,7 +79,12 @@ class Connection:
         `positions` their streams' last positions merged ({stream: (epoch, offset)}),
         both built once per batch and shared by every recipient (a union's entry may
         name a stream this connection does not hold). False if the connection is gone
-        or overflowed."""
+        or overflowed.
+
+        A legacy connection with pacing on (PROTOCOL.md 8) hands them to the pacer, which
+        writes now what may go now and holds the rest (pacing.py)."""
+        if self.pacer is not None:
+            return self.pacer.offer(self, outgoings, joined_legacy)
         if joined_legacy is None:
             joined_legacy = b"".join(o.legacy for o in outgoings)
         if positions is None:
@@ -117,12 +124,20 @@ class Connection:
         gevent.spawn(self._drain)
         return True
 
+    def written(self, outgoings):
+        """The pacer wrote these (held) events: remember their positions."""
+        positions = merged_positions(outgoings)
+        if positions:
+            self.marks.update(positions)
+
     def _park(self, data, frames: int) -> bool:
         self.backlog.append((data, frames))
         self.backlog_bytes += len(data)
         self.backlog_frames += frames
-        if (self.backlog_bytes > self.limits.send_backlog_bytes
-                or self.backlog_frames > self.limits.send_backlog_frames):
+        pace = self.pace                  # frames held by pacing count against the same limits
+        held_bytes, held_frames = (pace.bytes, len(pace.waiting)) if pace is not None else (0, 0)
+        if (self.backlog_bytes + held_bytes > self.limits.send_backlog_bytes
+                or self.backlog_frames + held_frames > self.limits.send_backlog_frames):
             self.overflow()
             return False
         return True

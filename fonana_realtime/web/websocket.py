@@ -117,6 +117,8 @@ def serve(ws):
     proto = ws.ws.connection        # the frame protocol only; the handshake objects go away
     ws.connected = False            # flask-sock must not write a close frame: we own the writes
     conn = Connection(sock, proto, identity.user_id, identity.expires_at, g.client_ip, rt.settings)
+    if conn.protocol is None:
+        conn.pacer = rt.pacer       # legacy: events paced for the Fonana client (PROTOCOL.md 8)
     rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
     metrics.CONNECTIONS.inc()
     metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - g.handshake_started)
