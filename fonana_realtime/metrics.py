@@ -37,7 +37,7 @@ FRAMES_REPLACED = Counter("fonana_rt_legacy_frames_replaced",
                           "Waiting event frames to legacy connections replaced by a newer one (pacing)")
 HOLD_SECONDS = Histogram("fonana_rt_legacy_hold_seconds",
                          "Per write of held frames to a legacy connection: the longest wait among them",
-                         buckets=(.01, .025, .05, .1, .15, .25, .5, 1, 2.5, 5, 10))
+                         buckets=(.005, .01, .02, .05, .075, .1, .125, .15, .2, .3, .5, 1, 2, 4, 8))
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",

@@ -80,6 +80,7 @@ class Pacer:
         self._seq = itertools.count()
         self.active: set = set()            # connections holding a Paced state
         self._next_prune = 0.0
+        self.replaced = 0                   # frames replaced since the last run_due
         self._wake = None                   # gevent Event once started
         self._sleep_until = float("inf")
 
@@ -123,7 +124,7 @@ class Pacer:
         waiting = pace.waiting
         replaced = 0
         for out in outgoings:
-            key = out.conflate or out        # no conflation key: the frame is its own key
+            key = out.pace_key or out        # no conflation key: the frame is its own key
             old = waiting.pop(key, None)
             if old is not None:
                 pace.bytes -= len(old[0].legacy)
@@ -131,7 +132,19 @@ class Pacer:
             waiting[key] = (out, now)
             pace.bytes += len(out.legacy)
         if replaced:
-            metrics.FRAMES_REPLACED.inc(replaced)
+            self.replaced += replaced        # into the metric once per scheduler turn (run_due)
+        if 0 < pace.due and now < pace.due:
+            # Nothing that waited is due yet (the scheduler comes at pace.due); if none of
+            # the new frames' types is free either, a flush would only rescan the queue.
+            # The hot path of a hot post: a like replacing the waiting like (measured:
+            # 1,000 clients at 200 likes/s, server CPU 0.79 s/s with the rescan).
+            sent, gap = pace.sent, self.gap
+            for out in outgoings:
+                last = sent.get(out.type)
+                if last is None or now >= last + gap:
+                    break
+            else:
+                return not self._over_limits(conn, pace)
         if self._flush(conn, pace, now) < 0:
             return False
         return not (pace.waiting and self._over_limits(conn, pace))
@@ -212,6 +225,11 @@ class Pacer:
     def run_due(self, now: float | None = None):
         """Write what has become due by `now`; drop the state of quiet connections."""
         now = self.clock() if now is None else now
+        if self.replaced:
+            # one prometheus inc per turn instead of one per replacing offer (~1.7 us each,
+            # 190,000 a second for 1,000 clients of a post liked 200 times a second)
+            metrics.FRAMES_REPLACED.inc(self.replaced)
+            self.replaced = 0
         heap = self._heap
         while heap and heap[0][0] <= now:
             due, _, conn = heapq.heappop(heap)
