@@ -198,7 +198,8 @@ def main():
     bench.raise_nofile()
     bench.build_loadgen()
     os.sched_setaffinity(0, {bench.GEN_CPU})
-    ctx = bench.Context(SimpleNamespace(reps=args.reps, nice=0), "quick")
+    ctx = bench.Context(SimpleNamespace(reps=args.reps, nice=0, quiet_wait=30.0), "quick")
+    ctx.quiet_budget = 240.0
     ctx.server_version = bench.snapshot_server(ctx)
     bench.log(f"our server: {ctx.server_version}; {args.clients} legacy clients on {HOT_POST}, "
               f"{LIKES_PER_SEC} likes/s for {args.seconds} s, a burst of {BURST} notifications to {BURST_USER}")
@@ -210,6 +211,7 @@ def main():
     for rep in range(args.reps):
         order = [("on", None), ("off", 0)] if rep % 2 == 0 else [("off", 0), ("on", None)]
         for name, gap in order:
+            bench.wait_quiet(ctx)            # others' work on a shared machine skews every figure
             res = one_run(ctx, f"pacing-{name}", gap, args.clients, args.seconds)
             runs[name].append(res)
             bench.log(f"rep {rep + 1} pacing {name}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v)

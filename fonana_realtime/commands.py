@@ -1,4 +1,5 @@
-"""What each client command does: subscribe, unsubscribe, ping, auth.
+"""What each client command does: subscribe, unsubscribe, ping, auth, and for
+protocol v2 connections `subscribe` with `since` and `recover` (PROTOCOL.md 7).
 
 Runs in the connection's own greenlet, so a command that waits on the database
 only delays that connection's later commands, never anyone else.
@@ -12,12 +13,25 @@ from datetime import datetime, timezone
 from . import close_codes, error_codes, metrics
 from .auth import AuthError, verify_token
 from .channels import InvalidChannel, may_subscribe, parse_channel
-from .connection import parse_command
+from .connection import V2, parse_command
 from .store import StoreUnavailable
 
 log = logging.getLogger("fonana_realtime.commands")
 
 UNREAD_ON_SUBSCRIBE = 20
+MAX_EPOCH_LENGTH = 128
+
+
+def parse_since(value):
+    """`{"offset": N, "epoch": E}` -> (E, N), or None if malformed."""
+    if not isinstance(value, dict):
+        return None
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        return None
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        return None
+    return epoch, offset
 
 
 def iso_utc(ts: float) -> str:
@@ -81,12 +95,60 @@ class Commands:
             return
         if conn.closed or conn.closing:       # it went away while we asked the database
             return
-        if key not in conn.channels:
-            self.rt.fanout.subscribe(conn, key)     # waits (bounded) until the broker listens
-            metrics.SUBSCRIPTIONS.labels(channel.kind).inc()
-        conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
-        if channel.kind == "notifications":
+        if conn.protocol == V2:
+            self._subscribe_v2(conn, obj, channel, raw)
+        else:
+            self._join(conn, channel)
+            conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
+        if channel.kind == "notifications" and not (conn.closed or conn.closing):
             self._send_unread(conn, raw)
+
+    def _join(self, conn, channel):
+        if channel.key not in conn.channels:
+            self.rt.fanout.subscribe(conn, channel.key)     # waits (bounded) until the broker listens
+            metrics.SUBSCRIPTIONS.labels(channel.kind).inc()
+
+    def _subscribe_v2(self, conn, obj, channel, raw):
+        """`subscribed` adds the stream's position; with `since`, replay then live."""
+        key = channel.key
+
+        def subscribed(epoch, top, recovered=None):
+            data = {"channel": raw, "channelKey": key, "stream": key, "offset": top, "epoch": epoch}
+            if recovered is not None:
+                data["recovered"] = recovered
+            conn.send_json({"type": "subscribed", "data": data})
+
+        if obj.get("since") is None:
+            self._join(conn, channel)
+            subscribed(*self.rt.fanout.join_position(conn, key))
+            return
+        since = parse_since(obj["since"])
+        if since is None:
+            conn.send_error(error_codes.INVALID_MESSAGE, raw)
+            return
+        self.rt.fanout.recover(conn, key, since,
+                               reply=lambda rec: subscribed(rec.epoch, rec.top, rec.ok),
+                               join=lambda: self._join(conn, channel))
+
+    def recover(self, conn, obj):
+        """v2: replay the connection's own user stream after `since`."""
+        if conn.protocol != V2:
+            conn.send_error(error_codes.UNKNOWN_TYPE)
+            return
+        stream = obj.get("stream")
+        if stream != conn.user_stream:
+            conn.send_error(error_codes.ACCESS_DENIED)
+            return
+        since = parse_since(obj.get("since"))
+        if since is None:
+            conn.send_error(error_codes.INVALID_MESSAGE)
+            return
+
+        def recovered(rec):
+            conn.send_json({"type": "recovered", "data": {
+                "stream": stream, "offset": rec.top, "epoch": rec.epoch, "recovered": rec.ok}})
+
+        self.rt.fanout.recover(conn, stream, since, reply=recovered)
 
     def _send_unread(self, conn, raw):
         try:
@@ -121,4 +183,5 @@ class Commands:
         conn.expires_at = identity.expires_at
         conn.send_json({"type": "authenticated", "data": {"expiresAt": iso_utc(identity.expires_at)}})
 
-    _handlers = {"ping": ping, "subscribe": subscribe, "unsubscribe": unsubscribe, "auth": auth}
+    _handlers = {"ping": ping, "subscribe": subscribe, "unsubscribe": unsubscribe, "auth": auth,
+                 "recover": recover}

@@ -26,6 +26,8 @@ from .wsframes import close_frame, json_frame, loads, pong_frame
 log = logging.getLogger("fonana_realtime.connection")
 _ids = itertools.count(1)
 
+# The WebSocket subprotocol of protocol v2 (PROTOCOL.md 7); without it a connection is legacy.
+V2 = "fonana.v2"
 # How long a closing connection may take to answer our close frame before we cut it.
 CLOSE_GRACE_SECONDS = 5.0
 # A refusal this long after the previous one starts a new excess run (rate limit).
@@ -35,7 +37,7 @@ ABUSE_QUIET_SECONDS = 1.0
 class Connection:
     """State of one WebSocket client. Created after the handshake succeeded."""
 
-    __slots__ = ("id", "sock", "proto", "protocol", "marks", "user_id", "expires_at", "ip", "channels",
+    __slots__ = ("id", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id", "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
                  "limits", "pacer", "pace", "_in_parts", "_in_size", "_in_binary")
@@ -46,6 +48,11 @@ class Connection:
         self.proto = proto                # wsproto frame protocol: parses what the client sends
         self.protocol = None              # "fonana.v2" when the handshake negotiated it, else legacy
         self.marks: dict = {}             # stream -> (epoch, offset) of the last event written to it
+        # v2 only: stream -> (epoch, offset) the connection was told when it joined the stream
+        # (welcome, subscribed), and streams whose live events wait while a replay runs.
+        self.joined_at: dict = {}
+        self.buffers: dict = {}           # stream -> [Outgoing] (see fanout.Fanout.replay)
+        self.user_stream = "user_" + user_id
         self.user_id = user_id
         self.expires_at = expires_at
         self.ip = ip
@@ -83,6 +90,8 @@ class Connection:
 
         A legacy connection with pacing on (PROTOCOL.md 8) hands them to the pacer, which
         writes now what may go now and holds the rest (pacing.py)."""
+        if self.protocol is not None:
+            return self._deliver_v2(outgoings)
         if self.pacer is not None:
             return self.pacer.offer(self, outgoings, joined_legacy)
         if joined_legacy is None:
@@ -94,6 +103,37 @@ class Connection:
         if positions:
             self.marks.update(positions)
         return True
+
+    def stream_of(self, out) -> str | None:
+        """The first stream of the event's route that this connection holds."""
+        for stream in out.streams:
+            if stream == self.user_stream or stream in self.channels:
+                return stream
+        return None
+
+    def _deliver_v2(self, outgoings) -> bool:
+        """Each event once, under its first held stream; held back while that stream
+        replays; skipped if its offset was already written (a replay sent it)."""
+        frames = []
+        marks = self.marks
+        buffers = self.buffers
+        for out in outgoings:
+            stream = self.stream_of(out)
+            if stream is None:
+                continue
+            if buffers and stream in buffers:
+                buffers[stream].append(out)
+                continue
+            position = out.positions.get(stream)
+            if position is not None:
+                mark = marks.get(stream)
+                if mark is not None and mark[0] == position[0] and position[1] <= mark[1]:
+                    continue                                # already written
+                marks[stream] = position
+            frames.append(out.v2_frame(stream))
+        if not frames:
+            return not (self.closing or self.closed)
+        return self.send(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
 
     # ---- the one write path -------------------------------------------------
 

@@ -31,6 +31,13 @@ BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from t
 BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
 BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
                       multiprocess_mode="livesum")
+RECOVERIES = Counter("fonana_rt_recoveries", "Recoveries asked for (subscribe with since, recover), by result",
+                     ["result"])   # succeeded, or the failure reason: epoch, trimmed, expired, too_many, ahead, unavailable
+REPLAYED_EVENTS = Counter("fonana_rt_replayed_events", "Events sent to clients by a recovery")
+HISTORY_BYTES = Gauge("fonana_rt_history_bytes", "Memory held by the in-process history (estimate)",
+                      multiprocess_mode="livesum")
+HISTORY_EVENTS = Gauge("fonana_rt_history_events", "Events held by the in-process history",
+                       multiprocess_mode="livesum")
 FRAMES_HELD = Counter("fonana_rt_legacy_frames_held",
                       "Event frames to legacy connections written later than they arrived (pacing)")
 FRAMES_REPLACED = Counter("fonana_rt_legacy_frames_replaced",

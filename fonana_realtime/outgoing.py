@@ -25,11 +25,20 @@ CONFLATE_BY = {
 
 
 class Outgoing:
-    __slots__ = ("_id", "payload", "topics", "streams", "published_at", "positions", "legacy",
+    __slots__ = ("_message", "payload", "topics", "streams", "published_at", "positions", "legacy",
                  "_event", "_v2", "_pace_key")
 
+    @classmethod
+    def of(cls, message) -> "Outgoing":
+        """The message's Outgoing, built on first use: a live delivery and every replay
+        of the same held message share its frames."""
+        out = message.outgoing
+        if out is None:
+            out = message.outgoing = cls(message)
+        return out
+
     def __init__(self, message):
-        self._id = message.id
+        self._message = message
         self.payload = message.payload          # the flat event, JSON bytes
         self.topics = message.topics            # route order: channels, then users
         self.streams = [topic_stream(t) for t in message.topics]
@@ -42,9 +51,10 @@ class Outgoing:
 
     @property
     def id(self) -> str:
-        if self._id is None:
-            self._id = uuid.uuid4().hex
-        return self._id
+        message = self._message
+        if message.id is None:              # named once: every Outgoing of it shares the id
+            message.id = uuid.uuid4().hex
+        return message.id
 
     @property
     def event(self) -> dict:

@@ -28,7 +28,7 @@ class Runtime:
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
         self.hub = Hub()
         self.broker = open_broker(settings)
-        self.fanout = Fanout(self.hub, self.broker)
+        self.fanout = Fanout(self.hub, self.broker, settings.recovery_max)
         # legacy pacing (PROTOCOL.md 8): one scheduler for the worker, None when turned off
         gap = settings.legacy_type_gap_ms / 1000.0
         self.pacer = Pacer(gap, on_written=Connection.written) if gap > 0 else None

@@ -120,6 +120,11 @@ class Settings:
     jwt_leeway_seconds: int = setting("WS_JWT_LEEWAY_SECONDS", 10, between(0, 30))
     # legacy connections: least ms between two event frames of one type (PROTOCOL.md 8); 0 = off
     legacy_type_gap_ms: int = setting("WS_LEGACY_TYPE_GAP_MS", 120, between(0, 10_000))
+    # positions, history and recovery (PROTOCOL.md 7)
+    history_size: int = setting("WS_HISTORY_SIZE", 100, whole)
+    history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, number)
+    history_meta_seconds: float = setting("WS_HISTORY_META_SECONDS", 86400.0, number)
+    recovery_max: int = setting("WS_RECOVERY_MAX", 300, whole)
     # derived by `_secrets` (several variables, dev defaults), not read one to one
     jwt_secrets: tuple[str, ...] = ()
     api_secret: str | None = None

@@ -66,7 +66,7 @@ class Message:
     arrived on first); `positions` is {stream: (epoch, offset)} when the publisher gave
     it positions, else empty."""
 
-    __slots__ = ("id", "payload", "topics", "published_at", "event", "positions")
+    __slots__ = ("id", "payload", "topics", "published_at", "event", "positions", "outgoing")
 
     def __init__(self, payload: bytes, topics, published_at=None, message_id=None,
                  event=None, positions=None):
@@ -76,6 +76,7 @@ class Message:
         self.published_at = published_at
         self.event = event                  # the decoded event, when the receiver has it
         self.positions = positions or {}
+        self.outgoing = None                # its Outgoing, once built (outgoing.Outgoing.of)
 
 
 # ---- encode -----------------------------------------------------------------------

@@ -107,7 +107,9 @@ def test_http_publisher(host, scene, seed):
     api = HttpPublisher(host.base_url, host.api_key)
     tabs = list(spread([host], scene["fan"], WORKERS).values())
     event = {"type": "feed_update", "userId": scene["fan"], "posts": ["over http"]}
-    assert api.feed_update(scene["fan"], ["over http"]) == {"published": 1}
+    # PROTOCOL.md 7: the answer adds each event's positions (one entry per event)
+    answer = api.feed_update(scene["fan"], ["over http"])
+    assert answer["published"] == 1 and len(answer["positions"]) == 1
     row = api.create_notification(scene["fan"], "SYSTEM_ANNOUNCEMENT", "Hello", "from python")
     assert row["userId"] == scene["fan"] and seed.notification_row(row["id"]) is not None
     for ws in tabs:

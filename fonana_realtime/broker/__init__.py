@@ -5,8 +5,14 @@ worker), listens (`listen`/`unlisten`: this worker wants, or no longer wants, a
 topic) and hands every publication that reaches this worker to ONE callback,
 `on_message(wire.Message)`, set by fanout.py. It never reads the hub and never frames
 or writes anything for a client. Backends: `memory` (one worker) and `redis` (many).
+
+Positions (PROTOCOL.md 7): `publish` returns the event's `{stream: offset}`; `position`
+and `history` answer for a stream. A broker without history answers `(None, 0)` and
+"not recoverable: unavailable".
 """
 from __future__ import annotations
+
+from ..history import UNAVAILABLE, Recovery
 
 
 class BrokerUnavailable(Exception):
@@ -25,9 +31,19 @@ class Broker:
     def stop(self):
         """Stop listening."""
 
-    def publish(self, route, payload: bytes):
-        """Send one serialised event (JSON bytes) to every worker holding its topics."""
+    def publish(self, route, payload: bytes) -> dict:
+        """Send one serialised event (JSON bytes) to every worker holding its topics;
+        returns its positions `{stream: offset}` (empty without history)."""
         raise NotImplementedError
+
+    def position(self, stream: str) -> tuple:
+        """(epoch, top offset) of `stream`; (None, 0) without history."""
+        return None, 0
+
+    def history(self, stream: str, epoch, since: int, limit: int) -> Recovery:
+        """The events (wire.Message, positions filled) of `stream` after offset `since`
+        of `epoch`: all of them, or none with the reason. May wait (bounded)."""
+        return Recovery(False, None, 0, reason=UNAVAILABLE)
 
     def listen(self, topic: str):
         """This worker's first subscriber of `topic`: may wait (bounded) until messages
@@ -50,5 +66,7 @@ def open_broker(settings) -> Broker:
     if settings.redis_url:
         from .redis import RedisBroker
         return RedisBroker(settings.redis_url, settings.redis_prefix)
+    from ..history import MemoryHistory
     from .memory import MemoryBroker
-    return MemoryBroker()
+    return MemoryBroker(MemoryHistory(settings.history_size, settings.history_seconds,
+                                      settings.history_meta_seconds))

@@ -163,6 +163,7 @@ class RedisBroker(Broker):
                                                          "error": type(exc).__name__})
             raise BrokerUnavailable(type(exc).__name__) from None
         metrics.BROKER_PUBLISHED.inc(len(topics))
+        return {}               # no positions until the Redis history (issue 9, 9b) is in
 
     # ---- listen / unlisten (called by fanout, in a client's greenlet) ----------------
 

@@ -118,11 +118,13 @@ def _address(body) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return channels, users
 
 
-def publish(route: Route, payload: bytes):
+def publish(route: Route, payload: bytes) -> dict:
     """`payload` is the event already serialised (`wsframes.dumps`): whatever cannot be
-    written as standard JSON was refused before anything was published."""
-    runtime().broker.publish(route, payload)
+    written as standard JSON was refused before anything was published. Returns its
+    positions `{stream: offset}`."""
+    positions = runtime().broker.publish(route, payload)
     metrics.EVENTS_PUBLISHED.inc()
+    return positions
 
 
 @bp.post("/events")
@@ -146,9 +148,8 @@ def post_events():
             routed.append((route_event(event, channels, users), dumps(event)))
         except ValueError as exc:               # InvalidEvent, or not writable as standard JSON
             raise BadRequest(str(exc), **({"index": index} if "events" in body else {})) from None
-    for route, payload in routed:
-        publish(route, payload)
-    return jsonify({"published": len(routed)}), 202
+    positions = [publish(route, payload) for route, payload in routed]
+    return jsonify({"published": len(routed), "positions": positions}), 202
 
 
 @bp.post("/notifications")

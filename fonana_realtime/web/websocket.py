@@ -17,7 +17,7 @@ from flask_sock import Sock
 from .. import metrics
 from ..auth import AuthError, verify_token
 from ..commands import iso_utc
-from ..connection import Connection
+from ..connection import V2, Connection
 from ..handshake_limits import client_ip
 from ..store import StoreUnavailable
 from . import json_error, runtime
@@ -50,7 +50,10 @@ class _NoEvent:
         pass
 
 
-SERVER_OPTIONS = {"thread_class": _NoReaderThread, "event_class": _NoEvent}
+# `subprotocols`: simple_websocket answers `Sec-WebSocket-Protocol: fonana.v2` when the
+# client offered it (PROTOCOL.md 7); a client that offered nothing we know gets none.
+SERVER_OPTIONS = {"thread_class": _NoReaderThread, "event_class": _NoEvent,
+                  "subprotocols": [V2]}
 
 
 def _bearer() -> str | None:
@@ -117,6 +120,7 @@ def serve(ws):
     proto = ws.ws.connection        # the frame protocol only; the handshake objects go away
     ws.connected = False            # flask-sock must not write a close frame: we own the writes
     conn = Connection(sock, proto, identity.user_id, identity.expires_at, g.client_ip, rt.settings)
+    conn.protocol = V2 if ws.subprotocol == V2 else None
     if conn.protocol is None:
         conn.pacer = rt.pacer       # legacy: events paced for the Fonana client (PROTOCOL.md 8)
     rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
@@ -124,10 +128,14 @@ def serve(ws):
     metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - g.handshake_started)
     log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
                                  "ip": conn.ip})
-    conn.send_json({"type": "connected", "data": {
-        "userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
-        "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
-        "worker": os.getpid()}})
+    welcome = {"userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
+               "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
+               "worker": os.getpid()}
+    if conn.protocol == V2:
+        epoch, top = rt.fanout.join_position(conn, conn.user_stream)
+        welcome["protocol"] = V2
+        welcome["user"] = {"stream": conn.user_stream, "offset": top, "epoch": epoch}
+    conn.send_json({"type": "connected", "data": welcome})
     gevent.spawn_raw(_live, rt, conn)      # a bare greenlet: no Greenlet bookkeeping per client
 
 
