@@ -40,7 +40,7 @@ class Connection:
     __slots__ = ("id", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id", "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "limits", "pacer", "pace", "_in_parts", "_in_size", "_in_binary")
+                 "limits", "pacer", "pace", "resume", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_binary")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits):
         self.id = next(_ids)
@@ -60,6 +60,9 @@ class Connection:
         self.channels: set[str] = set()
         self.pacer = None                 # the worker's Pacer for a legacy connection (pacing on)
         self.pace = None                  # its pacing state, only while it is being written to
+        self.resume = None                # legacy: what it may replay where a dropped one left off
+        self.started_at = 0.0             # wall clock, set when resume is on (resume.py)
+        self.closed_by_client = False     # the client started the closing handshake
         self.backlog: deque | None = None   # (bytes, frame count) not yet written
         self.backlog_bytes = 0
         self.backlog_frames = 0
@@ -92,6 +95,11 @@ class Connection:
         writes now what may go now and holds the rest (pacing.py)."""
         if self.protocol is not None:
             return self._deliver_v2(outgoings)
+        if self.buffers:                  # a stream replays (resume.py): its live events wait
+            outgoings = self._hold_replaying(outgoings)
+            if not outgoings:
+                return not (self.closing or self.closed)
+            joined_legacy = positions = None
         if self.pacer is not None:
             return self.pacer.offer(self, outgoings, joined_legacy)
         if joined_legacy is None:
@@ -163,6 +171,17 @@ class Connection:
             return False                             # overflowed at once: closed with 4009
         gevent.spawn(self._drain)
         return True
+
+    def _hold_replaying(self, outgoings) -> list:
+        kept = []
+        buffers = self.buffers
+        for out in outgoings:
+            stream = self.stream_of(out)
+            if stream is not None and stream in buffers:
+                buffers[stream].append(out)
+            else:
+                kept.append(out)
+        return kept
 
     def written(self, outgoings):
         """The pacer wrote these (held) events: remember their positions."""
@@ -322,6 +341,7 @@ class Connection:
             self.awaiting_pong = False
         elif isinstance(event, CloseConnection):
             if not self.closing:
+                self.closed_by_client = True
                 # Echo the client's code (1005 "no status" is echoed as an empty close).
                 code = event.code if event.code not in (1005, 1006) else close_codes.NORMAL
                 self._write(close_frame(code, (event.reason or "")[:100]))

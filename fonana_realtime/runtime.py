@@ -17,6 +17,8 @@ from .fanout import Fanout
 from .handshake_limits import HandshakeRate
 from .hub import Hub
 from .pacing import Pacer
+from .resume import Resume
+from .resume_marks import MemoryMarks, RedisMarks
 from .store import open_store
 
 log = logging.getLogger("fonana_realtime.runtime")
@@ -32,6 +34,8 @@ class Runtime:
         # legacy pacing (PROTOCOL.md 8): one scheduler for the worker, None when turned off
         gap = settings.legacy_type_gap_ms / 1000.0
         self.pacer = Pacer(gap, on_written=Connection.written) if gap > 0 else None
+        # automatic resume of legacy connections (PROTOCOL.md 8), None when turned off
+        self.resume = _open_resume(settings, self.broker) if settings.resume_seconds > 0 else None
         self.commands = Commands(self)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
@@ -63,3 +67,14 @@ class Runtime:
             self._user_cache[user_id] = now + self.settings.user_cache_seconds
         return exists
 
+
+
+def _open_resume(settings, broker) -> Resume:
+    """Marks in Redis with REDIS_URL (every worker and host, and the next deploy, sees
+    them), else in process."""
+    client = getattr(broker, "client", None)
+    if settings.redis_url and client is not None:
+        store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds)
+    else:
+        store = MemoryMarks(settings.resume_seconds)
+    return Resume(store, broker, settings.resume_seconds, settings.recovery_max)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import pytest
 
 from support.browser import Browser, chromium_path
+from support.hardening import wait_until
 
 pytestmark = [pytest.mark.postgres,
               pytest.mark.skipif(chromium_path() is None,
                                  reason="no chromium (scripts/ensure-services installs the Debian package)")]
 
-DEFAULTS = {"WS_LEGACY_TYPE_GAP_MS": None}      # the server's own default, not the suite's 0
+DEFAULTS = {"WS_LEGACY_TYPE_GAP_MS": None, "WS_RESUME_SECONDS": None}   # the server's own defaults
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,12 @@ def _fresh_tabs(browser):
 def scene(seed):
     creator = seed.user(is_creator=True)
     return {"creator": creator, "fan": seed.user(), "posts": [seed.post(creator) for _ in range(3)]}
+
+
+def connections(srv) -> float:
+    text = srv.get("/metrics", headers={"Authorization": f"Bearer {srv.api_key}"}).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("fonana_rt_connections"))
 
 
 def post_channels(scene):
@@ -79,3 +86,45 @@ def test_bursts_across_posts_and_notifications_all_reach_the_page(server_factory
     assert tab.likes() == final
     assert tab.notifications() == notes
     assert [m for m in tab.state()["dropped"] if m["type"] not in ("subscribed",)] == []
+
+
+def missed_burst(srv, scene):
+    """What happens while the page is away: 30 likes across its 3 posts, 3 notifications."""
+    srv.publish({"events": like_burst(scene)})
+    notes = []
+    for n in range(3):
+        r = srv.api("/api/notifications", {"userId": scene["fan"], "type": "SYSTEM_ANNOUNCEMENT",
+                                           "title": f"missed {n}", "message": "hello"})
+        assert r.status_code == 201, r.text
+        notes.append(r.json()["id"])
+    return notes
+
+
+def assert_everything_once(tab, scene, notes, opens):
+    tab.wait(f"f.opens >= {opens} && Object.keys(f.likes).length === 3"
+             " && Object.values(f.likes).every(v => v === 10)"
+             f" && f.notifications.length >= {len(notes)}", "every missed count and notification")
+    tab.wait_subscribed(3, opens=opens)
+    assert tab.likes() == {p: 10 for p in scene["posts"]}
+    assert tab.notifications() == notes                       # each once, in order
+    state = tab.state()
+    raw_notes = [m["notification"]["id"] for m in state["raw"] if m["type"] == "notification"]
+    assert raw_notes == notes                                 # the server sent each once
+    assert [m for m in state["dropped"] if m["type"] not in ("subscribed",)] == []
+
+
+def test_a_network_cut_ends_with_every_missed_event_on_the_page_once(server_factory, pg_url, browser, scene):
+    from support.tcpproxy import TcpProxy
+    srv = server_factory.start("browser-cut", database_url=pg_url, env=DEFAULTS)
+    proxy = TcpProxy(srv.host, srv.port)
+    try:
+        tab = browser.open(f"ws://127.0.0.1:{proxy.port}/ws", srv.token(scene["fan"]), post_channels(scene))
+        tab.wait_subscribed(3)
+        proxy.down()                                   # the network goes away
+        tab.wait("f.closes.length >= 1", "the page noticing the cut")
+        wait_until(lambda: connections(srv) == 0, 10, "the server noticing the cut")
+        notes = missed_burst(srv, scene)
+        proxy.up()                                     # back: the page reconnects on its own schedule
+        assert_everything_once(tab, scene, notes, opens=2)
+    finally:
+        proxy.down()

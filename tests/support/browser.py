@@ -68,8 +68,13 @@ class FonanaPage:
         except Exception as exc:
             if type(exc).__name__ != "TimeoutError":
                 raise
-            raise AssertionError(f"the page never showed {what} within {timeout}s; page state: "
-                                 f"{json.dumps(self.state())[:3000]}") from None
+            state = self.state()
+            summary = {"opens": state["opens"], "closes": state["closes"], "gaveUp": state["gaveUp"],
+                       "likes": state["likes"], "notifications": state["notifications"],
+                       "received": [(m["type"], t - state["times"][0]) for m, t in zip(state["raw"], state["times"])],
+                       "dropped": [m["type"] for m in state["dropped"]]}
+            raise AssertionError(f"the page never showed {what} within {timeout}s; page: "
+                                 f"{json.dumps(summary)[:4000]}") from None
 
     def wait_subscribed(self, count: int, opens: int = 1, timeout: float = 15.0):
         """The `opens`-th connection of the tab has `count` channels subscribed."""

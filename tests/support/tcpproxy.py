@@ -57,6 +57,8 @@ class TcpProxy:
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
+                for s in (client, upstream):    # forward each chunk at once, as a router would
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 upstream.settimeout(None)
             except OSError:
                 client.close()
