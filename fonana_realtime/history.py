@@ -176,12 +176,12 @@ class MemoryHistory:
 
     def approx_bytes(self) -> int:
         """A cheap estimate for the gauge (no walk over the objects; the per-object
-        overheads were measured by bench/history_memory.py)."""
+        overheads were measured by bench/inprocess_history_memory.py)."""
         return (len(self._streams) * STREAM_OVERHEAD + self.events_held * EVENT_OVERHEAD
                 + self.payload_bytes)
 
 
-# Measured with tracemalloc by bench/history_memory.py (CPython 3.11): bytes per stream
+# Measured with tracemalloc by bench/inprocess_history_memory.py (CPython 3.11): bytes per stream
 # meta, and per held event besides its payload.
 STREAM_OVERHEAD = 300
 EVENT_OVERHEAD = 620

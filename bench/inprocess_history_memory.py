@@ -1,6 +1,6 @@
 """Memory held by the in-process history (PROTOCOL.md 7), measured with tracemalloc.
 
-    .venv/bin/python bench/history_memory.py [--payload 200] [--events 100]
+    .venv/bin/python bench/inprocess_history_memory.py [--payload 200] [--events 100]
 
 Publishes through the real MemoryBroker + Fanout (no connections) so each held event
 carries what it carries in production (its Message and the Outgoing with its legacy
