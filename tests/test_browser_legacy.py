@@ -128,3 +128,34 @@ def test_a_network_cut_ends_with_every_missed_event_on_the_page_once(server_fact
         assert_everything_once(tab, scene, notes, opens=2)
     finally:
         proxy.down()
+
+
+def test_a_deploy_ends_with_every_missed_event_on_the_page_once(server_factory, pg_url, browser, scene):
+    """SIGTERM drains the page with 1001, a fresh server takes over the same Redis; what was
+    published in between reaches the page once, after it resubscribed on its own."""
+    import secrets
+
+    from support.redis_server import SHARED_URL, shared_redis
+    from support.tcpproxy import TcpProxy
+    shared_redis()
+    env = {**DEFAULTS, "REDIS_URL": SHARED_URL, "REDIS_PREFIX": f"test-deploy-{secrets.token_hex(6)}:",
+           "WS_DRAIN_SECONDS": 1}
+    old = server_factory.start("browser-deploy-old", database_url=pg_url, env=env)
+    proxy = TcpProxy(old.host, old.port)
+    try:
+        tab = browser.open(f"ws://127.0.0.1:{proxy.port}/ws", old.token(scene["fan"]), post_channels(scene))
+        tab.wait_subscribed(3)
+        proxy.refuse()                                 # the balancer stops sending clients to it
+        old.stop()                                     # SIGTERM: 1001 to the page, drained, exits
+        tab.wait("f.closes.includes(1001)", "the drain's 1001 close")
+        new = server_factory.start("browser-deploy-new", database_url=pg_url, env=env,
+                                   jwt_secret=old.jwt_secret, api_key=old.api_key)
+        probe = new.publish({"event": {"type": "post_deleted", "postId": "deploy-probe"}}).json()
+        if not probe["positions"][0]:
+            pytest.skip("the Redis broker keeps no history on this branch (issue 9, Redis history)")
+        notes = missed_burst(new, scene)
+        proxy.target = (new.host, new.port)
+        proxy.up()                                     # the page comes back on its own schedule
+        assert_everything_once(tab, scene, notes, opens=2)
+    finally:
+        proxy.down()
