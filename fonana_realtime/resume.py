@@ -29,6 +29,11 @@ from .outgoing import Outgoing
 
 log = logging.getLogger("fonana_realtime.resume")
 
+# The epoch of a mark for a stream that had no history at all when the connection joined
+# it (in-process broker only, see Broker.peek): every event it holds now came later.
+FRESH = ""
+FRESH_MARK = (FRESH, 0)          # one shared tuple, not one per idle connection
+
 
 class Pending:
     """What a resuming connection still may replay, and what it did (for the log line)."""
@@ -74,11 +79,13 @@ class Resume:
             return
         if stream not in conn.marks:
             try:
-                epoch, top = self.broker.position(stream)
+                position = self.broker.peek(stream)
             except Exception:
                 return
-            if epoch is not None:
-                conn.marks[stream] = (epoch, top)
+            if position is None:
+                conn.marks[stream] = FRESH_MARK
+            elif position[0] is not None:
+                conn.marks[stream] = position
 
     def after_join(self, conn, stream: str):
         """Right after the welcome (user stream) or `subscribed`: the missed events, then
@@ -88,6 +95,8 @@ class Resume:
         pending = conn.resume
         epoch, since, _ = pending.marks.pop(stream)
         try:
+            if epoch == FRESH:                 # nothing existed when it joined: all of it is missed
+                epoch = self.broker.position(stream)[0]
             recovery = self.broker.history(stream, epoch, since, self.limit)
         except Exception:
             recovery = None
@@ -104,6 +113,10 @@ class Resume:
             epoch = None
             metrics.LEGACY_RESUMES.labels(recovery.reason if recovery is not None else "unavailable").inc()
         live = [out for out in waiting if not _already(out, stream, epoch, last)]
+        if stream not in conn.marks and recovery is not None and recovery.epoch is not None:
+            # where this connection now stands, should it drop before anything is written
+            # (a replay still held by pacing moves it only when written)
+            conn.marks[stream] = (recovery.epoch, since if recovery.ok else recovery.top)
         pending.streams.append(stream)
         pending.count += len(replay)
         if replay:

@@ -162,3 +162,30 @@ def test_nothing_recoverable_means_nothing_replayed(tmp_path_factory, pg_url, sc
     finally:
         via.proxy.down()
         small.stop()
+
+
+def test_one_tab_dropped_twice_sees_each_event_once(srv, scene):
+    """Resumed from a mark, then dropped again: the next resume starts where the second
+    connection stood, not at the first mark (which is older than that connection)."""
+    channel = {"type": "post", "postId": scene["post"]}
+    via = Via(srv)
+    try:
+        ws = via.connect(scene["fan"])
+        ws.subscribe(channel)
+        via.cut(connections(srv) - 1)
+        srv.publish({"event": liked(scene, 1)})
+        via.proxy.up()
+        again = via.connect(scene["fan"])
+        again.subscribe(channel)
+        again.expect_event(liked(scene, 1))                  # resumed
+        srv.publish({"event": liked(scene, 2)})
+        again.expect_event(liked(scene, 2))                  # live
+        via.cut(connections(srv) - 1)
+        srv.publish({"event": liked(scene, 3)})
+        via.proxy.up()
+        third = via.connect(scene["fan"])
+        third.subscribe(channel)
+        third.expect_event(liked(scene, 3))                  # only what it missed
+        third.barrier()
+    finally:
+        via.proxy.down()
