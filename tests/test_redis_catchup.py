@@ -114,6 +114,8 @@ def test_events_published_while_the_listeners_link_is_cut_are_caught_up(hosts, s
     direct = RedisPublisher(rs.url, servers[0].env["REDIS_PREFIX"])
     direct.post_liked(post, fan, 99)                      # loads the script: the next call is one round trip
     first = {"type": "post_liked", "postId": post, "userId": fan, "likesCount": 100}
+    wait_until(lambda: len(r.client_list(_type="pubsub")) == 2 * len(servers), 15,
+               "every worker's listener connected")
     killed = r.client_kill_filter(_type="pubsub")         # every worker's listener link, at once
     assert killed == 2 * WORKERS
     # Published a millisecond later, before any listener can be back (its back-off is
