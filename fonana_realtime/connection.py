@@ -129,10 +129,21 @@ class Connection:
                 if mark is not None and mark[0] == position[0] and position[1] <= mark[1]:
                     continue                                # already written
                 marks[stream] = position
+            if len(out.streams) > 1:
+                self._mark_union(out, stream)
             frames.append(out.v2_frame(stream))
         if not frames:
             return not (self.closing or self.closed)
         return self.send(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+
+    def _mark_union(self, out, sent_under: str):
+        """A union sent under one stream was written for the other streams it holds too:
+        a later replay of those must not send it again."""
+        for stream in out.streams:
+            if stream != sent_under and (stream == self.user_stream or stream in self.channels):
+                position = out.positions.get(stream)
+                if position is not None:
+                    self.marks[stream] = position
 
     # ---- the one write path -------------------------------------------------
 
