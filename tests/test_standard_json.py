@@ -15,7 +15,7 @@ import secrets
 import pytest
 
 from fonana_realtime.logs import json_line
-from fonana_realtime.publisher import InvalidEvent, RedisPublisher
+from fonana_realtime.publisher import HttpPublisher, InvalidEvent
 from fonana_realtime.wsframes import dumps, loads
 from support.redis_server import SHARED_URL, shared_redis
 from support.server import Server
@@ -78,22 +78,12 @@ def test_log_lines_are_standard_json_whatever_a_field_holds():
     line.encode("utf-8")
 
 
-class _RecordingRedis:
-    def __init__(self):
-        self.published = []
-
-    def publish(self, channel, body):
-        self.published.append((channel, body))
-        return 1
-
-
 @pytest.mark.parametrize("bad", [math.nan, math.inf, "\ud800"])
 def test_the_python_publisher_refuses_non_standard_events_before_sending(bad):
-    fake = _RecordingRedis()
-    pub = RedisPublisher(prefix="t:", client=fake)
+    # a closed port: had the check not refused it, sending would fail with PublishError
+    pub = HttpPublisher("http://127.0.0.1:9", api_key="k" * 32, timeout=1)
     with pytest.raises(InvalidEvent, match="not standard JSON"):
         pub.post_liked("p1", "u1", bad)
-    assert fake.published == []
 
 
 # -- POST /api/events ---------------------------------------------------------------------------
