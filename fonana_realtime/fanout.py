@@ -215,7 +215,7 @@ class Fanout:
         if len(runs) == 1:
             topics, outs = runs[0]
             joined = outs[0].legacy if len(outs) == 1 else b"".join(o.legacy for o in outs)
-            positions = merged_positions(outs)
+            positions = tuple(merged_positions(outs).items())
             count = len(outs)
             for conn in self.hub.targets(topics):
                 if conn.deliver(outs, joined, positions):
