@@ -10,6 +10,7 @@ import time
 import gevent
 
 from . import heartbeat
+from .access_expiry import AccessExpiry
 from .broker import open_broker
 from .commands import Commands
 from .fanout import Fanout
@@ -28,6 +29,8 @@ class Runtime:
         self.broker = open_broker(settings)
         self.fanout = Fanout(self.hub, self.broker, settings.recovery_max)
         self.commands = Commands(self)
+        # one schedule per worker for access that lapses while connected
+        self.access_expiry = AccessExpiry(self.commands.access_until, self.commands.revoke)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
         self.draining = False
@@ -41,6 +44,7 @@ class Runtime:
         self._started = True
         self.broker.start()
         gevent.spawn(heartbeat.run, self.hub, self.settings)
+        gevent.spawn(self.access_expiry.run)
 
     def user_exists(self, user_id: str) -> bool:
         """Brief cache (WS_USER_CACHE_SECONDS): reconnect storms do not hammer `users`.
