@@ -99,8 +99,15 @@ class Commands:
         if conn.protocol == V2:
             self._subscribe_v2(conn, obj, channel, raw)
         else:
-            self._join(conn, channel)
-            conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
+            resume = self.rt.resume if key not in conn.channels else None
+            if resume is not None:
+                resume.before_join(conn, key)
+            try:
+                self._join(conn, channel)
+                conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
+            finally:
+                if resume is not None:
+                    resume.after_join(conn, key)         # missed events, right after `subscribed`
         if channel.kind == "notifications" and not (conn.closed or conn.closing):
             self._send_unread(conn, raw)
 

@@ -105,6 +105,13 @@ class MemoryHistory:
         stream = self._stream(name, self.clock())
         return stream.epoch, stream.top
 
+    def peek(self, name: str) -> tuple[str, int] | None:
+        """(epoch, top) of a stream this process knows, None for one it does not: unlike
+        `position`, it creates nothing (legacy resume asks for every stream a connection
+        joins; a stream made per idle connection cost ~300 B each)."""
+        stream = self._streams.get(name)
+        return None if stream is None else (stream.epoch, stream.top)
+
     def history(self, name: str, epoch, since: int, limit: int) -> Recovery:
         """The events of `name` after offset `since` of `epoch`: all of them, or none
         with the reason (all or nothing: never a partial replay)."""

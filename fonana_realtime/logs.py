@@ -18,7 +18,7 @@ _SECRETS = re.compile(
     r"|((?<=token=)[^&\s\"']+)"                                        # ?token=...
     r"|((?<=[Bb]earer )[^\s\"']+)")                                    # Authorization: Bearer ...
 _FIELDS = ("event", "user_id", "conn_id", "ip", "status", "reason", "count", "code", "topic",
-           "redis", "prefix", "error", "attempt", "topics", "reconnect")
+           "redis", "prefix", "error", "attempt", "topics", "reconnect", "streams")
 
 
 def redact(text: str) -> str:

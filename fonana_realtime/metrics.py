@@ -43,6 +43,18 @@ HISTORY_BYTES = Gauge("fonana_rt_history_bytes", "Memory held by the in-process 
                       multiprocess_mode="livesum")
 HISTORY_EVENTS = Gauge("fonana_rt_history_events", "Events held by the in-process history",
                        multiprocess_mode="livesum")
+FRAMES_HELD = Counter("fonana_rt_legacy_frames_held",
+                      "Event frames to legacy connections written later than they arrived (pacing)")
+FRAMES_REPLACED = Counter("fonana_rt_legacy_frames_replaced",
+                          "Waiting event frames to legacy connections replaced by a newer one (pacing)")
+LEGACY_RESUMES = Counter("fonana_rt_legacy_resumes",
+                         "Streams a new legacy connection resumed where a dropped one left off, by result",
+                         ["result"])   # replayed, or why nothing was: epoch, trimmed, expired, too_many, ahead, unavailable
+LEGACY_REPLAYED_EVENTS = Counter("fonana_rt_legacy_replayed_events",
+                                 "Events replayed to legacy connections by an automatic resume")
+HOLD_SECONDS = Histogram("fonana_rt_legacy_hold_seconds",
+                         "Per write of held frames to a legacy connection: the longest wait among them",
+                         buckets=(.005, .01, .02, .05, .075, .1, .125, .15, .2, .3, .5, 1, 2, 4, 8))
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",

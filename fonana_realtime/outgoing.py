@@ -26,7 +26,7 @@ CONFLATE_BY = {
 
 class Outgoing:
     __slots__ = ("_message", "payload", "topics", "streams", "published_at", "positions", "legacy",
-                 "_event", "_v2")
+                 "_event", "_v2", "_pace_key")
 
     @classmethod
     def of(cls, message) -> "Outgoing":
@@ -47,6 +47,7 @@ class Outgoing:
         self.legacy = text_frame(message.payload)
         self._event = message.event
         self._v2: dict | None = None
+        self._pace_key = None                   # see pace_key
 
     @property
     def id(self) -> str:
@@ -74,6 +75,15 @@ class Outgoing:
             return None
         value = self.event.get(rule[1])
         return rule[0] + value if isinstance(value, str) else None
+
+    @property
+    def pace_key(self):
+        """`conflate`, or False when the event conflates with nothing: worked out once per
+        event, not once per legacy recipient (pacing.py reads it per connection)."""
+        key = self._pace_key
+        if key is None:
+            key = self._pace_key = self.conflate or False
+        return key
 
     def offset(self, stream: str):
         """(epoch, offset) of this event in `stream`, or None without positions."""

@@ -13,9 +13,13 @@ from . import heartbeat
 from .access_expiry import AccessExpiry
 from .broker import open_broker
 from .commands import Commands
+from .connection import Connection
 from .fanout import Fanout
 from .handshake_limits import HandshakeRate
 from .hub import Hub
+from .pacing import Pacer
+from .resume import Resume
+from .resume_marks import MemoryMarks, RedisMarks
 from .store import open_store
 
 log = logging.getLogger("fonana_realtime.runtime")
@@ -28,6 +32,11 @@ class Runtime:
         self.hub = Hub()
         self.broker = open_broker(settings)
         self.fanout = Fanout(self.hub, self.broker, settings.recovery_max)
+        # legacy pacing (PROTOCOL.md 8): one scheduler for the worker, None when turned off
+        gap = settings.legacy_type_gap_ms / 1000.0
+        self.pacer = Pacer(gap, on_written=Connection.written) if gap > 0 else None
+        # automatic resume of legacy connections (PROTOCOL.md 8), None when turned off
+        self.resume = _open_resume(settings, self.broker) if settings.resume_seconds > 0 else None
         self.commands = Commands(self)
         # one schedule per worker for access that lapses while connected
         self.access_expiry = AccessExpiry(self.commands.access_until, self.commands.revoke)
@@ -43,6 +52,8 @@ class Runtime:
             return
         self._started = True
         self.broker.start()
+        if self.pacer is not None:
+            self.pacer.start()
         gevent.spawn(heartbeat.run, self.hub, self.settings)
         gevent.spawn(self.access_expiry.run)
 
@@ -60,3 +71,14 @@ class Runtime:
             self._user_cache[user_id] = now + self.settings.user_cache_seconds
         return exists
 
+
+
+def _open_resume(settings, broker) -> Resume:
+    """Marks in Redis with REDIS_URL (every worker and host, and the next deploy, sees
+    them), else in process."""
+    client = getattr(broker, "client", None)
+    if settings.redis_url and client is not None:
+        store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds)
+    else:
+        store = MemoryMarks(settings.resume_seconds)
+    return Resume(store, broker, settings.resume_seconds, settings.recovery_max)

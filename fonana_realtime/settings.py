@@ -118,6 +118,10 @@ class Settings:
     user_cache_seconds: float = setting("WS_USER_CACHE_SECONDS", 5.0, number)
     # clock skew allowed on `exp`; PROTOCOL.md 2.1 caps it at 30 s
     jwt_leeway_seconds: int = setting("WS_JWT_LEEWAY_SECONDS", 10, between(0, 30))
+    # legacy connections: least ms between two event frames of one type (PROTOCOL.md 8); 0 = off
+    legacy_type_gap_ms: int = setting("WS_LEGACY_TYPE_GAP_MS", 120, between(0, 10_000))
+    # legacy connections that dropped: how long where they left off is kept (PROTOCOL.md 8); 0 = off
+    resume_seconds: float = setting("WS_RESUME_SECONDS", 120.0, number)
     # positions, history and recovery (PROTOCOL.md 7)
     history_size: int = setting("WS_HISTORY_SIZE", 100, whole)
     history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, number)

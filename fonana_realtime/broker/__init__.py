@@ -40,6 +40,12 @@ class Broker:
         """(epoch, top offset) of `stream`; (None, 0) without history."""
         return None, 0
 
+    def peek(self, stream: str):
+        """(epoch, top) of `stream` without making it exist, or None if it has no history
+        yet *anywhere* (only a broker that sees every publication can say so: the
+        in-process one). Others answer `position`."""
+        return self.position(stream)
+
     def history(self, stream: str, epoch, since: int, limit: int) -> Recovery:
         """The events (wire.Message, positions filled) of `stream` after offset `since`
         of `epoch`: all of them, or none with the reason. May wait (bounded)."""

@@ -56,6 +56,9 @@ class MemoryBroker(Broker):
     def position(self, stream: str):
         return self.store.position(stream)
 
+    def peek(self, stream: str):
+        return self.store.peek(stream)
+
     def history(self, stream, epoch, since, limit):
         return self.store.history(stream, epoch, since, limit)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 
 import gevent
@@ -118,10 +119,23 @@ def serve(ws):
     rt = runtime()
     identity = g.identity
     sock = ws.sock.dup()            # ours now; gunicorn closes its own copy when the request ends
+    try:
+        # Every write is a whole batch of frames, meant to leave now. With Nagle's algorithm a
+        # small write that follows an unacknowledged one waits for the peer's delayed ACK (40 ms
+        # on Linux): measured in the browser tests, a replayed like reached the page 36-41 ms
+        # late while the next came on time, 84 ms apart, and the client's 100 ms throttle
+        # dropped it. (Node's ws sets noDelay too.)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass                        # not TCP (a unix socket behind a proxy)
     proto = ws.ws.connection        # the frame protocol only; the handshake objects go away
     ws.connected = False            # flask-sock must not write a close frame: we own the writes
     conn = Connection(sock, proto, identity.user_id, identity.expires_at, g.client_ip, rt.settings)
     conn.protocol = V2 if ws.subprotocol == V2 else None
+    if conn.protocol is None:
+        conn.pacer = rt.pacer       # legacy: events paced for the Fonana client (PROTOCOL.md 8)
+        if rt.resume is not None:
+            rt.resume.arrive(conn)  # where its dropped connections left off (may ask Redis)
     rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
     metrics.CONNECTIONS.inc()
     metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - g.handshake_started)
@@ -135,6 +149,8 @@ def serve(ws):
         welcome["protocol"] = V2
         welcome["user"] = {"stream": conn.user_stream, "offset": top, "epoch": epoch}
     conn.send_json({"type": "connected", "data": welcome})
+    if conn.protocol is None and rt.resume is not None:
+        rt.resume.after_join(conn, conn.user_stream)     # missed user events, right after the welcome
     gevent.spawn_raw(_live, rt, conn)      # a bare greenlet: no Greenlet bookkeeping per client
 
 
@@ -143,6 +159,8 @@ def _live(rt, conn):
     try:
         conn.read_loop(rt.commands.handle)
     finally:
+        if conn.protocol is None and rt.resume is not None:
+            rt.resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
         for key in conn.channels:
             metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]).dec()
         rt.fanout.remove(conn)

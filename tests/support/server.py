@@ -97,6 +97,10 @@ class Server:
             "NEXTAUTH_SECRET": nextauth_secret,
             "WS_API_SECRET": self.api_key,
             "DATABASE_URL": database_url,
+            # tests of raw delivery semantics expect every frame at once; the browser tests
+            # (test_browser_legacy.py) pass None to run with the server's own default
+            "WS_LEGACY_TYPE_GAP_MS": 0,
+            "WS_RESUME_SECONDS": 0,         # likewise: no replays a test did not ask for
         }
         config.update(env or {})
         self.env = clean_env(config)
