@@ -115,8 +115,9 @@ class Connection:
         if not self.send(joined_legacy, len(outgoings)):
             return False
         if positions:
-            # Pairs, not dict.update: measured ~55 vs ~175 ns per call, paid once per
-            # connection per batch (~5 % of a one-event delivery with the update).
+            # Pairs, not dict.update: ~55 vs ~175 ns per call on one dict. Across 1,000
+            # connections it measured +~110 ns per connection per batch (each its own dict,
+            # out of cache): the main per-recipient cost of positions (docs/BENCHMARKS.md).
             marks = self.marks
             for stream, position in positions:
                 marks[stream] = position
