@@ -18,7 +18,7 @@ class Recorder:
         self.writes = []
         self.accept = accept
 
-    def deliver(self, outgoings, joined_legacy=None, positions=None):
+    def deliver(self, outgoings, joined_legacy=None, positions=None, shared_v2=None):
         if not self.accept:
             return False
         assert joined_legacy == b"".join(o.legacy for o in outgoings)
