@@ -1,6 +1,6 @@
 """Reconnect storm of protocol-v2 clients that each recover missed events (issue 9).
 
-    .venv/bin/python bench/recovery_storm.py [--clients 5000] [--missed 20] [--channels 100]
+    .venv/bin/python bench/recovery_storm.py [--clients 5000] [--missed 20] [--channels 100] [--redis]
 
 Our server (one gevent worker, embedded store, in-process history) on core 0, this
 client (Python asyncio + `websockets`, negotiating `fonana.v2`) on core 1. Steps:
@@ -104,6 +104,9 @@ def main():
     ap.add_argument("--channels", type=int, default=100)
     ap.add_argument("--inflight", type=int, default=200)
     ap.add_argument("--deadline", type=float, default=300.0, help="seconds for each storm")
+    ap.add_argument("--redis", action="store_true",
+                    help="REDIS_URL set: the history in a private redis-server, pinned to the server's "
+                         "core and counted in its CPU")
     args = ap.parse_args()
     os.sched_setaffinity(0, {benchrun.GEN_CPU})
     benchrun.raise_nofile()
@@ -118,7 +121,20 @@ def main():
     seed = benchrun.Server("ours", ctx, label="seed").start()
     seed.stop()
     benchrun.add_bench_users(ctx.data_dir / "fonana.sqlite3", args.clients)
-    srv = benchrun.Server("ours", ctx).start()
+    redis, redis_url = None, None
+    if args.redis:
+        redis = benchrun.Redis(ctx)
+        redis_url = redis.start()
+        if not redis_url:
+            sys.exit("no redis-server could be started")
+        ctx.extra_server_pids = [redis.proc.pid]
+    srv = benchrun.Server("ours", ctx, redis_url=redis_url).start()
+    if redis_url:
+        for _ in range(60):
+            if benchrun.http_get(srv.port, "/ready", 2.0)[0] == 200:
+                break
+            time.sleep(0.5)
+    print(f"history: {'Redis (' + redis_url + ')' if redis_url else 'in process'}")
     try:
         lines = tokens.read_text().split("\n")
         urls = [f"ws://127.0.0.1:{srv.port}/ws?token={line.split(' ', 1)[1]}" for line in lines if line]
@@ -148,6 +164,8 @@ def main():
               f"events delivered, contiguous, none twice; time to all recovered {rt:.2f} s")
     finally:
         srv.stop()
+        if redis:
+            redis.stop()
         benchrun.shutil.rmtree(work, ignore_errors=True)
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from . import close_codes, error_codes, metrics
 from .auth import AuthError, verify_token
-from .channels import InvalidChannel, may_subscribe, parse_channel
+from .channels import InvalidChannel, access_until, parse_channel, parse_channel_key
 from .connection import V2, parse_command
 from .store import StoreUnavailable
 
@@ -86,15 +86,16 @@ class Commands:
             conn.send_error(error_codes.TOO_MANY_SUBSCRIPTIONS, raw)
             return
         try:
-            allowed = may_subscribe(channel, conn.user_id, self.rt.store)
+            until = access_until(channel, conn.user_id, self.rt.store)
         except StoreUnavailable:
             conn.send_error(error_codes.UNAVAILABLE, raw)
             return
-        if not allowed:
+        if until is None:
             conn.send_error(error_codes.ACCESS_DENIED, raw)
             return
         if conn.closed or conn.closing:       # it went away while we asked the database
             return
+        self.rt.access_expiry.watch(conn, key, until, raw)     # math.inf: never looked at again
         if conn.protocol == V2:
             self._subscribe_v2(conn, obj, channel, raw)
         else:
@@ -170,10 +171,29 @@ class Commands:
         channel, raw = self._channel_of(conn, obj)
         if channel is None:
             return
-        if channel.key in conn.channels:
-            self.rt.fanout.unsubscribe(conn, channel.key)
-            metrics.SUBSCRIPTIONS.labels(channel.kind).dec()
+        self._leave(conn, channel.key)
         conn.send_json({"type": "unsubscribed", "data": {"channel": raw, "channelKey": channel.key}})
+
+    def _leave(self, conn, key: str):
+        if key in conn.channels:
+            self.rt.fanout.unsubscribe(conn, key)
+            metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]).dec()
+        self.rt.access_expiry.forget(conn, key)
+
+    # ---- access that lapses (access_expiry.py calls these at the moment it ends) ----
+
+    def access_until(self, conn, key: str) -> float | None:
+        return access_until(parse_channel_key(key), conn.user_id, self.rt.store)
+
+    def revoke(self, conn, key: str, channel):
+        """Access to a held channel ended: unsubscribe it and say so (`channel` as the
+        client sent it when subscribing)."""
+        if key not in conn.channels:
+            return
+        self._leave(conn, key)
+        log.info("access revoked", extra={"event": "access_revoked", "user_id": conn.user_id,
+                                           "conn_id": conn.id, "topic": key})
+        conn.send_error(error_codes.ACCESS_REVOKED, channel)
 
     def auth(self, conn, obj):
         """Token refresh before `exp`: same user only."""

@@ -31,6 +31,11 @@ BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from t
 BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
 BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
                       multiprocess_mode="livesum")
+BROKER_CATCHUP_EVENTS = Counter("fonana_rt_broker_catchup_events",
+                                "Events a worker read from Redis history after its listener's link came back")
+BROKER_CATCHUP_FAILED = Counter("fonana_rt_broker_catchup_failed",
+                                "Streams whose missed events were no longer in history when the link came back",
+                                ["reason"])
 RECOVERIES = Counter("fonana_rt_recoveries", "Recoveries asked for (subscribe with since, recover), by result",
                      ["result"])   # succeeded, or the failure reason: epoch, trimmed, expired, too_many, ahead, unavailable
 REPLAYED_EVENTS = Counter("fonana_rt_replayed_events", "Events sent to clients by a recovery")

@@ -26,10 +26,16 @@ from datetime import datetime, timezone
 
 from .channels import InvalidChannel, parse_channel_any, valid_id
 from .events import InvalidEvent, route_event
-from .wire import DEFAULT_PREFIX, envelope, publish, route_topics
+from .redis_history import Published, RedisHistory
+from .wire import DEFAULT_PREFIX, envelope, route_topics
 from .wsframes import dumps
 
 DEFAULT_TIMEOUT = 2.0
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
 
 
 def _iso_now() -> str:
@@ -125,15 +131,23 @@ class _Helpers:
 
 
 class RedisPublisher(_Helpers):
-    """Publishes straight to Redis, exactly as the server's own API does.
+    """Publishes straight to Redis, exactly as the server's own API does: with positions,
+    through the publish script (redis_history.py), so the event gets an offset in every
+    stream of its route and a place in their history (PROTOCOL.md 7).
 
     `publish` returns how many server workers received the message (Redis's PUBLISH
-    count, summed over the route's topics); 0 means nobody is listening for it now.
+    count, summed over the route's topics; 0 means nobody is listening for it now) as a
+    `Published`, an int that also carries `.id` and `.positions` {stream: (epoch, offset)}.
     Raises PublishError when Redis cannot be reached within `timeout` seconds.
+
+    The history bounds are the server's settings and are read from the same environment
+    variables (WS_HISTORY_SIZE, WS_HISTORY_SECONDS, WS_HISTORY_META_SECONDS; defaults
+    100, 300, 86400); a publisher with other values trims that stream differently.
     """
 
     def __init__(self, url: str | None = None, prefix: str | None = None, *, client=None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, history_size: int | None = None,
+                 history_seconds: int | None = None, history_meta_seconds: int | None = None):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -146,12 +160,17 @@ class RedisPublisher(_Helpers):
             client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                           retry=Retry(NoBackoff(), 0), protocol=2)
         self.client = client
+        self.history = RedisHistory(
+            client, self.prefix,
+            size=_env_int("WS_HISTORY_SIZE", 100) if history_size is None else history_size,
+            seconds=_env_int("WS_HISTORY_SECONDS", 300) if history_seconds is None else history_seconds,
+            meta_seconds=(_env_int("WS_HISTORY_META_SECONDS", 86400) if history_meta_seconds is None
+                          else history_meta_seconds))
         self._errors = redis.RedisError
 
-    def _send(self, event, payload, route, channel, user_id) -> int:
-        topics = route_topics(route)
+    def _send(self, event, payload, route, channel, user_id) -> Published:
         try:
-            return publish(self.client, self.prefix, topics, envelope(topics, payload))
+            return self.history.publish(route_topics(route), payload)
         except self._errors as exc:
             raise PublishError(f"redis: {type(exc).__name__}") from None
 
@@ -204,4 +223,4 @@ class HttpPublisher(_Helpers):
         return self._post("/api/notifications", body)
 
 
-__all__ = ["HttpPublisher", "InvalidEvent", "PublishError", "RedisPublisher", "envelope"]
+__all__ = ["HttpPublisher", "InvalidEvent", "PublishError", "Published", "RedisPublisher", "envelope"]

@@ -10,6 +10,7 @@ import time
 import gevent
 
 from . import heartbeat
+from .access_expiry import AccessExpiry
 from .broker import open_broker
 from .commands import Commands
 from .connection import Connection
@@ -37,6 +38,8 @@ class Runtime:
         # automatic resume of legacy connections (PROTOCOL.md 8), None when turned off
         self.resume = _open_resume(settings, self.broker) if settings.resume_seconds > 0 else None
         self.commands = Commands(self)
+        # one schedule per worker for access that lapses while connected
+        self.access_expiry = AccessExpiry(self.commands.access_until, self.commands.revoke)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
         self.draining = False
@@ -52,6 +55,7 @@ class Runtime:
         if self.pacer is not None:
             self.pacer.start()
         gevent.spawn(heartbeat.run, self.hub, self.settings)
+        gevent.spawn(self.access_expiry.run)
 
     def user_exists(self, user_id: str) -> bool:
         """Brief cache (WS_USER_CACHE_SECONDS): reconnect storms do not hammer `users`.

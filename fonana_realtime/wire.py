@@ -1,4 +1,4 @@
-"""The Redis wire format, once: topic and stream names, the envelope, the publish.
+"""The Redis wire format, once: topic and stream names, the envelope and its decoding.
 
 Used by the server (broker/redis.py) and by other processes (publisher.py) alike, so
 the two can never drift apart. docs/PUBLISHING.md is the same format in prose.
@@ -11,6 +11,10 @@ the two can never drift apart. docs/PUBLISHING.md is the same format in prose.
 - An *envelope* is the JSON published for one event: `{"event":E,"ts":T}` on one topic;
   a union (several topics) adds `"id"` and `"topics"`, and the same bytes go to each
   topic, so a worker delivers the first copy to all listed topics and drops the rest.
+  An envelope with positions (what the server and publisher.py send, built by the
+  publish script of redis_history.py) always has `id` and `topics`, and `"pos"`:
+  {stream: [epoch, offset]}; the same bytes are kept in each stream's history.
+  `envelope()` builds the bare form of PROTOCOL.md 5 (no positions).
 """
 from __future__ import annotations
 
@@ -98,20 +102,6 @@ def envelope(topics: list[str], payload: bytes, now: float | None = None,
     return b'{"event":' + payload + b"," + dumps(meta)[1:]
 
 
-def publish(client, prefix: str, topics: list[str], body: bytes) -> int:
-    """PUBLISH one envelope to each topic; returns Redis's receiver count (summed).
-
-    Several topics go inside MULTI/EXEC so the copies reach every subscriber back to
-    back (a worker delivers the first and drops the others by id). Raises whatever the
-    redis client raises; callers turn that into their own error."""
-    if len(topics) == 1:
-        return int(client.publish(prefix + topics[0], body))
-    with client.pipeline(transaction=True) as pipe:
-        for topic in topics:
-            pipe.publish(prefix + topic, body)
-        return int(sum(pipe.execute()))
-
-
 # ---- decode -----------------------------------------------------------------------
 
 class Drop(Exception):
@@ -120,6 +110,21 @@ class Drop(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def _positions(pos) -> dict:
+    """`"pos":{stream: [epoch, offset]}` of a positioned envelope (redis_publish.lua) as
+    {stream: (epoch, offset)}; anything malformed means no positions (still delivered
+    live, like a bare PUBLISH), never a drop."""
+    if not isinstance(pos, dict) or not pos or len(pos) > MAX_ENVELOPE_TOPICS:
+        return {}
+    out = {}
+    for stream, value in pos.items():
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+                and 0 < len(value[0]) <= MAX_ID_LENGTH and type(value[1]) is int and value[1] > 0):
+            return {}
+        out[stream] = (value[0], value[1])
+    return out
 
 
 class Decoder:
@@ -132,6 +137,15 @@ class Decoder:
     def decode(self, topic: str, data: bytes) -> Message | None:
         """The Message to deliver, None for another copy of a union already delivered;
         raises Drop for anything malformed."""
+        return self._decode(topic, data, True)
+
+    def decode_stored(self, stream: str, data: bytes) -> Message:
+        """An envelope read back from `stream`'s history (redis_history.py): the same
+        checks, but its id is not remembered, so a replay never makes this worker drop
+        a live copy, and an id already seen does not hide it. Raises Drop."""
+        return self._decode(stream_topic(stream), data, False)
+
+    def _decode(self, topic: str, data: bytes, remember: bool) -> Message | None:
         try:
             env = loads(data)          # standard JSON only: NaN or a lone surrogate is dropped here
         except ValueError:             # UnicodeDecodeError is a ValueError
@@ -152,11 +166,12 @@ class Decoder:
             # holding two of them may see it twice) instead of the first copy reaching
             # one audience and every other copy being dropped as a duplicate.
             if isinstance(listed, list) and len(listed) <= MAX_ENVELOPE_TOPICS:
-                if message_id in self._recent:
-                    return None                     # another copy of a union we delivered
-                self._recent[message_id] = None
-                if len(self._recent) > self._max:
-                    self._recent.popitem(last=False)
+                if remember:
+                    if message_id in self._recent:
+                        return None                 # another copy of a union we delivered
+                    self._recent[message_id] = None
+                    if len(self._recent) > self._max:
+                        self._recent.popitem(last=False)
                 # The listed order (the route's), so every worker picks the same first
                 # stream for a v2 frame; the topic it arrived on is kept even if unlisted.
                 topics = []
@@ -171,4 +186,4 @@ class Decoder:
         if not isinstance(published_at, (int, float)) or isinstance(published_at, bool) \
                 or not math.isfinite(published_at):
             published_at = None
-        return Message(dumps(event), topics, published_at, message_id, event)
+        return Message(dumps(event), topics, published_at, message_id, event, _positions(env.get("pos")))

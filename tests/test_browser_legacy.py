@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from support.browser import Browser, chromium_path
-from support.hardening import wait_until
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres,
               pytest.mark.skipif(chromium_path() is None,

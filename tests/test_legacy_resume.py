@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from support.hardening import wait_until
+from support.waiting import wait_until
 from support.tcpproxy import TcpProxy
 from support.ws import open_ws
 

@@ -171,3 +171,18 @@ def test_legacy_connections_get_flat_frames_and_track_positions():
     _publish(broker, fanout, 3)
     assert conn.frames == [{"type": "x", "n": n} for n in range(3)]
     assert conn.marks["post_p"] == (broker.position("post_p")[0], 3)
+
+
+def test_a_union_written_under_its_channel_is_not_replayed_on_the_user_stream():
+    broker, fanout = _setup()
+    conn = Recording("u")
+    fanout.add(conn)
+    fanout.join_position(conn, "user_u")                          # the welcome: user_u at 0
+    fanout.subscribe(conn, "post_p")
+    broker.publish(Route(users=("u",)), b'{"type":"a"}')          # user_u 1
+    broker.publish(Route(channels=("post_p",), users=("u",)), b'{"type":"b"}')   # user_u 2, under post_p
+    fanout._write_pending()
+    replies = []
+    fanout.recover(conn, "user_u", (broker.position("user_u")[0], 0), reply=replies.append)
+    assert replies[0].ok
+    assert [(f["stream"], f["data"]["type"]) for f in conn.frames] == [("user_u", "a"), ("post_p", "b")]

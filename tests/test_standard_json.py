@@ -66,22 +66,28 @@ def test_log_lines_are_standard_json_whatever_a_field_holds():
     line.encode("utf-8")
 
 
-class _RecordingRedis:
-    def __init__(self):
-        self.published = []
-
-    def publish(self, channel, body):
-        self.published.append((channel, body))
-        return 1
-
-
 @pytest.mark.parametrize("bad", [math.nan, math.inf, "\ud800"])
 def test_the_python_publisher_refuses_non_standard_events_before_sending(bad):
-    fake = _RecordingRedis()
-    pub = RedisPublisher(prefix="t:", client=fake)
-    with pytest.raises(InvalidEvent, match="not standard JSON"):
-        pub.post_liked("p1", "u1", bad)
-    assert fake.published == []
+    """Against the machine's Redis: nothing reaches Redis at all (no history or meta key of
+    the stream, no message on its topic), and a good event afterwards still goes through."""
+    prefix = f"t-{secrets.token_hex(4)}:"
+    client = shared_redis()
+    listener = client.pubsub()
+    listener.subscribe(prefix + "channel:post_p1")
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    pub = RedisPublisher(SHARED_URL, prefix=prefix)
+    try:
+        with pytest.raises(InvalidEvent, match="not standard JSON"):
+            pub.post_liked("p1", "u1", bad)
+        assert client.keys(prefix + "*") == []
+        pub.post_liked("p1", "u1", 5)
+        message = listener.get_message(timeout=5)
+        assert message is not None and message["type"] == "message"
+        assert json.loads(message["data"])["event"]["likesCount"] == 5   # the first: nothing before it
+    finally:
+        listener.close()
+        for key in client.keys(prefix + "*"):
+            client.delete(key)
 
 
 # -- POST /api/events ---------------------------------------------------------------------------

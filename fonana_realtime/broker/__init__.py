@@ -71,7 +71,11 @@ class Broker:
 def open_broker(settings) -> Broker:
     if settings.redis_url:
         from .redis import RedisBroker
-        return RedisBroker(settings.redis_url, settings.redis_prefix)
+        return RedisBroker(settings.redis_url, settings.redis_prefix,
+                           history_size=settings.history_size,
+                           history_seconds=settings.history_seconds,
+                           history_meta_seconds=settings.history_meta_seconds,
+                           recovery_max=settings.recovery_max)
     from ..history import MemoryHistory
     from .memory import MemoryBroker
     return MemoryBroker(MemoryHistory(settings.history_size, settings.history_seconds,

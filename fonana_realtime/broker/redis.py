@@ -19,12 +19,25 @@ joins the topic while that acknowledgement is still on its way. Replies arrive i
 command order, so a FIFO of expected replies pairs each acknowledgement with the
 exact command it answers.
 
+Positions and history (PROTOCOL.md 7, redis_history.py): every publish runs the
+publish script, which gives the event its offset in each stream of its route, keeps it
+in the streams' history and PUBLISHes it, in one atomic step.
+
 Redis goes away: the listener reconnects with capped, jittered back-off and
 resubscribes every topic it was asked for; publishes raise BrokerUnavailable (the
-HTTP API answers 503); waits are bounded everywhere.
+HTTP API answers 503); waits are bounded everywhere. Before it goes live again it
+catches up: per stream it holds, the worker knows up to which offset it has handed
+everything on (`_marks`: read from Redis before the stream's first SUBSCRIBE, then
+moved by every message); once the new SUBSCRIBEs are acknowledged it reads each
+stream's history after its mark and hands the missed events on, in order, before the
+live messages that arrived meanwhile (held, then handed unless already replayed). So
+an event Redis accepted while this worker's link was down still reaches its clients,
+once. A stream whose epoch changed (Redis lost its data) is replayed from the start of
+its new epoch (all of it is newer than the loss), never from an old offset.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -44,6 +57,8 @@ from redis.connection import BlockingConnectionPool, Connection, parse_url
 from redis.retry import Retry
 
 from .. import metrics, wire
+from ..history import UNAVAILABLE, Recovery
+from ..redis_history import EPOCH_MISMATCH, RedisHistory
 from . import Broker, BrokerUnavailable
 
 log = logging.getLogger("fonana_realtime.broker")
@@ -60,6 +75,7 @@ PUBLISH_POOL = 32           # publishing connections per worker (callers wait <=
 CHANNELS_PER_COMMAND = 500  # resubscribing thousands of topics: a few big commands
 YIELD_EVERY = 64            # a burst of messages: let client greenlets run between batches
 DROP_LOG_EVERY = 10.0       # seconds between warnings about dropped (malformed) messages
+CATCHUP_BATCH = 500         # streams per pipelined history read while catching up
 
 
 def redacted(url: str) -> str:
@@ -95,7 +111,9 @@ class _Desync(Exception):
 class RedisBroker(Broker):
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = wire.DEFAULT_PREFIX):
+    def __init__(self, url: str, prefix: str = wire.DEFAULT_PREFIX, *, history_size: int = 100,
+                 history_seconds: float = 300, history_meta_seconds: float = 86400,
+                 recovery_max: int = 300):
         super().__init__()
         self.url = url
         self.where = redacted(url)
@@ -109,6 +127,16 @@ class RedisBroker(Broker):
             # checkout by the pool itself.
             retry=Retry(NoBackoff(), 0), protocol=2)
         self.client = redis.Redis(connection_pool=pool)
+        self.history_store = RedisHistory(self.client, prefix, size=history_size,
+                                          seconds=max(1, int(history_seconds)),
+                                          meta_seconds=max(1, int(history_meta_seconds)))
+        self.recovery_max = recovery_max
+        # catch-up state (only the listener greenlet changes it, but for the baselines
+        # read in _flush and the marks moved by _hand, both in that greenlet too)
+        self._marks: dict[str, tuple[str, int]] = {}   # stream -> (epoch, offset) handed on up to
+        self._catching_up = False               # a new link: hold live messages until caught up
+        self._held: list = []                   # live Messages received while catching up
+        self._live = Event()                    # set while this link is caught up
         # listener state (only the listener greenlet writes the subscriber socket)
         self._greenlet = None
         self._conn = None
@@ -154,16 +182,44 @@ class RedisBroker(Broker):
 
     # ---- publish ----------------------------------------------------------------------
 
-    def publish(self, route, payload: bytes):
+    def publish(self, route, payload: bytes) -> dict:
+        """Through the publish script: returns the event's {stream: offset}. A timeout
+        is BrokerUnavailable although Redis may still run the script once it answers
+        again (a frozen Redis does): the event is then delivered and kept, not lost."""
         topics = wire.route_topics(route)
         try:
-            wire.publish(self.client, self.prefix, topics, wire.envelope(topics, payload))
+            published = self.history_store.publish(topics, payload)
         except redis.RedisError as exc:
             log.warning("publish to redis failed", extra={"event": "broker_publish_failed",
                                                          "error": type(exc).__name__})
             raise BrokerUnavailable(type(exc).__name__) from None
         metrics.BROKER_PUBLISHED.inc(len(topics))
-        return {}               # no positions until the Redis history (issue 9, 9b) is in
+        return published.offsets
+
+    # ---- positions and history ------------------------------------------------------
+
+    def position(self, stream: str) -> tuple:
+        """(epoch, top) of `stream`, creating its epoch when it has none; (None, 0) while
+        Redis does not answer (like a broker without history)."""
+        try:
+            return self.history_store.position(stream)
+        except redis.RedisError:
+            return None, 0
+
+    def history(self, stream: str, epoch, since: int, limit: int):
+        """The events of `stream` after `since` of `epoch` (wire.Messages, positions and
+        ids as their live copies had them), all or nothing; reason `unavailable` while
+        Redis does not answer."""
+        try:
+            rec = self.history_store.since(stream, epoch if isinstance(epoch, str) else "", since, limit)
+        except redis.RedisError:
+            return Recovery(False, None, 0, reason=UNAVAILABLE)
+        if not rec.ok:
+            return Recovery(False, rec.epoch, rec.top, reason=rec.reason)
+        events = self._stored(stream, rec.entries)
+        if len(events) != len(rec.entries):     # cannot happen for what the script stored
+            return Recovery(False, rec.epoch, rec.top, reason=UNAVAILABLE)
+        return Recovery(True, rec.epoch, rec.top, events)
 
     # ---- listen / unlisten (called by fanout, in a client's greenlet) ----------------
 
@@ -213,6 +269,8 @@ class RedisBroker(Broker):
             return False, "broker_unavailable"
         if not self._private_ev.wait(READY_WAIT):       # (re)connecting: a bounded wait
             return False, "broker_unavailable"
+        if not self._live.wait(READY_WAIT):             # catching up from history
+            return False, "broker_catching_up"
         nonce = uuid.uuid4().hex
         event = self._nonces[nonce] = Event()
         try:
@@ -274,6 +332,8 @@ class RedisBroker(Broker):
         self._ping_sent = None
         self._expect.append((b"subscribe", self._private, self._private_ev))
         conn.send_command("SUBSCRIBE", self._private, check_health=False)
+        self._catching_up = True                    # live messages wait until we caught up
+        self._held = []
         self._dirty.update(self._wanted)            # everything this worker needs
         self._flush()
         log.info("redis listener connected", extra={
@@ -299,6 +359,8 @@ class RedisBroker(Broker):
         self._waiting.clear()
         self._ping_sent = None
         self._private_ev.clear()
+        self._live.clear()
+        self._held = []                 # received on a dead link: the next catch-up covers them
         metrics.BROKER_TOPICS.set(0)
 
     def _serve(self):
@@ -318,6 +380,9 @@ class RedisBroker(Broker):
                         self._flush()
             if self._dirty:
                 self._flush()
+                continue
+            if self._catching_up and self._subscribed_all():
+                self._catch_up()
                 continue
             readable, _, _ = gevent.select.select([fd, wake], [], [], self._idle_timeout(conn))
             if wake in readable:
@@ -356,13 +421,17 @@ class RedisBroker(Broker):
                 if topic not in self._acked:
                     event = self._waiting.pop(topic, None) or Event()
                     self._acked[topic] = event
-                    subscribe.append((self._bprefix + topic.encode(), event))
+                    subscribe.append((topic, event))
             else:
                 event = self._waiting.pop(topic, None)
                 if event is not None:
                     event.set()
                 if self._acked.pop(topic, None) is not None:
                     unsubscribe.append(self._bprefix + topic.encode())
+                self._marks.pop(wire.topic_stream(topic), None)
+        if subscribe:
+            self._read_baselines([topic for topic, _ in subscribe])
+            subscribe = [(self._bprefix + topic.encode(), event) for topic, event in subscribe]
         for start in range(0, len(subscribe), CHANNELS_PER_COMMAND):
             chunk = subscribe[start:start + CHANNELS_PER_COMMAND]
             self._expect.extend((b"subscribe", channel, event) for channel, event in chunk)
@@ -408,9 +477,137 @@ class RedisBroker(Broker):
             message = self._decoder.decode(topic, data)
         except wire.Drop as drop:
             return self._drop(drop.reason, topic)
-        if message is not None:                   # None: another copy of a union delivered
-            self.on_message(message)
+        if message is None:                       # another copy of a union delivered
+            return None
+        if self._catching_up:
+            self._held.append(message)
+        else:
+            self._hand(message)
         return None
+
+    # ---- marks and catching up ---------------------------------------------------------
+
+    def _read_baselines(self, topics):
+        """Before a stream's first SUBSCRIBE: its position now. Everything after it that
+        this worker does not receive live is what a catch-up reads from history; nothing
+        at or before it can arrive on the new subscription, so it never hides a live one."""
+        streams = [wire.topic_stream(t) for t in topics]
+        streams = [s for s in streams if s not in self._marks]
+        if not streams or not self.history_store.size:
+            return
+        try:
+            for start in range(0, len(streams), CATCHUP_BATCH):
+                chunk = streams[start:start + CATCHUP_BATCH]
+                for stream, position in zip(chunk, self.history_store.positions(chunk)):
+                    self._marks.setdefault(stream, position)
+        except redis.RedisError as exc:
+            # Subscribing still works; these streams just cannot be caught up after a
+            # drop until their next message gives them a mark.
+            log.warning("redis: stream positions unreadable before subscribing",
+                        extra={"event": "broker_baseline_failed", "error": type(exc).__name__,
+                               "streams": len(streams)})
+
+    def _hand(self, message) -> bool:
+        """Give a message to fanout unless every held stream it names is already handed
+        on up to its offset (a live copy of an event the catch-up replayed)."""
+        positions = message.positions
+        if positions:
+            marks = self._marks
+            fresh = known = False
+            for stream, (epoch, offset) in positions.items():
+                mark = marks.get(stream)
+                if mark is None:
+                    if wire.stream_topic(stream) in self._wanted:
+                        marks[stream] = (epoch, offset)
+                        fresh = True
+                    continue
+                known = True
+                if mark[0] != epoch or offset > mark[1]:
+                    marks[stream] = (epoch, offset)
+                    fresh = True
+            if known and not fresh:
+                return False
+        self.on_message(message)
+        return True
+
+    def _subscribed_all(self) -> bool:
+        return self._private_ev.is_set() and all(event.is_set() for event in self._acked.values())
+
+    def _catch_up(self):
+        """Every SUBSCRIBE of this link is acknowledged: read what each held stream
+        missed since its mark, hand it on in order, then the held live messages."""
+        held, self._held = self._held, []
+        replayed, failed = self._read_missed(held)
+        count = 0
+        for message in heapq.merge(*replayed, key=lambda m: m.published_at or 0.0):
+            if self._hand(message):
+                count += 1
+        self._catching_up = False
+        for message in held:
+            self._hand(message)
+        self._live.set()
+        if count:
+            metrics.BROKER_CATCHUP_EVENTS.inc(count)
+        if count or failed or self._connects > 1:
+            log.info("redis listener caught up", extra={
+                "event": "broker_caught_up", "replayed": count, "streams_lost": failed,
+                "streams": len(self._marks)})
+
+    def _read_missed(self, held) -> tuple[list, int]:
+        """Per held stream with a mark: its missed events (lists of Messages, each in
+        offset order), and how many streams could not be recovered."""
+        wanted = self._wanted
+        requests = [(stream, epoch, offset) for stream, (epoch, offset) in self._marks.items()
+                    if wire.stream_topic(stream) in wanted]
+        if not requests or not self.history_store.size:
+            return [], 0
+        store, limit = self.history_store, self.recovery_max
+        replayed, failed, again = [], 0, []
+        try:
+            for start in range(0, len(requests), CATCHUP_BATCH):
+                chunk = requests[start:start + CATCHUP_BATCH]
+                for (stream, epoch, _), rec in zip(chunk, store.since_many(chunk, limit)):
+                    if rec.ok:
+                        replayed.append(self._stored(stream, rec.entries))
+                    elif rec.reason == EPOCH_MISMATCH:
+                        again.append((stream, rec.epoch, 0))    # all of the new epoch is newer
+                    else:
+                        failed += self._give_up(stream, rec, held)
+            for start in range(0, len(again), CATCHUP_BATCH):
+                chunk = again[start:start + CATCHUP_BATCH]
+                for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
+                    if rec.ok:
+                        replayed.append(self._stored(stream, rec.entries))
+                    else:
+                        failed += self._give_up(stream, rec, held)
+        except redis.RedisError as exc:
+            # Redis answered the SUBSCRIBEs but not this: go live with what we have;
+            # the marks stay, so the next link tries again.
+            log.warning("redis: history unreadable while catching up", extra={
+                "event": "broker_catchup_failed", "error": type(exc).__name__})
+            metrics.BROKER_CATCHUP_FAILED.labels("unavailable").inc()
+        return replayed, failed
+
+    def _stored(self, stream: str, entries) -> list:
+        out = []
+        for entry in entries:
+            try:
+                out.append(self._decoder.decode_stored(stream, entry))
+            except wire.Drop:                   # the script only stores what decodes
+                pass
+        return out
+
+    def _give_up(self, stream: str, rec, held) -> int:
+        """The missed events of `stream` are gone (trimmed, expired, too many): they are
+        not replayed, and the held live ones still go out, so the mark moves to just
+        before the first of those (or to the top when none arrived)."""
+        first = min((m.positions[stream][1] for m in held
+                     if stream in m.positions and m.positions[stream][0] == rec.epoch), default=None)
+        self._marks[stream] = (rec.epoch, rec.top if first is None else first - 1)
+        metrics.BROKER_CATCHUP_FAILED.labels(rec.reason or "unknown").inc()
+        log.warning("redis: events missed while the link was down are no longer in history",
+                    extra={"event": "broker_catchup_lost", "stream": stream[:200], "reason": rec.reason})
+        return 1
 
     def _drop(self, reason: str, topic: str):
         """An untrusted message we cannot deliver: counted, logged without its payload."""

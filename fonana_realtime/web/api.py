@@ -181,11 +181,13 @@ def post_notification_read():
     body = json_body()
     user_id = _user_id(body)
     notification_id = _user_id(body, "notificationId")
-    row = runtime().store.mark_notification_read(user_id, notification_id)
-    if row is None:
+    answer = runtime().store.read_notification(user_id, notification_id)
+    if answer is None:
         return json_error(404, "not_found")
-    publish(Route(users=(user_id,)), dumps({"type": "notification_read", "userId": user_id,
-                                            "notificationId": notification_id}))
+    row, changed = answer
+    if changed:      # pushed on change only: a read of a read row told every tab already
+        publish(Route(users=(user_id,)), dumps({"type": "notification_read", "userId": user_id,
+                                                "notificationId": notification_id}))
     return jsonify({"notification": row}), 200
 
 
@@ -194,5 +196,6 @@ def post_notifications_clear():
     body = json_body()
     user_id = _user_id(body)
     cleared = runtime().store.clear_notifications(user_id)
-    publish(Route(users=(user_id,)), dumps({"type": "notifications_cleared", "userId": user_id}))
+    if cleared:      # pushed on change only
+        publish(Route(users=(user_id,)), dumps({"type": "notifications_cleared", "userId": user_id}))
     return jsonify({"cleared": cleared}), 200

@@ -32,7 +32,8 @@ WELCOME = "Successfully connected to WebSocket server"
 
 class _NoReaderThread:
     """simple_websocket starts a reader thread per connection; our Connection reads
-    in the request's own greenlet instead (one greenlet per client, not two)."""
+    in the one bare greenlet `serve` spawns for it instead (one greenlet per client,
+    not two; the request's greenlet ends after the handshake)."""
 
     name = "fonana-realtime-reader"
 

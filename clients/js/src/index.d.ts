@@ -73,11 +73,12 @@ export interface RealtimeEvent {
   [field: string]: unknown;
 }
 
-/** The 202 answer of POST /api/events. `positions` (`{stream: offset}` per event) once
- *  the server assigns them; any other field it adds is passed through. */
+/** The 202 answer of POST /api/events: `positions` holds one `{stream: offset}` per event,
+ *  in order (empty objects when the broker keeps no history); any other field the server
+ *  adds is passed through. */
 export interface PublishResult {
   published: number;
-  positions?: Array<Record<string, number>>;
+  positions: Array<Record<string, number>>;
   [field: string]: unknown;
 }
 

@@ -4,6 +4,7 @@
 //
 // The 503s come from a small HTTP proxy in front of the real server (test/support/proxy.js),
 // as nginx or a server whose Redis is down would answer; what it forwards reaches the server.
+// The server's own 503s (Redis really down) are in broker-outage.test.js.
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -134,19 +135,6 @@ test("503 draining, then the server again: sendNotification retried, one row wri
   assert.equal(row.title, title);
   assert.deepEqual(notificationsTitled(title).map((r) => r.id), [row.id]);
   await fan.expectEvent({ type: "notification", userId: FAN, notification: row });
-  await fan.barrier();
-});
-
-test("a 503 that carries the written row is not retried: sendNotification resolves to that row", async () => {
-  // POST /api/notifications answers so when the row is written but the push failed:
-  // a retry would write a second row.
-  const front = await proxy(() => "forward-then-503");
-  const title = `pushless-${randomBytes(4).toString("hex")}`;
-  const row = await clientVia(front.url).sendNotification(FAN, { type: "SYSTEM_ANNOUNCEMENT", title, message: "m" });
-  assert.equal(front.seen.length, 1);
-  assert.equal(row.title, title);
-  assert.deepEqual(notificationsTitled(title).map((r) => r.id), [row.id]);
-  await fan.expectEvent({ type: "notification", userId: FAN, notification: row });   // the real server did push it
   await fan.barrier();
 });
 

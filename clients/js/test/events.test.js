@@ -49,10 +49,14 @@ async function delivered(target, event) {
   for (const socket of [fan, watcher, author]) await socket.barrier();
 }
 
+/** The 202 answer as the server sends it: `published`, and one `{stream: offset}` per event. */
 function assertPublished(result, n) {
   assert.equal(result.published, n);
-  // issue 9 adds one {stream: offset} per event; passed through as the server sends it
-  if ("positions" in result) assert.equal(result.positions.length, n);
+  assert.ok(Array.isArray(result.positions), `no positions in ${JSON.stringify(result)}`);
+  assert.equal(result.positions.length, n);
+  for (const position of result.positions) {
+    for (const offset of Object.values(position)) assert.ok(Number.isInteger(offset) && offset > 0, JSON.stringify(position));
+  }
 }
 
 const row = { id: "n-js-1", userId: FAN, type: "LIKE_POST", title: "t", message: "m", isRead: false,
@@ -137,9 +141,12 @@ test("publish: a custom type without an address is a 400 with the server's reaso
   for (const socket of [fan, watcher, author]) await socket.barrier();
 });
 
-test("publishMany: every event, in order", async () => {
+test("publishMany: every event, in order, with its position", async () => {
   const events = [1, 2, 3].map((likesCount) => ({ type: "post_liked", postId: POST, userId: FAN, likesCount }));
-  assertPublished(await client.publishMany(events), 3);
+  const result = await client.publishMany(events);
+  assertPublished(result, 3);
+  const offsets = result.positions.map((p) => p[`post_${POST}`]);
+  assert.deepEqual(offsets, [offsets[0], offsets[0] + 1, offsets[0] + 2]);   // consecutive in its stream
   for (const event of events) await watcher.expectEvent(event);
   for (const socket of [fan, watcher, author]) await socket.barrier();
 });

@@ -5,11 +5,8 @@
 import { createServer } from "node:http";
 
 /**
- * `plan(n)` decides request number n (1, 2, …): "forward", or `{status, body}` to answer
- * without forwarding, or "forward-then-503" to forward and turn the server's answer into
- * `503 {"error":"broker_unavailable","notification": <the server's row>}` (what
- * POST /api/notifications answers when the row was written but the push failed), or
- * "hang" to never answer. `plan` also gets the request (`{method, path, headers}`).
+ * `plan(n)` decides request number n (1, 2, …): "forward", `{status, body}` to answer
+ * without forwarding, or "hang" to never answer. `plan` also gets the request (`{method, path, headers}`).
  * `port`: listen there (default: any free port).
  */
 export async function startProxy(targetUrl, plan, { port = 0 } = {}) {
@@ -25,7 +22,7 @@ export async function startProxy(targetUrl, plan, { port = 0 } = {}) {
       res.writeHead(status, { "content-type": "application/json" });
       res.end(JSON.stringify(body));
     };
-    if (decision !== "forward" && decision !== "forward-then-503") {
+    if (decision !== "forward") {
       reply(decision.status, decision.body);
       return;
     }
@@ -35,10 +32,6 @@ export async function startProxy(targetUrl, plan, { port = 0 } = {}) {
       body: Buffer.concat(chunks),
     });
     const text = await upstream.text();
-    if (decision === "forward-then-503") {
-      reply(503, { error: "broker_unavailable", notification: JSON.parse(text) });
-      return;
-    }
     res.writeHead(upstream.status, { "content-type": upstream.headers.get("content-type") ?? "application/json" });
     res.end(text);
   });

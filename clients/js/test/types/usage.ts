@@ -19,7 +19,7 @@ export async function route(userId: string): Promise<string> {
   const row: NotificationRow = await sendNotification(userId, { type: "LIKE_POST", title: "t", message: "m" });
   const withMeta = await sendNotification(userId, { type: "TIP_RECEIVED", title: "t", message: "m", metadata: { amount: 1 } });
   const liked: PublishResult = await postLiked("p1", userId, 5);
-  const positions: Array<Record<string, number>> | undefined = liked.positions;
+  const positions: Array<Record<string, number>> = liked.positions;
   const many = await publishMany([{ type: "post_deleted", postId: "p1" }], { channel: { type: "post", postId: "p1" } });
   const client = createClient({ url: "http://127.0.0.1:3002", apiKey: "k", timeoutMs: 2000, onRetry: (i) => void i.delayMs });
   await client.publish({ type: "custom", x: 1 }, { channel: "post_p1", userId });
