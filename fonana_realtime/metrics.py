@@ -53,7 +53,7 @@ LEGACY_RESUMES = Counter("fonana_rt_legacy_resumes",
 LEGACY_REPLAYED_EVENTS = Counter("fonana_rt_legacy_replayed_events",
                                  "Events replayed to legacy connections by an automatic resume")
 HOLD_SECONDS = Histogram("fonana_rt_legacy_hold_seconds",
-                         "Per write of held frames to a legacy connection: the longest wait among them",
+                         "Per turn of the pacing scheduler: the longest wait of a held frame it wrote (to any legacy connection)",
                          buckets=(.005, .01, .02, .05, .075, .1, .125, .15, .2, .3, .5, 1, 2, 4, 8))
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))

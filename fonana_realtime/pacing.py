@@ -80,7 +80,12 @@ class Pacer:
         self._seq = itertools.count()
         self.active: set = set()            # connections holding a Paced state
         self._next_prune = 0.0
-        self.replaced = 0                   # frames replaced since the last run_due
+        # Counted here and handed to prometheus once per scheduler turn (run_due): an inc or
+        # observe costs 1.7-4 us, once per flush it was ~0.2 s of CPU a second for 5,000
+        # clients of a hot post.
+        self.replaced = 0                   # frames replaced since the last turn
+        self.held = 0                       # held frames written since the last turn
+        self.longest_hold = 0.0             # the longest wait of those
         self._wake = None                   # gevent Event once started
         self._sleep_until = float("inf")
 
@@ -202,8 +207,9 @@ class Pacer:
                 pace.bytes -= len(waiting.pop(key)[0].legacy)
             pace.last = now
             if held:
-                metrics.FRAMES_HELD.inc(held)
-                metrics.HOLD_SECONDS.observe(now - held_since)    # the longest wait of this write
+                self.held += held
+                if now - held_since > self.longest_hold:
+                    self.longest_hold = now - held_since
             if not conn.send(b"".join(o.legacy for o in outs), len(outs)):
                 self._drop(pace)
                 return -1
@@ -225,11 +231,6 @@ class Pacer:
     def run_due(self, now: float | None = None):
         """Write what has become due by `now`; drop the state of quiet connections."""
         now = self.clock() if now is None else now
-        if self.replaced:
-            # one prometheus inc per turn instead of one per replacing offer (~1.7 us each,
-            # 190,000 a second for 1,000 clients of a post liked 200 times a second)
-            metrics.FRAMES_REPLACED.inc(self.replaced)
-            self.replaced = 0
         heap = self._heap
         while heap and heap[0][0] <= now:
             due, _, conn = heapq.heappop(heap)
@@ -238,9 +239,19 @@ class Pacer:
                 continue                     # superseded by an earlier schedule, or released
             pace.due = 0.0
             self._flush(conn, pace, now)
+        self._count()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_SECONDS
             self.prune(now)
+
+    def _count(self):
+        if self.replaced:
+            metrics.FRAMES_REPLACED.inc(self.replaced)
+            self.replaced = 0
+        if self.held:
+            metrics.FRAMES_HELD.inc(self.held)
+            metrics.HOLD_SECONDS.observe(self.longest_hold)
+            self.held, self.longest_hold = 0, 0.0
 
     def prune(self, now: float):
         quiet = [c for c in self.active

@@ -27,7 +27,7 @@ const CONFIG_VARS = new Set([
   "TRUSTED_PROXIES", "WS_SEND_BACKLOG_BYTES", "WS_SEND_BACKLOG_FRAMES", "WS_DRAIN_SECONDS",
   "API_MAX_BODY_BYTES", "API_MAX_EVENTS", "METRICS_PUBLIC", "REDIS_PREFIX", "LOG_DIR", "DATA_DIR",
   "GUNICORN_CMD_ARGS", "FLASK_ENV", "FLASK_DEBUG", "ENV", "APP_ENV", "NODE_ENV", "FONANA_ENV",
-  "FONANA_REALTIME_URL",
+  "FONANA_REALTIME_URL", "WS_LEGACY_TYPE_GAP_MS", "WS_RESUME_SECONDS",
 ]);
 
 export function requireVenv() {
@@ -103,6 +103,10 @@ export async function startServer({ env = {}, name = "server" } = {}) {
     NEXTAUTH_SECRET: jwtSecret,
     WS_HANDSHAKES_PER_IP_PER_SEC: 0,
     WS_DRAIN_SECONDS: 1,
+    // these tests check raw delivery (every event, as published) over legacy connections:
+    // no pacing of same-type frames, no replays they did not ask for (PROTOCOL.md 8)
+    WS_LEGACY_TYPE_GAP_MS: 0,
+    WS_RESUME_SECONDS: 0,
     ...env,
   });
   const stdout = openSync(join(workdir, "stdout.txt"), "a");
