@@ -29,12 +29,22 @@ keepalive = 5
 # maximum so every token up to auth.MAX_TOKEN_BYTES is judged by us (JSON 401), not
 # refused by gunicorn's default 4094-byte line limit with an HTML 414.
 limit_request_line = 8190
+# gunicorn's C parser (gunicorn-h1c, pinned in requirements.txt) when it is installed, else
+# its Python parser: the Python one was ~8 % of a connect's CPU in a reconnect storm.
+http_parser = "auto"
 # Several instances may run on one host (tests, blue/green): no shared control socket.
 control_socket_disable = True
 
 if _settings.redis_url:
     workers = _settings.workers or multiprocessing.cpu_count()
     _why_workers = f"{workers} gevent worker(s), fan-out through Redis"
+    # Each worker its own listening socket (SO_REUSEPORT; gunicorn then binds in the
+    # workers, not the master): the kernel spreads new connections over the workers. On
+    # one shared socket the gevent workers race for accepts, and in a reconnect storm the
+    # one that wins keeps winning (bench/run --only storm2). The price: a worker's
+    # not-yet-accepted connections are reset when it exits, and a restarting worker's
+    # share is refused until it has bound again.
+    reuse_port = workers > 1
 else:
     workers = 1
     _why_workers = "1 gevent worker: without REDIS_URL events are delivered in-process only"

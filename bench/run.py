@@ -302,6 +302,9 @@ class Server:
         self.pids = []
         ctx.instances += 1
         self.logfile = ctx.work / f"{self.label}-{ctx.instances}.log"
+        self.workers = 1
+        self.pin = SERVER_CPU           # None: not pinned (the two-worker storm)
+        self.extra_env = {}
 
     def command_env(self):
         ctx = self.ctx
@@ -315,7 +318,7 @@ class Server:
         metrics.mkdir()
         (ctx.work / f"logs-{ctx.instances}").mkdir()
         env.update(
-            WS_WORKERS="1", DATA_DIR=str(ctx.data_dir), LOG_DIR=str(ctx.work / f"logs-{ctx.instances}"),
+            WS_WORKERS=str(self.workers), DATA_DIR=str(ctx.data_dir), LOG_DIR=str(ctx.work / f"logs-{ctx.instances}"),
             DATABASE_URL="", NEXTAUTH_SECRET="", REDIS_URL=self.redis_url or "",
             # the bench's own settings: one client IP opens thousands of connections,
             # and 10,000 subscribers plus the publishers exceed the default 10,000
@@ -324,11 +327,13 @@ class Server:
         )
         if self.redis_url:
             env["REDIS_PREFIX"] = f"fonana:bench:{secrets.token_hex(4)}:"
+        env.update(self.extra_env)
         return [str(VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], env, ctx.server_src
 
     def start(self, timeout=30):
         cmd, env, cwd = self.command_env()
-        cmd = ["taskset", "-c", str(SERVER_CPU)] + cmd
+        if self.pin is not None:
+            cmd = ["taskset", "-c", str(self.pin)] + cmd
         if self.ctx.nice:
             cmd = ["nice", "-n", str(self.ctx.nice)] + cmd
         self.out = open(self.logfile, "w")
@@ -531,6 +536,122 @@ def run_fanout_group(ctx, kind, rep):
         srv.stop()
 
 
+def run_storm(ctx, kind, rep):
+    """The connect storm alone, on a fresh server (a few warm-up clients first, so lazy
+    imports are not charged to the storm). Optionally under py-spy (--profile DIR)."""
+    srv = Server(kind, ctx).start()
+    try:
+        loadgen(ctx, srv, "c20", tokens=ctx.tokens_main, channel="notifications", deadline=30)
+        spy = None
+        if kind == "ours" and ctx.args.profile:
+            spy = start_profile(ctx, srv, f"storm-{rep + 1}")
+        before = cpu_split(srv.refresh_pids())
+        storm(ctx, srv, kind, rep)
+        after = cpu_split(srv.refresh_pids())
+        stop_profile(spy)
+        user, system = after[0] - before[0], after[1] - before[1]
+        if user + system > 0:
+            ctx.results["storm"][kind][rep]["kernel_share"] = system / (user + system)
+            log(f"  server CPU in the storm (whole run): user {user:.2f} s, kernel {system:.2f} s "
+                f"({system / (user + system):.0%} kernel)")
+    finally:
+        srv.stop()
+
+
+def cpu_split(pids):
+    """(user, system) CPU seconds of these processes."""
+    tck = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / tck
+        system += int(fields[12]) / tck
+    return user, system
+
+
+def socket_fds(pid) -> int:
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return n
+
+
+def run_storm_workers(ctx, rep):
+    """The connect storm against ours with REDIS_URL, one worker and then two (the
+    generator shares the two cores: the workers are not pinned to one core here, the
+    generator is, on core 1). Records connects/s and how the connections split."""
+    if not ctx.redis_url:
+        ctx.skips.add("storm2: no private redis-server could be started")
+        return
+    p = ctx.p
+    for workers in (1, 2):
+        srv = Server("ours", ctx, redis_url=ctx.redis_url, label=f"ours+redis-{workers}w")
+        srv.workers = workers
+        srv.pin = None
+        try:
+            srv.start()
+            for _ in range(30):
+                if http_get(srv.port, "/ready", 2.0)[0] == 200:
+                    break
+                time.sleep(0.5)
+            worker_pids = [pid for pid in children_of(srv.proc.pid)]
+            loadgen(ctx, srv, f"c{20 * workers}", tokens=ctx.tokens_main, channel="notifications", deadline=30)
+            time.sleep(1.0)
+            base = {pid: socket_fds(pid) for pid in worker_pids}
+            split = {}
+
+            def at_wait(obj):
+                split.update({pid: socket_fds(pid) - base[pid] for pid in worker_pids})
+                return "NEXT"
+
+            time.sleep(1.0)
+            steps, _ = loadgen(ctx, srv, f"c{p['storm_n']},w", tokens=ctx.tokens_storm, channel="notifications",
+                               deadline=90, inflight=p["storm_inflight"], on_wait=at_wait)
+            st = steps[0]
+            shares = sorted((n / max(1, sum(split.values())) for n in split.values()), reverse=True)
+            ctx.record(f"storm_{workers}w", "ours", rep, {
+                "connects_per_sec": st["per_sec"], "p99_ms": st["p99_ms"],
+                "server_us_per_connect": st["server_us_per_connect"],
+                "largest_share": shares[0] if shares else None, "split": list(split.values()),
+            })
+            log(f"  storm {p['storm_n']}/{p['storm_inflight']}, {workers} worker(s) with REDIS_URL: "
+                f"{st['per_sec']:.0f} connects/s, p99 {st['p99_ms']:.1f} ms, connections per worker "
+                f"{sorted(split.values(), reverse=True)}")
+        finally:
+            srv.stop()
+
+
+def start_profile(ctx, srv, name):
+    """py-spy on the worker (pip install py-spy into .venv by hand; not a dependency)."""
+    worker = [pid for pid in srv.refresh_pids() if pid != srv.proc.pid and pid not in ctx.extra_server_pids]
+    out = Path(ctx.args.profile) / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(VENV / "bin" / "py-spy"), "record", "--pid", str(worker[-1]), "--rate", "250", "--nonblocking",
+           "--format", "raw", "--output", str(out), "--duration", "60"]
+    proc = subprocess.Popen(["taskset", "-c", str(GEN_CPU)] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return proc
+
+
+def stop_profile(proc):
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def publish_metrics(st, res):
     return {
         "deliveries_per_sec": st["deliveries_per_sec"], "lat_p50_ms": st["lat_p50_ms"],
@@ -670,6 +791,7 @@ class Context:
         self.quiet_budget = 60.0
         self.server_src = ROOT
         self.server_version = "?"
+        self.groups: set[str] = set()
         self.data_dir.mkdir()
 
     def record(self, key, server, rep, metrics):
@@ -918,8 +1040,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one repetition, smaller sizes, shorter windows")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     ap.add_argument("--servers", default="ours,reference", help="which servers (ours,reference)")
-    ap.add_argument("--only", default="idle,fanout,redis", help="scenario groups: idle,fanout,redis "
-                    "(fanout includes the fixed load, the sweep and the connect storm)")
+    ap.add_argument("--only", default="idle,fanout,redis", help="scenario groups: idle,fanout,redis,storm "
+                    "(fanout includes the fixed load, the sweep and the connect storm, unless storm is "
+                    "given: then the storm runs alone on a fresh server)")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy the worker during the storm group (raw "
+                    "collapsed stacks into DIR; py-spy must be in .venv)")
     ap.add_argument("--docs", dest="docs", action="store_true", default=None,
                     help="write docs/BENCHMARKS.md (default for a full run)")
     ap.add_argument("--no-docs", dest="docs", action="store_false")
@@ -934,7 +1059,7 @@ def main():
 
     ctx = Context(args, "quick" if args.quick else "full")
     servers = [s for s in args.servers.split(",") if s in SERVERS]
-    groups = set(args.only.split(","))
+    groups = ctx.groups = set(args.only.split(","))
     write = args.docs if args.docs is not None else (not args.quick and set(servers) == set(SERVERS)
                                                      and groups >= {"idle", "fanout", "redis"})
     t_start = time.time()
@@ -970,7 +1095,7 @@ def main():
             first = Server("ours", ctx, label="ours-seed").start()
             first.stop()
             add_bench_users(ctx.data_dir / "fonana.sqlite3", USERS)
-            if "redis" in groups:
+            if groups & {"redis", "storm2"}:
                 redis = Redis(ctx)
                 ctx.redis_url = redis.start()
                 if redis.proc:
@@ -978,7 +1103,7 @@ def main():
         for rep in range(ctx.p["reps"]):
             order = servers if rep % 2 == 0 else list(reversed(servers))
             for kind in order:
-                for group, fn in (("idle", run_idle), ("fanout", run_fanout_group)):
+                for group, fn in (("idle", run_idle), ("fanout", run_fanout_group), ("storm", run_storm)):
                     if group not in groups:
                         continue
                     load = wait_quiet(ctx)
@@ -990,6 +1115,14 @@ def main():
                     except (RunFailed, RuntimeError) as exc:
                         ctx.failures.append(f"rep {rep + 1}, {kind}, {group}: {exc}")
                         banner(f"FAILED: rep {rep + 1}, {kind}, {group}: {exc}")
+            if "storm2" in groups and "ours" in servers:
+                wait_quiet(ctx)
+                log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL: storm with 1 and 2 workers")
+                try:
+                    run_storm_workers(ctx, rep)
+                except (RunFailed, RuntimeError) as exc:
+                    ctx.failures.append(f"rep {rep + 1}, storm2: {exc}")
+                    banner(f"FAILED: rep {rep + 1}, storm2: {exc}")
             if "redis" in groups and "ours" in servers:
                 wait_quiet(ctx)
                 log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL (one worker)")

@@ -34,15 +34,17 @@ ABUSE_QUIET_SECONDS = 1.0
 class Connection:
     """State of one WebSocket client. Created after the handshake succeeded."""
 
-    __slots__ = ("id", "sock", "proto", "user_id", "expires_at", "ip", "channels",
+    __slots__ = ("id", "sock", "proto", "protocol", "user_id", "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
                  "limits", "_in_parts", "_in_size", "_in_binary")
 
-    def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits):
+    def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
+                 protocol: str | None = None):
         self.id = next(_ids)
-        self.sock = sock                  # gevent socket, after the 101 response
+        self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.proto = proto                # wsproto frame protocol: parses what the client sends
+        self.protocol = protocol          # the negotiated subprotocol ("fonana.v2") or None (legacy)
         self.user_id = user_id
         self.expires_at = expires_at
         self.ip = ip

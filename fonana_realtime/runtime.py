@@ -10,6 +10,7 @@ import time
 import gevent
 
 from . import heartbeat
+from .auth import VerifiedTokens
 from .broker import open_broker
 from .commands import Commands
 from .handshake_limits import HandshakeRate
@@ -28,6 +29,7 @@ class Runtime:
         self.commands = Commands(self)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
+        self.tokens = VerifiedTokens(settings.jwt_secrets, settings.jwt_leeway_seconds)
         self.draining = False
         self._user_cache: dict[str, float] = {}   # user id -> seen-until (monotonic)
         self._started = False
