@@ -52,10 +52,10 @@ STORM_FIRST = 10000                 # the storm uses users nobody connected as y
 PROFILES = {
     "full": dict(reps=3, idle=[1000, 5000, 10000], sweep=[1000, 2500, 5000, 10000], headline=[1000, 5000],
                  fixed_n=5000, fixed_deliveries=20000, fixed_seconds=8, max_seconds=4, warmup=1.0,
-                 storm_n=2000, storm_inflight=200, redis=[1000, 5000], idle_settle=2.0),
+                 storm_n=2000, storm_inflight=200, redis=[1000, 5000], idle_settle=2.0, reconnect_n=10000),
     "quick": dict(reps=1, idle=[1000, 5000], sweep=[1000, 5000], headline=[1000, 5000],
                   fixed_n=5000, fixed_deliveries=20000, fixed_seconds=4, max_seconds=2, warmup=0.5,
-                  storm_n=2000, storm_inflight=200, redis=[1000], idle_settle=1.0),
+                  storm_n=2000, storm_inflight=200, redis=[1000], idle_settle=1.0, reconnect_n=10000),
 }
 
 SERVERS = ("ours", "reference")
@@ -652,6 +652,36 @@ def stop_profile(proc):
         proc.kill()
 
 
+def run_reconnect(ctx, kind, rep):
+    """A deploy's reconnect storm: 10,000 subscribed clients, the server lets them all go
+    (ours: SIGHUP, gunicorn starts a new worker and the old one drains with
+    WS_DRAIN_SECONDS=10; the reference: SIGHUP closes all with 1001 over 10 s, see
+    server.js), every client reconnects at once (200 handshakes in flight, a 503 or a
+    refused connect retried after 250 ms). Measured: first close → last re-subscribed."""
+    n = ctx.p["reconnect_n"]
+    srv = Server(kind, ctx)
+    srv.extra_env = {"WS_DRAIN_SECONDS": "10"} if kind == "ours" else {"REF_DRAIN_SECONDS": "10"}
+    srv.start()
+    try:
+        def at_wait(obj):
+            os.kill(srv.proc.pid, signal.SIGHUP)
+            return "NEXT"
+
+        steps, _ = loadgen(ctx, srv, f"c{n},w,r", tokens=ctx.tokens_main, channel="notifications",
+                           deadline=120 + n / 100, on_wait=at_wait)
+        first = next(st for st in steps if st["kind"] == "connect")
+        st = next(st for st in steps if st["kind"] == "reconnect")
+        ctx.record("reconnect", kind, rep, {
+            "seconds": st["seconds"], "p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"], "retries": st["retries"],
+            "first_connects_per_sec": first["per_sec"],
+        })
+        log(f"  {n:,} connect: {first['per_sec']:.0f}/s; drain → all {st['reconnected']:,} subscribed again in "
+            f"{st['seconds']:.2f} s (close→subscribed p50 {st['p50_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms; "
+            f"{st['retries']} retried handshakes)")
+    finally:
+        srv.stop()
+
+
 def publish_metrics(st, res):
     return {
         "deliveries_per_sec": st["deliveries_per_sec"], "lat_p50_ms": st["lat_p50_ms"],
@@ -679,14 +709,19 @@ def storm(ctx, srv, kind, rep):
     steps, res = loadgen(ctx, srv, f"c{p['storm_n']}", tokens=ctx.tokens_storm, channel="notifications",
                          deadline=90, inflight=p["storm_inflight"])
     st = steps[0]
+    other = None                        # the server core's busy share that was not the server
+    if st.get("server_core_busy", -1) >= 0 and st["seconds"] > 0:
+        other = max(0.0, st["server_core_busy"] - st["server_cpu_s"] / st["seconds"])
     ctx.record("storm", kind, rep, {
         "connects_per_sec": st["per_sec"], "p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"],
         "gen_us_per_connect": st["gen_us_per_connect"], "server_us_per_connect": st["server_us_per_connect"],
         "connects_per_cpu_s": 1e6 / st["server_us_per_connect"] if st["server_us_per_connect"] > 0 else None,
+        "foreign_load": other,
     })
     log(f"  storm {p['storm_n']}/{p['storm_inflight']}: {st['per_sec']:.0f} connects/s, p50 {st['p50_ms']:.1f} ms, "
         f"p99 {st['p99_ms']:.1f} ms | gen {st['gen_us_per_connect']:.0f} us/connect, "
-        f"server {st['server_us_per_connect']:.0f} us/connect")
+        f"server {st['server_us_per_connect']:.0f} us/connect"
+        + (f", OTHER LOAD on its core {other:.0%}" if other is not None else ""))
 
 
 def run_redis(ctx, rep):
@@ -860,6 +895,17 @@ def table_rows(ctx):
     rows.append(("Connect storm", "connects per server CPU-second", "storm", "connects_per_cpu_s", "/s", "higher",
                  "gen_us_per_connect"))
     rows.append(("Connect storm", "connect→subscribed p99", "storm", "p99_ms", "ms", "lower", "gen_us_per_connect"))
+    for w in (1, 2):
+        rows.append(("Connect storm, REDIS_URL, workers not pinned (generator on core 1)",
+                     f"{w} worker(s): connects/s", f"storm_{w}w", "connects_per_sec", "/s", "higher", None))
+    rows.append(("Connect storm, REDIS_URL, workers not pinned (generator on core 1)",
+                 "2 workers: the busiest worker's share of the connections", "storm_2w", "largest_share", "",
+                 "lower", None))
+    rows.append(("Reconnect after a drain (WS_DRAIN_SECONDS=10)",
+                 f"{p['reconnect_n']:,} clients: first close → all subscribed again", "reconnect", "seconds", "s",
+                 "lower", None))
+    rows.append(("Reconnect after a drain (WS_DRAIN_SECONDS=10)", "close → subscribed again, p99", "reconnect",
+                 "p99_ms", "ms", "lower", None))
     for n in p["sweep"]:
         rows.append(("Flatness (maximum rate)", f"{n:,} subscribers: deliveries/s", f"fanout_{n}",
                      "deliveries_per_sec", "/s", "higher", "gen_us_per_delivery"))
@@ -876,6 +922,8 @@ def table_rows(ctx):
 def cost_cell(ctx, key, cost_metric):
     """Generator and server CPU per delivery/connect, medians, for each server."""
     parts = []
+    if cost_metric is None:
+        return "–"
     server_metric = cost_metric.replace("gen_", "server_")
     for s in SERVERS:
         g = summary(ctx.values(key, s, cost_metric))
@@ -941,6 +989,23 @@ def targets(ctx):
         per_cpu = f"; per server CPU-second {oc / rc:.2f}×" if oc and rc else ""
         out.append(("connect storm ≥ 0.9× reference connects/s", f"{x:.2f}× ({fmt(o)} vs {fmt(r)}/s{per_cpu})",
                     "met" if x >= 0.9 else f"missed by {(0.9 - x) / 0.9:.0%} (needs 0.9×)"))
+    if o and r:
+        x = o / r
+        out.append(("issue 11: connect storm ≥ 0.6× reference connects/s (goal 0.9×)", f"{x:.2f}×",
+                    "met" + (" (goal too)" if x >= 0.9 else "") if x >= 0.6 else f"missed by {(0.6 - x) / 0.6:.0%}"))
+    op, rp = med("storm", "ours", "p99_ms"), med("storm", "reference", "p99_ms")
+    if op and rp:
+        out.append(("issue 11: connect→subscribed p99 ≤ 2× reference", f"{op / rp:.2f}× ({fmt(op)} vs {fmt(rp)} ms)",
+                    "met" if op <= 2 * rp else f"missed by {(op / rp - 2) / 2:.0%}"))
+    one, two, share = med("storm_1w", "ours", "connects_per_sec"), med("storm_2w", "ours", "connects_per_sec"), \
+        med("storm_2w", "ours", "largest_share")
+    if one and two:
+        x = two / one
+        out.append(("issue 11: 2 workers ≥ 1.4× 1 worker connects/s", f"{x:.2f}× ({fmt(two)} vs {fmt(one)}/s)",
+                    "met" if x >= 1.4 else f"missed by {(1.4 - x) / 1.4:.0%}"))
+    if share:
+        out.append(("issue 11: split between 2 workers no worse than 60/40", f"busiest {share:.0%}",
+                    "met" if share <= 0.6 else "missed"))
     for n in p["redis"]:
         o, r = med(f"redis_{n}", "ours", "deliveries_per_sec"), med(f"fanout_{n}", "ours", "deliveries_per_sec")
         oc, rc = med(f"redis_{n}", "ours", "deliveries_per_cpu_s"), med(f"fanout_{n}", "ours", "deliveries_per_cpu_s")
@@ -1011,7 +1076,7 @@ def markdown(ctx, info, elapsed):
     loads = [f for key in ctx.results for s in ctx.results[key] for m in ctx.results[key][s].values()
              if (f := m.get("foreign_load")) is not None]
     if loads:
-        lines += [f"Other load on the server's core during the fan-out windows (processes not under test): "
+        lines += [f"Other load on the server's core during the fan-out and storm windows (processes not under test): "
                   f"median {statistics.median(loads):.0%}, max {max(loads):.0%}.", ""]
     if ctx.failures:
         lines += ["## Failed runs", ""] + [f"- {f}" for f in ctx.failures] + [""]
@@ -1103,7 +1168,8 @@ def main():
         for rep in range(ctx.p["reps"]):
             order = servers if rep % 2 == 0 else list(reversed(servers))
             for kind in order:
-                for group, fn in (("idle", run_idle), ("fanout", run_fanout_group), ("storm", run_storm)):
+                for group, fn in (("idle", run_idle), ("fanout", run_fanout_group), ("storm", run_storm),
+                                  ("reconnect", run_reconnect)):
                     if group not in groups:
                         continue
                     load = wait_quiet(ctx)
