@@ -23,7 +23,7 @@ class AuthError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
     expires_at: float            # unix seconds (the token's `exp`)
