@@ -664,7 +664,8 @@ def run_reconnect(ctx, kind, rep):
     srv.start()
     try:
         def at_wait(obj):
-            os.kill(srv.proc.pid, signal.SIGHUP)
+            # the generator must be in its r step before the first 1001 arrives
+            threading.Timer(0.5, os.kill, (srv.proc.pid, signal.SIGHUP)).start()
             return "NEXT"
 
         steps, _ = loadgen(ctx, srv, f"c{n},w,r", tokens=ctx.tokens_main, channel="notifications",
