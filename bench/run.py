@@ -189,7 +189,7 @@ def machine_info():
     except (OSError, ValueError, KeyError):
         info["ws"] = "?"
     from importlib import metadata
-    for dist in ("gunicorn", "gevent", "flask-sock", "simple-websocket"):
+    for dist in ("gunicorn", "gunicorn-h1c", "gevent", "wsproto", "Flask"):
         try:
             info[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -1045,7 +1045,7 @@ def markdown(ctx, info, elapsed):
         f"| memory | {info.get('memory', '?')} |",
         f"| kernel | {info['kernel']} |",
         f"| ours | Python {info['python']}, gunicorn {info['gunicorn']}, gevent {info['gevent']}, "
-        f"flask-sock {info['flask-sock']}, simple-websocket {info['simple-websocket']}; one gevent worker; "
+        f"gunicorn-h1c {info['gunicorn-h1c']}, wsproto {info['wsproto']}, Flask {info['Flask']}; one gevent worker; "
         f"{ctx.server_version} |",
         f"| reference | Node {info['node']}, ws {info['ws']} (bench/reference/server.js) |",
         f"| pinning | server (and Redis) on core {SERVER_CPU}, load generator on core {GEN_CPU}"

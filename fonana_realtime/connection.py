@@ -32,7 +32,8 @@ ABUSE_QUIET_SECONDS = 1.0
 
 
 class Connection:
-    """State of one WebSocket client. Created after the handshake succeeded."""
+    """State of one WebSocket client. Created once the handshake passed every check; its
+    first write is the 101 answer with the welcome frame (web/websocket.serve)."""
 
     __slots__ = ("id", "sock", "proto", "protocol", "user_id", "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
