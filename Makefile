@@ -16,7 +16,10 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
-# The whole test suite against real gunicorn, PostgreSQL and Redis.
+# The whole test suite against real gunicorn, PostgreSQL and Redis; then the Node client's
+# (clients/js, `node --test` against a real server), installing Node and npm if missing.
 test: venv
 	bash scripts/ensure-services
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	command -v node >/dev/null && command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	cd clients/js && npm ci --no-audit --no-fund && npm test

@@ -26,8 +26,10 @@ timeout = 30
 graceful_timeout = int(_settings.drain_seconds) + 15
 keepalive = 5
 # The browser sends its token in the query string: allow request lines up to gunicorn's
-# maximum so every token up to auth.MAX_TOKEN_BYTES is judged by us (JSON 401), not
-# refused by gunicorn's default 4094-byte line limit with an HTML 414.
+# maximum (8190; 0 would mean unbounded, a memory attack) so nearly every token up to
+# auth.MAX_TOKEN_BYTES is judged by us. A longer line (or header) is answered by
+# DrainingGeventWorker.handle_error with the same JSON 401 `invalid_token`, not gunicorn's
+# HTML 414/431.
 limit_request_line = 8190
 # gunicorn's C parser (gunicorn-h1c, pinned in requirements.txt) when it is installed, else
 # its Python parser. Parsing a browser's upgrade request took 94 µs with the Python parser

@@ -128,7 +128,7 @@ class ServerProc:
                if not k.startswith(("WS_", "REDIS_", "DATABASE_", "JWT_", "NEXTAUTH_"))}
         env.update({
             "WS_HOST": "127.0.0.1", "WS_PORT": str(self.port), "WS_WORKERS": str(workers),
-            "JWT_SECRET": self.secret, "WS_API_SECRET": secrets.token_urlsafe(16),
+            "JWT_SECRET": self.secret, "WS_API_SECRET": secrets.token_urlsafe(32),
             "DATA_DIR": str(self.data_dir), "LOG_DIR": str(workdir / "logs"),
             "WS_HANDSHAKES_PER_IP_PER_SEC": "0", "WS_MAX_CONNECTIONS_PER_USER": "100000",
             "REDIS_PREFIX": prefix, "PYTHONUNBUFFERED": "1",

@@ -323,6 +323,10 @@ class Server:
             # the bench's own settings: one client IP opens thousands of connections,
             # and 10,000 subscribers plus the publishers exceed the default 10,000
             WS_HANDSHAKES_PER_IP_PER_SEC="0", WS_WORKER_CONNECTIONS="12000", WS_DRAIN_SECONDS="1",
+            # the load generator's clients are legacy connections and must see every event
+            # (its seq bitmap): raw fan-out with pacing off, as the reference does it;
+            # bench/legacy_pacing.py measures pacing on against off
+            WS_LEGACY_TYPE_GAP_MS="0",
             PROMETHEUS_MULTIPROC_DIR=str(metrics),
         )
         if self.redis_url:

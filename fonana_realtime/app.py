@@ -11,7 +11,7 @@ from werkzeug.routing import WebsocketMismatch
 from .logs import logging_config
 from .runtime import Runtime
 from .settings import Settings, load_settings
-from .web import api, json_error, ops, websocket
+from .web import StandardJSONProvider, api, json_error, ops, websocket
 
 log = logging.getLogger("fonana_realtime.app")
 
@@ -26,8 +26,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning(line, extra={"event": "config_warning"})
 
     app = Flask(__name__)
+    app.json = StandardJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
-    app.json.sort_keys = False
     rt = app.extensions["fonana_realtime"] = Runtime(settings)
 
     @app.before_request

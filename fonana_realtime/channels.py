@@ -1,12 +1,17 @@
 """Channels: parse and validate a channel object, give its key, say who may subscribe.
 
 PROTOCOL.md 2.3 (compat):  notifications_U, feed_U (only U), creator_C (anyone),
-post_P (author, open post, completed purchase or active subscription).
+post_P (author, open post, completed purchase or active subscription: the last only
+until its validUntil).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from datetime import timezone
+
+from .store import LASTING
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -60,11 +65,18 @@ def parse_channel_any(value) -> Channel:
     return parse_channel_key(value) if isinstance(value, str) else parse_channel(value)
 
 
-def may_subscribe(channel: Channel, user_id: str, store) -> bool:
-    """Whether `user_id` may hold `channel`. Post channels ask the database
-    (store.StoreUnavailable propagates so the caller can answer `unavailable`)."""
+def access_until(channel: Channel, user_id: str, store) -> float | None:
+    """Until when (Unix seconds) `user_id` may hold `channel`: None if not at all,
+    math.inf for access that does not lapse; a post held through a subscription only
+    until its `validUntil` (access_expiry.py checks again then). Post channels ask the
+    database (store.StoreUnavailable propagates so the caller can answer `unavailable`)."""
     if channel.kind in ("notifications", "feed"):
-        return channel.id == user_id
+        return math.inf if channel.id == user_id else None
     if channel.kind == "creator":
-        return True
-    return store.can_view_post(user_id, channel.id)
+        return math.inf
+    until = store.post_access_until(user_id, channel.id)
+    if until is None:
+        return None
+    if until == LASTING:
+        return math.inf
+    return until.replace(tzinfo=timezone.utc).timestamp()      # naive UTC from the database

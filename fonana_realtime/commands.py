@@ -1,4 +1,5 @@
-"""What each client command does: subscribe, unsubscribe, ping, auth.
+"""What each client command does: subscribe, unsubscribe, ping, auth, and for
+protocol v2 connections `subscribe` with `since` and `recover` (PROTOCOL.md 7).
 
 Runs in the connection's own greenlet, so a command that waits on the database
 only delays that connection's later commands, never anyone else.
@@ -11,13 +12,26 @@ from datetime import datetime, timezone
 
 from . import close_codes, error_codes, metrics
 from .auth import AuthError, verify_token
-from .channels import InvalidChannel, may_subscribe, parse_channel
-from .connection import parse_command
+from .channels import InvalidChannel, access_until, parse_channel, parse_channel_key
+from .connection import V2, parse_command
 from .store import StoreUnavailable
 
 log = logging.getLogger("fonana_realtime.commands")
 
 UNREAD_ON_SUBSCRIBE = 20
+MAX_EPOCH_LENGTH = 128
+
+
+def parse_since(value):
+    """`{"offset": N, "epoch": E}` -> (E, N), or None if malformed."""
+    if not isinstance(value, dict):
+        return None
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        return None
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        return None
+    return epoch, offset
 
 
 def iso_utc(ts: float) -> str:
@@ -74,21 +88,77 @@ class Commands:
             conn.send_error(error_codes.TOO_MANY_SUBSCRIPTIONS, raw)
             return
         try:
-            allowed = may_subscribe(channel, conn.user_id, self.rt.store)
+            until = access_until(channel, conn.user_id, self.rt.store)
         except StoreUnavailable:
             conn.send_error(error_codes.UNAVAILABLE, raw)
             return
-        if not allowed:
+        if until is None:
             conn.send_error(error_codes.ACCESS_DENIED, raw)
             return
         if conn.closed or conn.closing:       # it went away while we asked the database
             return
-        if key not in conn.channels:
-            self.rt.hub.subscribe(conn, key)
-            metrics.SUBSCRIPTIONS.labels(channel.kind).inc()
-        conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
-        if channel.kind == "notifications":
+        self.rt.access_expiry.watch(conn, key, until, raw)     # math.inf: never looked at again
+        if conn.protocol == V2:
+            self._subscribe_v2(conn, obj, channel, raw)
+        else:
+            resume = self.rt.resume if key not in conn.channels else None
+            if resume is not None:
+                resume.before_join(conn, key)
+            try:
+                self._join(conn, channel)
+                conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
+            finally:
+                if resume is not None:
+                    resume.after_join(conn, key)         # missed events, right after `subscribed`
+        if channel.kind == "notifications" and not (conn.closed or conn.closing):
             self._send_unread(conn, raw)
+
+    def _join(self, conn, channel):
+        if channel.key not in conn.channels:
+            self.rt.fanout.subscribe(conn, channel.key)     # waits (bounded) until the broker listens
+            metrics.SUBSCRIPTIONS.labels(channel.kind).inc()
+
+    def _subscribe_v2(self, conn, obj, channel, raw):
+        """`subscribed` adds the stream's position; with `since`, replay then live."""
+        key = channel.key
+
+        def subscribed(epoch, top, recovered=None):
+            data = {"channel": raw, "channelKey": key, "stream": key, "offset": top, "epoch": epoch}
+            if recovered is not None:
+                data["recovered"] = recovered
+            conn.send_json({"type": "subscribed", "data": data})
+
+        if obj.get("since") is None:
+            self._join(conn, channel)
+            subscribed(*self.rt.fanout.join_position(conn, key))
+            return
+        since = parse_since(obj["since"])
+        if since is None:
+            conn.send_error(error_codes.INVALID_MESSAGE, raw)
+            return
+        self.rt.fanout.recover(conn, key, since,
+                               reply=lambda rec: subscribed(rec.epoch, rec.top, rec.ok),
+                               join=lambda: self._join(conn, channel))
+
+    def recover(self, conn, obj):
+        """v2: replay the connection's own user stream after `since`."""
+        if conn.protocol != V2:
+            conn.send_error(error_codes.UNKNOWN_TYPE)
+            return
+        stream = obj.get("stream")
+        if stream != conn.user_stream:
+            conn.send_error(error_codes.ACCESS_DENIED)
+            return
+        since = parse_since(obj.get("since"))
+        if since is None:
+            conn.send_error(error_codes.INVALID_MESSAGE)
+            return
+
+        def recovered(rec):
+            conn.send_json({"type": "recovered", "data": {
+                "stream": stream, "offset": rec.top, "epoch": rec.epoch, "recovered": rec.ok}})
+
+        self.rt.fanout.recover(conn, stream, since, reply=recovered)
 
     def _send_unread(self, conn, raw):
         try:
@@ -103,10 +173,29 @@ class Commands:
         channel, raw = self._channel_of(conn, obj)
         if channel is None:
             return
-        if channel.key in conn.channels:
-            self.rt.hub.unsubscribe(conn, channel.key)
-            metrics.SUBSCRIPTIONS.labels(channel.kind).dec()
+        self._leave(conn, channel.key)
         conn.send_json({"type": "unsubscribed", "data": {"channel": raw, "channelKey": channel.key}})
+
+    def _leave(self, conn, key: str):
+        if key in conn.channels:
+            self.rt.fanout.unsubscribe(conn, key)
+            metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]).dec()
+        self.rt.access_expiry.forget(conn, key)
+
+    # ---- access that lapses (access_expiry.py calls these at the moment it ends) ----
+
+    def access_until(self, conn, key: str) -> float | None:
+        return access_until(parse_channel_key(key), conn.user_id, self.rt.store)
+
+    def revoke(self, conn, key: str, channel):
+        """Access to a held channel ended: unsubscribe it and say so (`channel` as the
+        client sent it when subscribing)."""
+        if key not in conn.channels:
+            return
+        self._leave(conn, key)
+        log.info("access revoked", extra={"event": "access_revoked", "user_id": conn.user_id,
+                                           "conn_id": conn.id, "topic": key})
+        conn.send_error(error_codes.ACCESS_REVOKED, channel)
 
     def auth(self, conn, obj):
         """Token refresh before `exp`: same user only."""
@@ -123,4 +212,5 @@ class Commands:
         conn.expires_at = identity.expires_at
         conn.send_json({"type": "authenticated", "data": {"expiresAt": iso_utc(identity.expires_at)}})
 
-    _handlers = {"ping": ping, "subscribe": subscribe, "unsubscribe": unsubscribe, "auth": auth}
+    _handlers = {"ping": ping, "subscribe": subscribe, "unsubscribe": unsubscribe, "auth": auth,
+                 "recover": recover}

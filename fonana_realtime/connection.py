@@ -1,12 +1,14 @@
 """One client connection: its one write path, its bounded backlog, its read loop.
 
-Everything written to the socket (events, replies, pings, pongs, close frames)
-goes through `Connection.send`. It first tries a non-blocking write straight from
+Events enter through `Connection.deliver` (fanout hands it the Outgoings of a batch);
+everything written to the socket goes through this class: events, replies and pings
+through `Connection.send`, close frames and pongs through `_write` (they go out while
+closing too). `_write` first tries a non-blocking write straight from
 the caller's greenlet, so a publisher never waits on a client; only when the kernel
 buffer is full is the rest parked in a bounded backlog, drained by a writer
 greenlet that exists only for that moment. A backlog over its limits closes that
-one client with 4009. Writes are all-or-backlog, so a slow reader can never get a
-torn frame.
+one client with 4009 (`overflow`). Writes are all-or-backlog, so a slow reader can
+never get a torn frame.
 """
 from __future__ import annotations
 
@@ -25,7 +27,11 @@ from .wsframes import close_frame, json_frame, loads, pong_frame
 log = logging.getLogger("fonana_realtime.connection")
 _ids = itertools.count(1)
 
-# How long a closing connection may take to answer our close frame before we cut it.
+# The WebSocket subprotocol of protocol v2 (PROTOCOL.md 7); without it a connection is legacy.
+V2 = "fonana.v2"
+# How long a closing connection may take to answer our close frame before we cut it
+# (the heartbeat cuts it); for a slow client it also bounds writing the frame in flight
+# and the 4009 close frame itself.
 CLOSE_GRACE_SECONDS = 5.0
 # A refusal this long after the previous one starts a new excess run (rate limit).
 ABUSE_QUIET_SECONDS = 1.0
@@ -35,26 +41,40 @@ class Connection:
     """State of one WebSocket client. Created once the handshake passed every check; its
     first write is the 101 answer with the welcome frame (web/websocket.serve)."""
 
-    __slots__ = ("id", "sock", "proto", "protocol", "user_id", "expires_at", "ip", "channels",
-                 "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "closing", "closed", "close_deadline",
+    __slots__ = ("id", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id",
+                 "expires_at", "ip", "channels",
+                 "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "writer", "closing", "closed",
+                 "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "limits", "_in_parts", "_in_size", "_in_binary")
+                 "limits", "pacer", "pace", "resume", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_binary")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
                  protocol: str | None = None):
         self.id = next(_ids)
         self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.proto = proto                # wsproto frame protocol: parses what the client sends
-        self.protocol = protocol          # the negotiated subprotocol ("fonana.v2") or None (legacy)
+        self.protocol = protocol          # "fonana.v2" when the handshake negotiated it, else legacy
+        self.marks: dict = {}             # stream -> (epoch, offset) of the last event written to it
+        # v2 only: stream -> (epoch, offset) the connection was told when it joined the stream
+        # (welcome, subscribed), and streams whose live events wait while a replay runs.
+        self.joined_at: dict = {}
+        self.buffers: dict = {}           # stream -> [Outgoing] (see fanout.Fanout.replay)
+        self.user_stream = "user_" + user_id
         self.user_id = user_id
         self.expires_at = expires_at
         self.ip = ip
         self.limits = limits              # the Settings (frame, backlog and rate limits)
         self.channels: set[str] = set()
+        self.pacer = None                 # the worker's Pacer for a legacy connection (pacing on)
+        self.pace = None                  # its pacing state, only while it is being written to
+        self.resume = None                # legacy: what it may replay where a dropped one left off
+        self.started_at = 0.0             # wall clock, set when resume is on (resume.py)
+        self.closed_by_client = False     # the client started the closing handshake
         self.backlog: deque | None = None   # (bytes, frame count) not yet written
         self.backlog_bytes = 0
         self.backlog_frames = 0
         self.mid_frame = False
+        self.writer = None                # the greenlet draining the backlog, while there is one
         self.closing = False              # close frame queued; no more events
         self.closed = False               # socket is gone
         self.close_deadline = 0.0
@@ -68,6 +88,79 @@ class Connection:
         self._in_parts: list = []
         self._in_size = 0
         self._in_binary = False
+
+    # ---- events in -----------------------------------------------------------
+
+    def deliver(self, outgoings, joined_legacy: bytes | None = None, positions=None) -> bool:
+        """The one entry point for events (a batch of `Outgoing`, in order) into this
+        connection. `joined_legacy` is their legacy frames already joined, and
+        `positions` their streams' last positions merged ({stream: (epoch, offset)}),
+        both built once per batch and shared by every recipient (a union's entry may
+        name a stream this connection does not hold). False if the connection is gone
+        or overflowed.
+
+        A legacy connection with pacing on (PROTOCOL.md 8) hands them to the pacer, which
+        writes now what may go now and holds the rest (pacing.py)."""
+        if self.protocol is not None:
+            return self._deliver_v2(outgoings)
+        if self.buffers:                  # a stream replays (resume.py): its live events wait
+            outgoings = self._hold_replaying(outgoings)
+            if not outgoings:
+                return not (self.closing or self.closed)
+            joined_legacy = positions = None
+        if self.pacer is not None:
+            return self.pacer.offer(self, outgoings, joined_legacy)
+        if joined_legacy is None:
+            joined_legacy = b"".join(o.legacy for o in outgoings)
+        if positions is None:
+            positions = merged_positions(outgoings)
+        if not self.send(joined_legacy, len(outgoings)):
+            return False
+        if positions:
+            self.marks.update(positions)
+        return True
+
+    def stream_of(self, out) -> str | None:
+        """The first stream of the event's route that this connection holds."""
+        for stream in out.streams:
+            if stream == self.user_stream or stream in self.channels:
+                return stream
+        return None
+
+    def _deliver_v2(self, outgoings) -> bool:
+        """Each event once, under its first held stream; held back while that stream
+        replays; skipped if its offset was already written (a replay sent it)."""
+        frames = []
+        marks = self.marks
+        buffers = self.buffers
+        for out in outgoings:
+            stream = self.stream_of(out)
+            if stream is None:
+                continue
+            if buffers and stream in buffers:
+                buffers[stream].append(out)
+                continue
+            position = out.positions.get(stream)
+            if position is not None:
+                mark = marks.get(stream)
+                if mark is not None and mark[0] == position[0] and position[1] <= mark[1]:
+                    continue                                # already written
+                marks[stream] = position
+            if len(out.streams) > 1:
+                self._mark_union(out, stream)
+            frames.append(out.v2_frame(stream))
+        if not frames:
+            return not (self.closing or self.closed)
+        return self.send(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+
+    def _mark_union(self, out, sent_under: str):
+        """A union sent under one stream was written for the other streams it holds too:
+        a later replay of those must not send it again."""
+        for stream in out.streams:
+            if stream != sent_under and (stream == self.user_stream or stream in self.channels):
+                position = out.positions.get(stream)
+                if position is not None:
+                    self.marks[stream] = position
 
     # ---- the one write path -------------------------------------------------
 
@@ -94,22 +187,47 @@ class Connection:
         self.backlog_bytes = self.backlog_frames = 0
         self.mid_frame = sent > 0                    # the client holds part of a frame
         if not self._park(memoryview(data)[sent:], frames):
-            return False                             # overflowed at once: closed with 4009
-        gevent.spawn(self._drain)
+            return False                             # overflowed at once: closing with 4009
+        self._start_writer()
         return True
+
+    def _start_writer(self):
+        if self.writer is None:
+            self.writer = gevent.spawn(self._drain)
+
+    def _hold_replaying(self, outgoings) -> list:
+        kept = []
+        buffers = self.buffers
+        for out in outgoings:
+            stream = self.stream_of(out)
+            if stream is not None and stream in buffers:
+                buffers[stream].append(out)
+            else:
+                kept.append(out)
+        return kept
+
+    def written(self, outgoings):
+        """The pacer wrote these (held) events: remember their positions."""
+        positions = merged_positions(outgoings)
+        if positions:
+            self.marks.update(positions)
 
     def _park(self, data, frames: int) -> bool:
         self.backlog.append((data, frames))
         self.backlog_bytes += len(data)
         self.backlog_frames += frames
-        if (self.backlog_bytes > self.limits.send_backlog_bytes
-                or self.backlog_frames > self.limits.send_backlog_frames):
+        pace = self.pace                  # frames held by pacing count against the same limits
+        held_bytes, held_frames = (pace.bytes, len(pace.waiting)) if pace is not None else (0, 0)
+        if (self.backlog_bytes + held_bytes > self.limits.send_backlog_bytes
+                or self.backlog_frames + held_frames > self.limits.send_backlog_frames):
             self.overflow()
             return False
         return True
 
     def _drain(self):
-        """Writer greenlet: empties the backlog with blocking writes, then ends."""
+        """Writer greenlet: empties the backlog with blocking writes, then ends. A closing
+        connection's writes are bounded by its close deadline: the heartbeat aborts it
+        then, which makes a blocked `sendall` fail."""
         try:
             while self.backlog:
                 self.mid_frame = True
@@ -123,23 +241,34 @@ class Connection:
             self.backlog = None
         except (OSError, AttributeError):
             self.abort()
+        finally:
+            self.writer = None
 
     def overflow(self):
-        """The client does not read: drop what it has not taken and close with 4009."""
+        """The client does not read: close it with 4009, in a way it can still see.
+
+        Every frame it was never sent is dropped now (its memory goes at once, not when
+        the socket goes); the frame in flight, which the client holds part of, is
+        finished, so the stream stays valid; then the 4009 close frame follows. The
+        writer greenlet does that with blocking writes, bounded by CLOSE_GRACE_SECONDS:
+        the heartbeat cuts the connection at the deadline, close frame written or not.
+        A non-blocking try on the full buffer alone almost never got the close frame
+        out: the client saw the TCP connection end without one (1006)."""
         log.info("slow client closed", extra={"event": "slow_client", "user_id": self.user_id,
                                                "conn_id": self.id})
         metrics.SLOW_CLIENT_CLOSES.inc()
-        self.backlog = None
+        if self.pace is not None:          # frames held by pacing were never started either
+            self.pace.waiting.clear()
+            self.pace.bytes = 0
+        in_flight = self.backlog[0] if self.mid_frame and self.backlog else None
+        self.backlog = deque([in_flight] if in_flight is not None else ())
+        self.backlog_bytes = len(in_flight[0]) if in_flight is not None else 0
+        self.backlog_frames = in_flight[1] if in_flight is not None else 0
         self.closing = True
-        if not self.mid_frame:
-            # Best effort, only at a frame boundary (never inside a half-sent frame); its
-            # buffer is full, so this usually writes nothing.
-            try:
-                self.sock.send(close_frame(close_codes.SLOW_CONSUMER,
-                                           close_codes.REASONS[close_codes.SLOW_CONSUMER]), 0, 0.0)
-            except OSError:
-                pass
-        self.abort()
+        self.close_deadline = time.monotonic() + CLOSE_GRACE_SECONDS
+        code = close_codes.SLOW_CONSUMER
+        self.backlog.append((close_frame(code, close_codes.REASONS[code]), 1))
+        self._start_writer()
 
     def close(self, code: int, reason: str | None = None):
         """Start the closing handshake: queue our close frame; the read loop ends when
@@ -147,8 +276,9 @@ class Connection:
         if self.closing or self.closed:
             return
         self._write(close_frame(code, close_codes.REASONS.get(code, "") if reason is None else reason))
-        self.closing = True
-        self.close_deadline = time.monotonic() + CLOSE_GRACE_SECONDS
+        if not self.closing:               # (an overflow on this write is closing it with 4009)
+            self.closing = True
+            self.close_deadline = time.monotonic() + CLOSE_GRACE_SECONDS
 
     def abort(self):
         """Drop the TCP connection now; wakes the read loop, which unregisters us."""
@@ -242,18 +372,29 @@ class Connection:
             parts.append(data)
             on_text(self, "".join(parts) if len(parts) > 1 else data)
         elif isinstance(event, Ping):
-            if not self.closed:
+            if not self.closing:               # nothing may follow our close frame
                 self._write(pong_frame(event.payload))
         elif isinstance(event, Pong):
             self.awaiting_pong = False
         elif isinstance(event, CloseConnection):
             if not self.closing:
-                # Echo the client's code (1005 "no status" is echoed as an empty close).
+                self.closed_by_client = True
+                # Echo the client's code; 1005 "no status" (a close without a code) and
+                # 1006 are never sent on the wire, so those are answered with 1000.
                 code = event.code if event.code not in (1005, 1006) else close_codes.NORMAL
                 self._write(close_frame(code, (event.reason or "")[:100]))
                 self.closing = True
             return False
         return True
+
+
+def merged_positions(outgoings) -> dict:
+    """{stream: (epoch, offset)} of the last of `outgoings` in each stream."""
+    merged: dict = {}
+    for out in outgoings:
+        if out.positions:
+            merged.update(out.positions)
+    return merged
 
 
 def parse_command(text: str):

@@ -12,6 +12,7 @@ UNKNOWN_TYPE = "unknown_type"
 RATE_LIMITED = "rate_limited"
 TOKEN_EXPIRED = "token_expired"
 INVALID_TOKEN = "invalid_token"
+ACCESS_REVOKED = "access_revoked"     # a held channel's access ended (subscription lapsed)
 
 MESSAGES = {
     ACCESS_DENIED: "Access denied to channel",
@@ -23,6 +24,7 @@ MESSAGES = {
     RATE_LIMITED: "Rate limit exceeded",
     TOKEN_EXPIRED: "Token expired",
     INVALID_TOKEN: "Invalid token",
+    ACCESS_REVOKED: "Access to channel revoked",
 }
 
 

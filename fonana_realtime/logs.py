@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -18,7 +19,7 @@ _SECRETS = re.compile(
     r"|((?<=token=)[^&\s\"']+)"                                        # ?token=...
     r"|((?<=[Bb]earer )[^\s\"']+)")                                    # Authorization: Bearer ...
 _FIELDS = ("event", "user_id", "conn_id", "ip", "status", "reason", "count", "code", "topic",
-           "redis", "prefix", "error", "attempt", "topics", "reconnect")
+           "redis", "prefix", "error", "attempt", "topics", "reconnect", "streams")
 
 
 def redact(text: str) -> str:
@@ -63,8 +64,30 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_text:
             out["exception"] = record.exc_text
-        record._json_line = line = json.dumps(out, ensure_ascii=False, default=str)
+        record._json_line = line = json_line(out)
         return line
+
+
+def json_line(out: dict) -> str:
+    """Standard JSON, always: NaN/Infinity (Python's default output) become strings, and a
+    lone surrogate, which no UTF-8 log file can hold, is written escaped."""
+    try:
+        line = json.dumps(out, ensure_ascii=False, default=str, allow_nan=False)
+        if not line.isascii():
+            line.encode("utf-8")
+        return line
+    except ValueError:              # UnicodeEncodeError is one
+        return json.dumps(_finite(out), default=str)      # ensure_ascii escapes surrogates
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 # Every greenlet would otherwise get a dummy thread object per log record (our lines

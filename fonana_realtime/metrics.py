@@ -7,6 +7,7 @@ the recipient count, never once per recipient.
 """
 from __future__ import annotations
 
+import math
 import os
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
@@ -30,6 +31,30 @@ BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from t
 BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
 BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
                       multiprocess_mode="livesum")
+BROKER_CATCHUP_EVENTS = Counter("fonana_rt_broker_catchup_events",
+                                "Events a worker read from Redis history after its listener's link came back")
+BROKER_CATCHUP_FAILED = Counter("fonana_rt_broker_catchup_failed",
+                                "Streams whose missed events were no longer in history when the link came back",
+                                ["reason"])
+RECOVERIES = Counter("fonana_rt_recoveries", "Recoveries asked for (subscribe with since, recover), by result",
+                     ["result"])   # succeeded, or the failure reason: epoch, trimmed, expired, too_many, ahead, unavailable
+REPLAYED_EVENTS = Counter("fonana_rt_replayed_events", "Events sent to clients by a recovery")
+HISTORY_BYTES = Gauge("fonana_rt_history_bytes", "Memory held by the in-process history (estimate)",
+                      multiprocess_mode="livesum")
+HISTORY_EVENTS = Gauge("fonana_rt_history_events", "Events held by the in-process history",
+                       multiprocess_mode="livesum")
+FRAMES_HELD = Counter("fonana_rt_legacy_frames_held",
+                      "Event frames to legacy connections written later than they arrived (pacing)")
+FRAMES_REPLACED = Counter("fonana_rt_legacy_frames_replaced",
+                          "Waiting event frames to legacy connections replaced by a newer one (pacing)")
+LEGACY_RESUMES = Counter("fonana_rt_legacy_resumes",
+                         "Streams a new legacy connection resumed where a dropped one left off, by result",
+                         ["result"])   # replayed, or why nothing was: epoch, trimmed, expired, too_many, ahead, unavailable
+LEGACY_REPLAYED_EVENTS = Counter("fonana_rt_legacy_replayed_events",
+                                 "Events replayed to legacy connections by an automatic resume")
+HOLD_SECONDS = Histogram("fonana_rt_legacy_hold_seconds",
+                         "Per write of held frames to a legacy connection: the longest wait among them",
+                         buckets=(.005, .01, .02, .05, .075, .1, .125, .15, .2, .3, .5, 1, 2, 4, 8))
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",
@@ -57,5 +82,7 @@ def snapshot() -> dict:
             if sample.name.endswith(("_created", "_bucket")):
                 continue
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "pid")
-            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+            # JSON has no NaN/Infinity: such a value is written as its name
+            value = sample.value if math.isfinite(sample.value) else str(sample.value)
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = value
     return out

@@ -11,47 +11,31 @@
 
 Every event is checked against the catalogue (`events.route_event`) before anything is
 sent, so a mistake raises `InvalidEvent` here rather than being dropped by the server.
-The wire format (docs/PUBLISHING.md): `PUBLISH <prefix>channel:<key>` or
-`<prefix>user:<id>` with `{"event": E}`; an event addressed to several topics is one
-envelope with an `id` and the full topic list, so each connection gets it once.
+The wire format is the server's own (`wire.py`, docs/PUBLISHING.md): `PUBLISH
+<prefix>channel:<key>` or `<prefix>user:<id>` with `{"event": E}`; an event addressed
+to several topics is one envelope with an `id` and the full topic list, so each
+connection gets it once.
 """
 from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
-import uuid
 from datetime import datetime, timezone
 
 from .channels import InvalidChannel, parse_channel_any, valid_id
-from .events import InvalidEvent, Route, route_event
-from .hub import channel_topic, user_topic
+from .events import InvalidEvent, route_event
+from .redis_history import Published, RedisHistory
+from .wire import DEFAULT_PREFIX, envelope, route_topics
 from .wsframes import dumps
 
-DEFAULT_PREFIX = "fonana:rt:"
 DEFAULT_TIMEOUT = 2.0
 
 
-def topics_of(route: Route) -> list[str]:
-    return [channel_topic(k) for k in route.channels] + [user_topic(u) for u in route.users]
-
-
-def envelope(topics: list[str], payload: bytes, now: float | None = None) -> bytes:
-    """The bytes PUBLISHed for one serialised event (`payload`, a JSON object).
-
-    One topic: `{"event":E,"ts":T}`. Several: `{"event":E,"id":I,"topics":[...],"ts":T}`,
-    the same bytes to each topic; a worker delivers the first copy to all listed topics
-    and drops the others by id. `ts` (publish time, Unix seconds) feeds the
-    publish-to-delivery histogram. Built by concatenation: the event is not parsed again.
-    """
-    ts = time.time() if now is None else now
-    if len(topics) == 1:
-        meta = {"ts": ts}
-    else:
-        meta = {"id": uuid.uuid4().hex, "topics": list(topics), "ts": ts}
-    return b'{"event":' + payload + b"," + dumps(meta)[1:]
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
 
 
 def _iso_now() -> str:
@@ -91,9 +75,13 @@ class _Helpers:
         `channel` is a channel object (`{"type":"post","postId":"p1"}`) or a key (`"post_p1"`)."""
         channels, users = _address(channel, user_id)
         route = route_event(event, channels, users)     # raises InvalidEvent
-        return self._send(event, route, channel, user_id)
+        try:
+            payload = dumps(event)
+        except ValueError as exc:      # NaN/Infinity or a lone surrogate: no browser could read it
+            raise InvalidEvent(f"event is not standard JSON: {exc}") from None
+        return self._send(event, payload, route, channel, user_id)
 
-    def _send(self, event, route, channel, user_id):  # pragma: no cover - abstract
+    def _send(self, event, payload, route, channel, user_id):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def notification(self, user_id: str, notification: dict):
@@ -143,15 +131,23 @@ class _Helpers:
 
 
 class RedisPublisher(_Helpers):
-    """Publishes straight to Redis, exactly as the server's own API does.
+    """Publishes straight to Redis, exactly as the server's own API does: with positions,
+    through the publish script (redis_history.py), so the event gets an offset in every
+    stream of its route and a place in their history (PROTOCOL.md 7).
 
     `publish` returns how many server workers received the message (Redis's PUBLISH
-    count, summed over the route's topics); 0 means nobody is listening for it now.
+    count, summed over the route's topics; 0 means nobody is listening for it now) as a
+    `Published`, an int that also carries `.id` and `.positions` {stream: (epoch, offset)}.
     Raises PublishError when Redis cannot be reached within `timeout` seconds.
+
+    The history bounds are the server's settings and are read from the same environment
+    variables (WS_HISTORY_SIZE, WS_HISTORY_SECONDS, WS_HISTORY_META_SECONDS; defaults
+    100, 300, 86400); a publisher with other values trims that stream differently.
     """
 
     def __init__(self, url: str | None = None, prefix: str | None = None, *, client=None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, history_size: int | None = None,
+                 history_seconds: int | None = None, history_meta_seconds: int | None = None):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -164,18 +160,17 @@ class RedisPublisher(_Helpers):
             client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                           retry=Retry(NoBackoff(), 0), protocol=2)
         self.client = client
+        self.history = RedisHistory(
+            client, self.prefix,
+            size=_env_int("WS_HISTORY_SIZE", 100) if history_size is None else history_size,
+            seconds=_env_int("WS_HISTORY_SECONDS", 300) if history_seconds is None else history_seconds,
+            meta_seconds=(_env_int("WS_HISTORY_META_SECONDS", 86400) if history_meta_seconds is None
+                          else history_meta_seconds))
         self._errors = redis.RedisError
 
-    def _send(self, event, route, channel, user_id) -> int:
-        topics = topics_of(route)
-        body = envelope(topics, dumps(event))
+    def _send(self, event, payload, route, channel, user_id) -> Published:
         try:
-            if len(topics) == 1:
-                return int(self.client.publish(self.prefix + topics[0], body))
-            with self.client.pipeline(transaction=True) as pipe:
-                for topic in topics:
-                    pipe.publish(self.prefix + topic, body)
-                return int(sum(pipe.execute()))
+            return self.history.publish(route_topics(route), payload)
         except self._errors as exc:
             raise PublishError(f"redis: {type(exc).__name__}") from None
 
@@ -196,7 +191,7 @@ class HttpPublisher(_Helpers):
 
     def _post(self, path: str, body: dict):
         request = urllib.request.Request(
-            self.base_url + path, data=json.dumps(body).encode(), method="POST",
+            self.base_url + path, data=json.dumps(body, allow_nan=False).encode(), method="POST",
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -211,7 +206,7 @@ class HttpPublisher(_Helpers):
         except (urllib.error.URLError, OSError) as exc:
             raise PublishError(f"{path}: {type(exc).__name__}") from None
 
-    def _send(self, event, route, channel, user_id):
+    def _send(self, event, payload, route, channel, user_id):
         body: dict = {"event": event}
         if channel is not None:
             body["channel"] = channel
@@ -228,4 +223,4 @@ class HttpPublisher(_Helpers):
         return self._post("/api/notifications", body)
 
 
-__all__ = ["HttpPublisher", "InvalidEvent", "PublishError", "RedisPublisher", "envelope"]
+__all__ = ["HttpPublisher", "InvalidEvent", "PublishError", "Published", "RedisPublisher", "envelope"]

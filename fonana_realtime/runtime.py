@@ -1,5 +1,5 @@
-"""Everything one worker holds while it serves: settings, store, hub, broker,
-command handlers, the heartbeat, and small caches. Made once per worker by
+"""Everything one worker holds while it serves: settings, store, hub, broker, the
+fanout joining them, command handlers, the heartbeat, and small caches. Made once per worker by
 `create_app` (gunicorn loads the app after forking), kept in app.extensions.
 """
 from __future__ import annotations
@@ -10,11 +10,17 @@ import time
 import gevent
 
 from . import heartbeat
+from .access_expiry import AccessExpiry
 from .auth import VerifiedTokens
 from .broker import open_broker
 from .commands import Commands
+from .connection import Connection
+from .fanout import Fanout
 from .handshake_limits import HandshakeRate
 from .hub import Hub
+from .pacing import Pacer
+from .resume import Resume
+from .resume_marks import MemoryMarks, RedisMarks
 from .store import open_store
 
 log = logging.getLogger("fonana_realtime.runtime")
@@ -25,8 +31,16 @@ class Runtime:
         self.settings = settings
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
         self.hub = Hub()
-        self.broker = open_broker(settings, self.hub)
+        self.broker = open_broker(settings)
+        self.fanout = Fanout(self.hub, self.broker, settings.recovery_max)
+        # legacy pacing (PROTOCOL.md 8): one scheduler for the worker, None when turned off
+        gap = settings.legacy_type_gap_ms / 1000.0
+        self.pacer = Pacer(gap, on_written=Connection.written) if gap > 0 else None
+        # automatic resume of legacy connections (PROTOCOL.md 8), None when turned off
+        self.resume = _open_resume(settings, self.broker) if settings.resume_seconds > 0 else None
         self.commands = Commands(self)
+        # one schedule per worker for access that lapses while connected
+        self.access_expiry = AccessExpiry(self.commands.access_until, self.commands.revoke)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
         self.tokens = VerifiedTokens(settings.jwt_secrets, settings.jwt_leeway_seconds)
@@ -40,7 +54,10 @@ class Runtime:
             return
         self._started = True
         self.broker.start()
+        if self.pacer is not None:
+            self.pacer.start()
         gevent.spawn(heartbeat.run, self.hub, self.settings)
+        gevent.spawn(self.access_expiry.run)
 
     def user_exists(self, user_id: str) -> bool:
         """Brief cache (WS_USER_CACHE_SECONDS): reconnect storms do not hammer `users`.
@@ -56,3 +73,14 @@ class Runtime:
             self._user_cache[user_id] = now + self.settings.user_cache_seconds
         return exists
 
+
+
+def _open_resume(settings, broker) -> Resume:
+    """Marks in Redis with REDIS_URL (every worker and host, and the next deploy, sees
+    them), else in process."""
+    client = getattr(broker, "client", None)
+    if settings.redis_url and client is not None:
+        store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds)
+    else:
+        store = MemoryMarks(settings.resume_seconds)
+    return Resume(store, broker, settings.resume_seconds, settings.recovery_max)

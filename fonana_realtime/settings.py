@@ -2,17 +2,26 @@
 
 The real environment wins over `.env`; `.env` is looked for in the working
 directory and in `../.env` (the old Node server read the latter, operators still
-keep it there). Nothing else in the package reads `os.environ`.
+keep it there). The server reads its configuration only here; the two other
+readers of `os.environ` in the package are not server settings: `publisher.py`
+(a client library other services import: REDIS_URL, REDIS_PREFIX, WS_API_SECRET
+as its defaults) and `metrics.py` (PROMETHEUS_MULTIPROC_DIR, set by gunicorn.conf.py).
+
+A knob is one line of `Settings`: `name: type = setting(<variable>, default, parser)`.
+`load_settings` reads every such line; its name, default and parser are written
+nowhere else. Only the secrets are derived by hand (`_secrets`).
 """
 from __future__ import annotations
 
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dotenv import dotenv_values
+
+from .wire import DEFAULT_PREFIX
 
 
 class SettingsError(Exception):
@@ -29,87 +38,128 @@ def _load_env() -> dict[str, str]:
     return merged
 
 
-def _int(env, name, default):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+# -- parsers: (ENV name, raw text stripped and not empty) -> value, or SettingsError ------------
+
+def whole(name: str, raw: str) -> int:
     try:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
 
 
-def _float(env, name, default):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def number(name: str, raw: str) -> float:
     try:
         return float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
-def _leeway(env) -> int:
-    """WS_JWT_LEEWAY_SECONDS: clock skew allowed on `exp`; PROTOCOL.md 2.1 caps it at 30 s."""
-    value = _int(env, "WS_JWT_LEEWAY_SECONDS", 10)
-    if not 0 <= value <= 30:
-        raise SettingsError(f"WS_JWT_LEEWAY_SECONDS must be between 0 and 30, got {value}")
-    return value
+def text(name: str, raw: str) -> str:
+    return raw
 
 
-def _list(env, name):
-    return [p.strip() for p in env.get(name, "").split(",") if p.strip()]
+def comma_list(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def flag(name: str, raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def between(low, high, parse=whole):
+    """A parser that also refuses values outside [low, high]."""
+    def bounded(name: str, raw: str):
+        value = parse(name, raw)
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low} and {high}, got {raw}")
+        return value
+    return bounded
+
+
+def setting(env: str, default, parse=text, *, blank_is_value: bool = False):
+    """One knob: read from `env`; unset or blank -> `default` (unless `blank_is_value`:
+    then an explicitly blank value is kept, e.g. LOG_DIR= means stdout only)."""
+    return field(default=default, metadata={"env": env, "parse": parse, "blank_is_value": blank_is_value})
 
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "0.0.0.0"
-    port: int = 3002
-    database_url: str | None = None
-    redis_url: str | None = None
-    redis_prefix: str = "fonana:rt:"
+    host: str = setting("WS_HOST", "0.0.0.0")
+    port: int = setting("WS_PORT", 3002, whole)
+    database_url: str | None = setting("DATABASE_URL", None)
+    redis_url: str | None = setting("REDIS_URL", None)
+    redis_prefix: str = setting("REDIS_PREFIX", DEFAULT_PREFIX)
+    allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), comma_list)     # empty = all
+    data_dir: str = setting("DATA_DIR", "data")
+    log_dir: str = setting("LOG_DIR", "logs", blank_is_value=True)
+    workers: int | None = setting("WS_WORKERS", None, whole)
+    worker_connections: int = setting("WS_WORKER_CONNECTIONS", 10000, whole)
+    ping_interval: float = setting("WS_PING_INTERVAL", 25.0, number)
+    max_message_bytes: int = setting("WS_MAX_MESSAGE_BYTES", 65536, whole)
+    rate_per_sec: float = setting("WS_RATE_PER_SEC", 20.0, number)
+    rate_burst: int = setting("WS_RATE_BURST", 40, whole)
+    rate_abuse_seconds: float = setting("WS_RATE_ABUSE_SECONDS", 5.0, number)
+    max_subscriptions: int = setting("WS_MAX_SUBSCRIPTIONS", 200, whole)
+    max_connections_per_user: int = setting("WS_MAX_CONNECTIONS_PER_USER", 20, whole)
+    handshakes_per_ip_per_sec: float = setting("WS_HANDSHAKES_PER_IP_PER_SEC", 20.0, number)
+    handshakes_per_ip_burst: int = setting("WS_HANDSHAKES_PER_IP_BURST", 50, whole)
+    trusted_proxies: tuple[str, ...] = setting("TRUSTED_PROXIES", (), comma_list)
+    send_backlog_bytes: int = setting("WS_SEND_BACKLOG_BYTES", 1048576, whole)
+    send_backlog_frames: int = setting("WS_SEND_BACKLOG_FRAMES", 1000, whole)
+    drain_seconds: float = setting("WS_DRAIN_SECONDS", 10.0, number)
+    api_max_body_bytes: int = setting("API_MAX_BODY_BYTES", 1048576, whole)
+    api_max_events: int = setting("API_MAX_EVENTS", 1000, whole)
+    metrics_public: bool = setting("METRICS_PUBLIC", False, flag)
+    db_pool_size: int = setting("DB_POOL_SIZE", 10, whole)
+    user_cache_seconds: float = setting("WS_USER_CACHE_SECONDS", 5.0, number)
+    # clock skew allowed on `exp`; PROTOCOL.md 2.1 caps it at 30 s
+    jwt_leeway_seconds: int = setting("WS_JWT_LEEWAY_SECONDS", 10, between(0, 30))
+    # legacy connections: least ms between two event frames of one type (PROTOCOL.md 8); 0 = off
+    legacy_type_gap_ms: int = setting("WS_LEGACY_TYPE_GAP_MS", 120, between(0, 10_000))
+    # legacy connections that dropped: how long where they left off is kept (PROTOCOL.md 8); 0 = off
+    resume_seconds: float = setting("WS_RESUME_SECONDS", 120.0, number)
+    # positions, history and recovery (PROTOCOL.md 7)
+    history_size: int = setting("WS_HISTORY_SIZE", 100, whole)
+    history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, number)
+    history_meta_seconds: float = setting("WS_HISTORY_META_SECONDS", 86400.0, number)
+    recovery_max: int = setting("WS_RECOVERY_MAX", 300, whole)
+    # derived by `_secrets` (several variables, dev defaults), not read one to one
     jwt_secrets: tuple[str, ...] = ()
-    jwt_secrets_differ: bool = False
     api_secret: str | None = None
-    allowed_origins: tuple[str, ...] = ()     # empty = all
-    data_dir: str = "data"
-    log_dir: str = "logs"
-    production: bool = False
-    workers: int | None = None
-    worker_connections: int = 10000
-    ping_interval: float = 25.0
-    max_message_bytes: int = 65536
-    rate_per_sec: float = 20.0
-    rate_burst: int = 40
-    rate_abuse_seconds: float = 5.0
-    max_subscriptions: int = 200
-    max_connections_per_user: int = 20
-    handshakes_per_ip_per_sec: float = 20.0
-    handshakes_per_ip_burst: int = 50
-    trusted_proxies: tuple[str, ...] = ()
-    send_backlog_bytes: int = 1048576
-    send_backlog_frames: int = 1000
-    drain_seconds: float = 10.0
-    api_max_body_bytes: int = 1048576
-    api_max_events: int = 1000
-    metrics_public: bool = False
-    db_pool_size: int = 10
-    user_cache_seconds: float = 5.0
-    jwt_leeway_seconds: int = 10
     warnings: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def embedded(self) -> bool:
-        """True on the embedded default: SQLite file, dev secrets allowed."""
-        return not self.database_url
-
-    @property
-    def sqlite_path(self) -> str:
-        return str(Path(self.data_dir) / "fonana.sqlite3")
 
     @property
     def all_origins_allowed(self) -> bool:
         return not self.allowed_origins or "*" in self.allowed_origins
+
+
+KNOBS = tuple(f for f in fields(Settings) if "env" in f.metadata)
+# What the secrets and the production switch are derived from (`_secrets`, `_is_production`).
+DERIVED_FROM = ("JWT_SECRET", "NEXTAUTH_SECRET", "WS_API_SECRET", "WS_ALLOW_WEAK_JWT_SECRET", "NODE_ENV",
+                "FONANA_ENV")
+# Every variable the server reads.
+ENV_NAMES = tuple(k.metadata["env"] for k in KNOBS) + DERIVED_FROM
+
+
+def _read(knob, env: dict[str, str]):
+    meta = knob.metadata
+    raw = env.get(meta["env"])
+    if raw is None:
+        return knob.default
+    raw = raw.strip()
+    if not raw:
+        return "" if meta["blank_is_value"] else knob.default
+    return meta["parse"](meta["env"], raw)
+
+
+# HS256 keys shorter than the hash output (256 bits) are forgeable by brute force
+# (RFC 7518 section 3.2); the API key is ours to choose, so it gets the same floor.
+MIN_JWT_SECRET_BYTES = 32
+MIN_API_SECRET_CHARS = 32
 
 
 def _dev_secrets(data_dir: str) -> dict[str, str]:
@@ -119,83 +169,75 @@ def _dev_secrets(data_dir: str) -> dict[str, str]:
     if path.is_file():
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = {"jwt_secret": secrets.token_urlsafe(32), "api_secret": secrets.token_urlsafe(24)}
+    # 43 characters each: above both production floors
+    values = {"jwt_secret": secrets.token_urlsafe(MIN_JWT_SECRET_BYTES),
+              "api_secret": secrets.token_urlsafe(MIN_API_SECRET_CHARS)}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(values, fh)
     return values
 
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Read every setting; raise SettingsError with a one-line reason when the
-    production launch lacks what it needs."""
-    env = _load_env() if env is None else env
-    warnings: list[str] = []
-    database_url = env.get("DATABASE_URL", "").strip() or None
-    production = bool(database_url) or env.get("NODE_ENV", "") == "production" \
-        or env.get("FONANA_ENV", "") == "production"
-    data_dir = env.get("DATA_DIR", "").strip() or "data"
+def _is_production(env: dict[str, str], database_url: str | None) -> bool:
+    return bool(database_url) or "production" in (env.get("NODE_ENV", "").strip(),
+                                                  env.get("FONANA_ENV", "").strip())
 
-    # The Next.js signer uses JWT_SECRET first, then NEXTAUTH_SECRET: accept either.
-    jwt = [s for s in (env.get("JWT_SECRET", ""), env.get("NEXTAUTH_SECRET", "")) if s]
-    differ = len(jwt) == 2 and jwt[0] != jwt[1]
-    if differ:
+
+def _secrets(env: dict[str, str], production: bool, data_dir: str,
+             warnings: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """(JWT secrets, API key). The Next.js signer uses JWT_SECRET first, then
+    NEXTAUTH_SECRET: accept either. The production launch refuses weak ones; the
+    embedded default makes its own strong ones."""
+    named = [(n, env.get(n, "")) for n in ("JWT_SECRET", "NEXTAUTH_SECRET") if env.get(n, "")]
+    jwt = [value for _, value in named]
+    if len(jwt) == 2 and jwt[0] != jwt[1]:
         warnings.append("JWT_SECRET and NEXTAUTH_SECRET differ; tokens signed with either are accepted")
     jwt = list(dict.fromkeys(jwt))
     api_secret = env.get("WS_API_SECRET", "") or None
+    weak_jwt = [n for n, value in named if len(value.encode()) < MIN_JWT_SECRET_BYTES]
+    weak_api = api_secret is not None and len(api_secret) < MIN_API_SECRET_CHARS
+    if production:
+        if not jwt:
+            raise SettingsError("no JWT secret: set JWT_SECRET or NEXTAUTH_SECRET "
+                                "(required with DATABASE_URL or NODE_ENV=production)")
+        if weak_jwt:
+            # The Next.js app may already sign with a short secret: rotating it logs every
+            # user out, so an explicit, loud escape hatch exists for the meantime.
+            if not flag("WS_ALLOW_WEAK_JWT_SECRET", env.get("WS_ALLOW_WEAK_JWT_SECRET", "").strip() or "0"):
+                raise SettingsError(f"{' and '.join(weak_jwt)} shorter than {MIN_JWT_SECRET_BYTES} bytes: "
+                                    "HS256 tokens signed with it can be forged by brute force; use a longer "
+                                    "secret (or set WS_ALLOW_WEAK_JWT_SECRET=1 while the Next.js app rotates)")
+            warnings.append(f"WS_ALLOW_WEAK_JWT_SECRET=1: accepting {' and '.join(weak_jwt)} shorter than "
+                            f"{MIN_JWT_SECRET_BYTES} bytes; tokens signed with it can be forged by brute force, "
+                            "rotate it")
+        if weak_api:
+            raise SettingsError(f"WS_API_SECRET shorter than {MIN_API_SECRET_CHARS} characters: "
+                                "use a long random key (python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        if api_secret is None:
+            warnings.append("WS_API_SECRET is not set: the HTTP API answers 503 until it is")
+        return tuple(jwt), api_secret
+    weak = weak_jwt + (["WS_API_SECRET"] if weak_api else [])
+    if weak:
+        warnings.append(f"{' and '.join(weak)} shorter than the production launch accepts "
+                        "(it refuses them with DATABASE_URL)")
     if not jwt or api_secret is None:
-        if production:
-            if not jwt:
-                raise SettingsError("no JWT secret: set JWT_SECRET or NEXTAUTH_SECRET "
-                                    "(required with DATABASE_URL or NODE_ENV=production)")
-        else:
-            dev = _dev_secrets(data_dir)
-            if not jwt:
-                jwt = [dev["jwt_secret"]]
-                warnings.append(f"embedded default: using the dev JWT secret kept in {data_dir}/dev-secrets.json")
-            if api_secret is None:
-                api_secret = dev["api_secret"]
-    if production and api_secret is None:
-        warnings.append("WS_API_SECRET is not set: the HTTP API answers 503 until it is")
+        dev = _dev_secrets(data_dir)
+        if not jwt:
+            jwt = [dev["jwt_secret"]]
+            warnings.append(f"embedded default: using the dev JWT secret kept in {data_dir}/dev-secrets.json")
+        if api_secret is None:
+            api_secret = dev["api_secret"]
+    return tuple(jwt), api_secret
 
-    origins = tuple(_list(env, "ALLOWED_ORIGINS"))
-    if not origins and production:
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read every setting; raise SettingsError with a one-line reason when a value is
+    malformed or the production launch lacks what it needs."""
+    env = _load_env() if env is None else env
+    values = {knob.name: _read(knob, env) for knob in KNOBS}
+    production = _is_production(env, values["database_url"])
+    warnings: list[str] = []
+    jwt_secrets, api_secret = _secrets(env, production, values["data_dir"], warnings)
+    if not values["allowed_origins"] and production:
         warnings.append("ALLOWED_ORIGINS is not set: browser handshakes from every origin are accepted")
-
-    workers_raw = env.get("WS_WORKERS", "").strip()
-    return Settings(
-        host=env.get("WS_HOST", "").strip() or "0.0.0.0",
-        port=_int(env, "WS_PORT", 3002),
-        database_url=database_url,
-        redis_url=env.get("REDIS_URL", "").strip() or None,
-        redis_prefix=env.get("REDIS_PREFIX", "fonana:rt:"),
-        jwt_secrets=tuple(jwt),
-        jwt_secrets_differ=differ,
-        api_secret=api_secret,
-        allowed_origins=origins,
-        data_dir=data_dir,
-        log_dir=env.get("LOG_DIR", "logs"),
-        production=production,
-        workers=int(workers_raw) if workers_raw else None,
-        worker_connections=_int(env, "WS_WORKER_CONNECTIONS", 10000),
-        ping_interval=_float(env, "WS_PING_INTERVAL", 25.0),
-        max_message_bytes=_int(env, "WS_MAX_MESSAGE_BYTES", 65536),
-        rate_per_sec=_float(env, "WS_RATE_PER_SEC", 20.0),
-        rate_burst=_int(env, "WS_RATE_BURST", 40),
-        rate_abuse_seconds=_float(env, "WS_RATE_ABUSE_SECONDS", 5.0),
-        max_subscriptions=_int(env, "WS_MAX_SUBSCRIPTIONS", 200),
-        max_connections_per_user=_int(env, "WS_MAX_CONNECTIONS_PER_USER", 20),
-        handshakes_per_ip_per_sec=_float(env, "WS_HANDSHAKES_PER_IP_PER_SEC", 20.0),
-        handshakes_per_ip_burst=_int(env, "WS_HANDSHAKES_PER_IP_BURST", 50),
-        trusted_proxies=tuple(_list(env, "TRUSTED_PROXIES")),
-        send_backlog_bytes=_int(env, "WS_SEND_BACKLOG_BYTES", 1048576),
-        send_backlog_frames=_int(env, "WS_SEND_BACKLOG_FRAMES", 1000),
-        drain_seconds=_float(env, "WS_DRAIN_SECONDS", 10.0),
-        api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", 1048576),
-        api_max_events=_int(env, "API_MAX_EVENTS", 1000),
-        metrics_public=env.get("METRICS_PUBLIC", "0").strip() in ("1", "true", "yes"),
-        db_pool_size=_int(env, "DB_POOL_SIZE", 10),
-        user_cache_seconds=_float(env, "WS_USER_CACHE_SECONDS", 5.0),
-        jwt_leeway_seconds=_leeway(env),
-        warnings=tuple(warnings),
-    )
+    return Settings(**values, jwt_secrets=jwt_secrets, api_secret=api_secret, warnings=tuple(warnings))

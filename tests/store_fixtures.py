@@ -6,8 +6,9 @@
   instead of a UTC parameter shows up), dropped afterwards.
 - ``store`` (per test, parametrised): a PostgresStore on that database (tables
   emptied first) or a SqliteStore on a new file (which holds the demo rows).
-- ``Rows``: small helpers that insert users/posts/subscriptions/purchases through
-  ``store.insert_rows``, the same path the demo seed uses.
+- ``rows``: the suite's one row seeder (``support.db.Seed``) writing users/posts/
+  subscriptions/purchases/notifications through ``store.insert_rows``, the same path
+  the demo seed uses.
 
 The admin URL can be overridden with ``FONANA_TEST_PG_ADMIN_URL``.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,7 +24,7 @@ import psycopg2
 import pytest
 
 from fonana_realtime.store import open_store
-from fonana_realtime.store.rows import utc_now
+from support.db import Seed
 
 ADMIN_URL = os.environ.get("FONANA_TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
 SCHEMA = Path(__file__).resolve().parents[1] / "fonana_realtime" / "store" / "schema" / "postgres.sql"
@@ -104,82 +104,7 @@ def store(request, tmp_path):
         s.close()
 
 
-class Rows:
-    """Insert Fonana rows into a store with sensible defaults (naive UTC timestamps)."""
-
-    def __init__(self, store) -> None:
-        self.store = store
-        self.now = utc_now()
-
-    def user(self, uid: str, **extra) -> str:
-        self.store.insert_rows(
-            "users", [{"id": uid, "wallet": f"w-{uid}", "createdAt": self.now, "updatedAt": self.now, **extra}]
-        )
-        return uid
-
-    def post(self, pid: str, creator: str, *, locked: bool = False, tier: str | None = None, price=None) -> str:
-        self.store.insert_rows(
-            "posts",
-            [
-                {
-                    "id": pid,
-                    "creatorId": creator,
-                    "title": pid,
-                    "content": "c",
-                    "type": "text",
-                    "isLocked": locked,
-                    "minSubscriptionTier": tier,
-                    "price": price,
-                    "createdAt": self.now,
-                    "updatedAt": self.now,
-                }
-            ],
-        )
-        return pid
-
-    def subscription(
-        self, user: str, creator: str, *, valid_until: datetime | None = None, active: bool = True, status="COMPLETED"
-    ) -> None:
-        self.store.insert_rows(
-            "subscriptions",
-            [
-                {
-                    "id": f"sub-{user}-{creator}",
-                    "userId": user,
-                    "creatorId": creator,
-                    "plan": "premium",
-                    "price": 1.0,
-                    "validUntil": valid_until or self.now + timedelta(days=30),
-                    "isActive": active,
-                    "paymentStatus": status,
-                }
-            ],
-        )
-
-    def purchase(self, user: str, post: str, *, status: str = "COMPLETED") -> None:
-        self.store.insert_rows(
-            "post_purchases",
-            [{"id": f"buy-{user}-{post}", "postId": post, "userId": user, "price": 0.5, "paymentStatus": status}],
-        )
-
-    def notification(self, nid: str, user: str, created_at: datetime, *, read: bool = False, metadata=None) -> None:
-        self.store.insert_rows(
-            "notifications",
-            [
-                {
-                    "id": nid,
-                    "userId": user,
-                    "type": "LIKE_POST",
-                    "title": f"title {nid}",
-                    "message": f"message {nid}",
-                    "isRead": read,
-                    "metadata": metadata,
-                    "createdAt": created_at,
-                }
-            ],
-        )
-
-
 @pytest.fixture
-def rows(store) -> Rows:
-    return Rows(store)
+def rows(store) -> Seed:
+    """The suite's one row seeder (tests/support/db.py), writing through ``store.insert_rows``."""
+    return Seed.into_store(store)

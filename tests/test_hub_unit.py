@@ -1,77 +1,123 @@
-"""The hub's delivery logic on its own (pure logic: connections are recorders)."""
+"""The hub (a registry) and fanout's delivery logic on their own (pure logic:
+connections are recorders, the broker a recorder or the in-process one)."""
 from __future__ import annotations
 
-from fonana_realtime.hub import Hub, channel_topic, user_topic
+from fonana_realtime.fanout import Fanout
+from fonana_realtime.hub import Hub
+from fonana_realtime.outgoing import Outgoing
+from fonana_realtime.wire import Message, channel_topic, user_topic
+from fonana_realtime.wsframes import text_frame
 
 
 class Recorder:
+    """A connection that records what `deliver` got: (joined legacy bytes, frame count)."""
+
     def __init__(self, user_id, accept=True):
         self.user_id = user_id
         self.channels = set()
         self.writes = []
         self.accept = accept
 
-    def send(self, data, frames=1):
+    def deliver(self, outgoings, joined_legacy=None, positions=None):
         if not self.accept:
             return False
-        self.writes.append((data, frames))
+        assert joined_legacy == b"".join(o.legacy for o in outgoings)
+        self.writes.append((joined_legacy, len(outgoings)))
         return True
 
 
-def _hub(*conns):
-    hub = Hub()
+class RecordingBroker:
+    def __init__(self):
+        self.listened, self.unlistened, self.waited = [], [], []
+        self.on_message = None
+
+    def listen(self, topic):
+        self.listened.append(topic)
+
+    def wait_listening(self, topic):
+        self.waited.append(topic)
+
+    def unlisten(self, topic):
+        self.unlistened.append(topic)
+
+
+def _fanout(*conns):
+    fanout = Fanout(Hub(), RecordingBroker())
     for c in conns:
-        hub.add(c)
-    return hub
+        fanout.add(c)
+    return fanout
+
+
+def _out(topics, payload):
+    return Outgoing(Message(payload, topics))
+
+
+def F(payload):
+    return text_frame(payload)
 
 
 def test_a_batch_for_one_audience_is_one_write_per_connection():
     a, b = Recorder("a"), Recorder("b")
-    hub = _hub(a, b)
+    fanout = _fanout(a, b)
     for c in (a, b):
-        hub.subscribe(c, "post_p")
+        fanout.subscribe(c, "post_p")
     topics = [channel_topic("post_p")]
-    delivered, dropped = hub.deliver_batch([(topics, b"1"), (topics, b"2"), (topics, b"3")])
+    batch = [_out(topics, b'"1"'), _out(topics, b'"2"'), _out(topics, b'"3"')]
+    delivered, dropped = fanout.deliver_batch(batch)
     assert (delivered, dropped) == (6, 0)
-    assert a.writes == [(b"123", 3)] and b.writes == [(b"123", 3)]
+    joined = F(b'"1"') + F(b'"2"') + F(b'"3"')
+    assert a.writes == [(joined, 3)] and b.writes == [(joined, 3)]
+    assert a.writes[0][0] is b.writes[0][0]            # one shared bytes object
 
 
 def test_mixed_audiences_keep_publish_order_and_deliver_each_frame_once():
     a, b = Recorder("a"), Recorder("b")
-    hub = _hub(a, b)
-    hub.subscribe(a, "post_p")
-    hub.subscribe(b, "post_q")
+    fanout = _fanout(a, b)
+    fanout.subscribe(a, "post_p")
+    fanout.subscribe(b, "post_q")
     p, q = [channel_topic("post_p")], [channel_topic("post_q")]
     union = [channel_topic("post_p"), user_topic("a")]       # a holds both: still once
-    delivered, _ = hub.deliver_batch([(p, b"1"), (q, b"2"), (union, b"3"), (p, b"4")])
-    assert a.writes == [(b"134", 3)]
-    assert b.writes == [(b"2", 1)]
+    batch = [_out(p, b'"1"'), _out(q, b'"2"'), _out(union, b'"3"'), _out(p, b'"4"')]
+    delivered, _ = fanout.deliver_batch(batch)
+    assert a.writes == [(F(b'"1"') + F(b'"3"') + F(b'"4"'), 3)]
+    assert b.writes == [(F(b'"2"'), 1)]
     assert delivered == 4
 
 
 def test_refused_writes_are_counted_as_dropped():
     a, b = Recorder("a"), Recorder("b", accept=False)
-    hub = _hub(a, b)
+    fanout = _fanout(a, b)
     for c in (a, b):
-        hub.subscribe(c, "post_p")
+        fanout.subscribe(c, "post_p")
     topics = [channel_topic("post_p")]
-    assert hub.deliver_batch([(topics, b"1"), (topics, b"2")]) == (2, 2)
+    assert fanout.deliver_batch([_out(topics, b'"1"'), _out(topics, b'"2"')]) == (2, 2)
 
 
 def test_last_leaver_stops_the_topic_and_first_joiner_starts_it():
-    started, stopped = [], []
-    hub = Hub()
-    hub.on_first, hub.on_last = started.append, stopped.append
+    fanout = _fanout()
+    broker = fanout.broker
     a, b = Recorder("a"), Recorder("a")
-    hub.add(a)
-    hub.add(b)
-    hub.subscribe(a, "post_p")
-    hub.subscribe(b, "post_p")
-    hub.remove(a)
-    assert stopped == []
-    hub.remove(b)
-    assert started == ["user:a", "channel:post_p"]
-    assert sorted(stopped) == ["channel:post_p", "user:a"]
+    fanout.add(a)
+    fanout.add(b)
+    fanout.subscribe(a, "post_p")
+    fanout.subscribe(b, "post_p")
+    assert broker.waited == ["user:a", "channel:post_p"]     # later joiners wait, never listen again
+    fanout.remove(a)
+    assert broker.unlistened == []
+    fanout.remove(b)
+    assert broker.listened == ["user:a", "channel:post_p"]
+    assert sorted(broker.unlistened) == ["channel:post_p", "user:a"]
+
+
+def test_the_hub_reports_first_and_last_and_never_calls_anyone():
+    hub = Hub()
+    a, b = Recorder("a"), Recorder("b")
+    assert hub.add(a) is True and hub.add(Recorder("a")) is False
+    assert hub.subscribe(a, "post_p") is True and hub.subscribe(b, "post_p") is False
+    assert hub.subscribe(a, "post_p") is False                # already held: no change
+    assert hub.unsubscribe(b, "post_p") is False and hub.unsubscribe(b, "post_p") is False
+    assert hub.remove(a) == ["channel:post_p"]                # the other "a" keeps user:a
+    assert hub.remove(a) == []
 
 
 def test_a_publisher_that_never_yields_still_gets_its_events_written():
@@ -79,17 +125,17 @@ def test_a_publisher_that_never_yields_still_gets_its_events_written():
     of them: a greenlet publishing back to back writes each full batch itself."""
     import gevent
 
-    from fonana_realtime.broker import MAX_BATCH
     from fonana_realtime.broker.memory import MemoryBroker
     from fonana_realtime.events import Route
+    from fonana_realtime.fanout import MAX_BATCH
 
     a = Recorder("a")
-    hub = _hub(a)
-    hub.subscribe(a, "post_p")
-    broker = MemoryBroker(hub)
+    fanout = Fanout(Hub(), MemoryBroker())
+    fanout.add(a)
+    fanout.subscribe(a, "post_p")
     route = Route(channels=("post_p",))
     for n in range(MAX_BATCH + 3):                      # no yield in between
-        broker.publish(route, b'{"n":%d}' % n)
+        fanout.broker.publish(route, b'{"n":%d}' % n)
     assert [frames for _, frames in a.writes] == [MAX_BATCH]
     gevent.sleep(0)                                     # the turn ends: the rest goes out
     assert [frames for _, frames in a.writes] == [MAX_BATCH, 3]

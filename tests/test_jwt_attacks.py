@@ -3,8 +3,9 @@
 Each is refused before the upgrade with HTTP 401 `{"error":"unauthorized","reason":
 "invalid_token"}`, whether it comes in the `token` query parameter or in
 `Authorization: Bearer`. A control token (the same claims, signed properly) connects,
-so every refusal is about the forgery and nothing else. Oversized tokens may be cut off
-by gunicorn's own request limits (414/431) but never cause a 500 or an upgrade.
+so every refusal is about the forgery and nothing else. Oversized tokens, even those over
+gunicorn's own request limits, get the same JSON 401 (never gunicorn's HTML 414/431, a
+500 or an upgrade).
 """
 from __future__ import annotations
 
@@ -174,6 +175,29 @@ def test_100_kb_token_is_refused_without_500_or_upgrade(server, where):
     assert status in (400, 401, 414, 431), answer[:400]
     if status == 401:
         assert b'"invalid_token"' in answer, answer[:400]
+    assert server.get("/health").status_code == 200
+    # since issue 8.5 the answer is the contract's JSON 401 (not gunicorn's HTML 414/431)
+    _assert_json_401(status, answer)
+
+
+def _assert_json_401(status, answer: bytes):
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert status == 401, answer[:400]
+    assert b"content-type: application/json" in head.lower(), head
+    assert json.loads(body) == {"error": "unauthorized", "reason": "invalid_token"}, body[:400]
+
+
+@pytest.mark.parametrize("where", ["query", "header"])
+def test_a_properly_signed_token_with_a_10_kb_claim_gets_the_json_401(server, user, where):
+    """Longer than auth.MAX_TOKEN_BYTES, and longer than gunicorn's 8190-byte request line
+    and header field caps: refused exactly like any other token that is not ours."""
+    token = server.token(user, bio="b" * 10_000)
+    assert len(token) > 10_000
+    if where == "query":
+        request = upgrade_request(server, "/ws?token=" + quote(token, safe=""))
+    else:
+        request = upgrade_request(server, "/ws", {"Authorization": "Bearer " + token})
+    _assert_json_401(*raw_http(server, request))
     assert server.get("/health").status_code == 200
 
 

@@ -6,6 +6,10 @@ gunicorn started with small values so the limit is reached quickly:
 - subscriptions per connection, connections per user (429 before the upgrade);
 - handshakes per client IP, with and without TRUSTED_PROXIES (X-Forwarded-For);
 - the HTTP API's body size (413) and list length (400).
+
+The one home of these limits (tests/test_ws_limits.py repeated five of them and is gone);
+the slow reader (close 4009) is tests/test_slow_client.py, METRICS_PUBLIC is
+tests/test_metrics.py, the API's validation matrix in-process tests/test_api_inprocess.py.
 """
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ import pytest
 import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from support.hardening import running_server, wait_until
+from support.hardening import running_server
 from support.rawws import OP_TEXT, RawWebSocket
+from support.waiting import wait_until
 from support.ws import open_ws, refused_handshake
 
 pytestmark = pytest.mark.postgres

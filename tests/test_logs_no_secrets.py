@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support.private_pg import wait_until
+from support.waiting import wait_until
 from support.tokens import make_token
 from support.ws import open_ws, refused_handshake
 

@@ -15,7 +15,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.hardening import metric, metric_sum, running_server, scrape, spread_connections, wait_until
+from support.hardening import metric, metric_sum, running_server, scrape, spread_connections
+from support.waiting import wait_until
 from support.ws import refused_handshake
 
 pytestmark = pytest.mark.postgres

@@ -20,7 +20,7 @@ import pytest
 from dotenv import dotenv_values
 
 from support.nginx import SITE_CONF, Nginx, nginx_binary
-from support.private_pg import wait_until
+from support.waiting import wait_until
 from support.server import REPO, Server, clean_env, free_port
 from support.ws import open_ws
 

@@ -13,7 +13,8 @@ import datetime as dt
 import pytest
 
 from support.db import Seed, utcnow
-from support.private_pg import PrivateCluster, unavailable_reason, wait_until
+from support.private_pg import PrivateCluster, unavailable_reason
+from support.waiting import wait_until
 from support.ws import refused_handshake
 
 pytestmark = pytest.mark.postgres

@@ -8,7 +8,7 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:      # the repo, for the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fonana_realtime.publisher import envelope  # noqa: E402
+from fonana_realtime.wire import envelope  # noqa: E402
 from fonana_realtime.wsframes import dumps  # noqa: E402
 
 

@@ -86,6 +86,35 @@ def test_helpers_reach_subscribers_on_every_worker(host, pub, scene):
         ws.barrier()
 
 
+def test_redis_publisher_publishes_with_positions(pub, prefix):
+    """Every publish goes through the publish script: offsets per stream, the history
+    holds exactly what was published (PROTOCOL.md 7)."""
+    import json
+
+    from fonana_realtime.redis_history import RedisHistory
+
+    post, user = "pos" + secrets.token_hex(4), "u" + secrets.token_hex(4)
+    first = pub.post_deleted(post)
+    epoch = first.positions[f"post_{post}"][0]
+    assert first == 0 and first.positions == {f"post_{post}": (epoch, 1)}      # nobody listens: still kept
+    second = pub.comment_deleted(post, "c1")
+    assert second.offsets == {f"post_{post}": 2} and second.id != first.id
+    union = pub.publish({"type": "custom", "k": 3}, channel=f"post_{post}", user_id=user)
+    user_epoch = union.positions[f"user_{user}"][0]
+    assert union.positions == {f"post_{post}": (epoch, 3), f"user_{user}": (user_epoch, 1)}
+
+    history = RedisHistory(pub.client, prefix)
+    rec = history.since(f"post_{post}", epoch, 0, 300)
+    assert rec.ok and rec.top == 3
+    assert [json.loads(e)["event"] for e in rec.entries] == [
+        {"type": "post_deleted", "postId": post},
+        {"type": "comment_deleted", "postId": post, "commentId": "c1"},
+        {"type": "custom", "k": 3}]
+    assert [json.loads(e)["id"] for e in rec.entries] == [first.id, second.id, union.id]
+    rec = history.since(f"user_{user}", user_epoch, 0, 300)
+    assert rec.ok and [json.loads(e)["id"] for e in rec.entries] == [union.id]
+
+
 def test_invalid_events_raise_before_anything_is_sent(host, pub, scene):
     ws = host.connect(scene["fan"])
     with pytest.raises(InvalidEvent):
@@ -107,7 +136,9 @@ def test_http_publisher(host, scene, seed):
     api = HttpPublisher(host.base_url, host.api_key)
     tabs = list(spread([host], scene["fan"], WORKERS).values())
     event = {"type": "feed_update", "userId": scene["fan"], "posts": ["over http"]}
-    assert api.feed_update(scene["fan"], ["over http"]) == {"published": 1}
+    # PROTOCOL.md 7: the answer adds each event's positions (one entry per event)
+    answer = api.feed_update(scene["fan"], ["over http"])
+    assert answer["published"] == 1 and len(answer["positions"]) == 1
     row = api.create_notification(scene["fan"], "SYSTEM_ANNOUNCEMENT", "Hello", "from python")
     assert row["userId"] == scene["fan"] and seed.notification_row(row["id"]) is not None
     for ws in tabs:

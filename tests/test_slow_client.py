@@ -4,9 +4,11 @@ client"; PROTOCOL.md 2.5 close 4009).
 A raw socket with a small receive buffer completes the handshake, subscribes to a post
 channel and never reads again. Events are published to that channel in rounds; a normal
 subscriber on the same channel reads each round completely before the next is sent.
-The server must cut the slow one once its send backlog (WS_SEND_BACKLOG_BYTES /
+The server must close the slow one once its send backlog (WS_SEND_BACKLOG_BYTES /
 WS_SEND_BACKLOG_FRAMES, small here) overflows, count it in /metrics, keep delivering to
-the normal subscriber every event in order, and answer every publish with 202.
+the normal subscriber every event in order, and answer every publish with 202. When the
+slow client reads again (within the close deadline) it finds whole frames, then the 4009
+close frame.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import time
 
 import pytest
 
-from support.hardening import metric, raw_connect, running_server, scrape, wait_until
+from support.hardening import metric, raw_connect, running_server, scrape
+from support.waiting import wait_until
 from support.rawws import OP_CLOSE, OP_TEXT
 
 pytestmark = pytest.mark.postgres
@@ -63,6 +66,10 @@ def _drain_raw(raw, timeout: float = 15.0) -> tuple[list, str]:
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
             assert code == 4009, f"close {code} sent to a slow client"
             frames.append({"close": code})
+            try:
+                raw.send_frame(OP_CLOSE, payload[:2])     # answer it, as a browser does
+            except OSError:
+                pass
 
 
 def _run_until_slow_client_closed(srv, normal, make_events, per_round):
@@ -86,6 +93,11 @@ def _run_until_slow_client_closed(srv, normal, make_events, per_round):
 
 def _check_slow_client_end(srv, raw, published, before):
     frames, how = _drain_raw(raw)
+    # the close code reaches the client: after the frames it was sent, the 4009 close frame
+    # (the frame in flight is finished first; frames never started are dropped)
+    assert frames and frames[-1] == {"close": 4009}, \
+        f"no 4009 close frame at the end of the stream (ended by {how}; " \
+        f"last: {[f.get('close') or (f.get('comment') or f.get('notification') or {}).get('id') for f in frames[-3:]]})"
     events = [f for f in frames if "close" not in f]
     # what it did get is the start of what was published, in order, each at most once
     assert events == published[:len(events)], "the slow client got events out of order or torn"

@@ -24,7 +24,8 @@ for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().pare
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from store_fixtures import Rows, drop_connections, rows, store, store_pg_url  # noqa: E402,F401
+from store_fixtures import drop_connections, rows, store, store_pg_url  # noqa: E402,F401
+from support.db import ROW_KEYS  # noqa: E402
 
 from fonana_realtime.store import (  # noqa: E402
     NOTIFICATION_TYPES,
@@ -37,7 +38,6 @@ from fonana_realtime.store.postgres import PostgresStore  # noqa: E402
 from fonana_realtime.store.rows import new_id, utc_now  # noqa: E402
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-ROW_KEYS = {"id", "userId", "type", "title", "message", "isRead", "metadata", "createdAt"}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -97,12 +97,12 @@ def test_can_view_post_matrix(store, rows):
     other_creator = rows.user("other-creator")
     for uid in ("stranger", "buyer", "pending-buyer", "fan", "expired", "inactive", "pending-fan", "other-fan"):
         rows.user(uid)
-    rows.post("open", creator)
-    rows.post("empty-tier", creator, tier="")
-    rows.post("locked", creator, locked=True)
-    rows.post("premium", creator, tier="premium")  # not isLocked, but a tier: not open
-    rows.post("locked-premium", creator, locked=True, tier="premium")
-    rows.post("paid", creator, locked=True, price=0.5)
+    rows.post(creator, id="open")
+    rows.post(creator, id="empty-tier", tier="")
+    rows.post(creator, id="locked", locked=True)
+    rows.post(creator, id="premium", tier="premium")  # not isLocked, but a tier: not open
+    rows.post(creator, id="locked-premium", locked=True, tier="premium")
+    rows.post(creator, id="paid", locked=True, price=0.5)
     rows.purchase("buyer", "paid")
     rows.purchase("pending-buyer", "paid", status="PENDING")
     rows.subscription("fan", creator)
@@ -140,10 +140,43 @@ def test_can_view_post_matrix(store, rows):
     assert actual == expected
 
 
+def test_post_access_until_says_until_when_access_holds(store, rows):
+    """Author, open post and purchase do not lapse (LASTING); a subscription holds until
+    its validUntil (one subscription per user and creator: UNIQUE ("userId", "creatorId"))
+    (issue 8.6)."""
+    from fonana_realtime.store import LASTING
+    now = rows.now
+    creator = rows.user("creator")
+    for uid in ("stranger", "buyer", "fan", "expired", "buyer-and-fan"):
+        rows.user(uid)
+    rows.post(creator, id="open")
+    rows.post(creator, id="locked", locked=True)
+    rows.purchase("buyer", "locked")
+    rows.purchase("buyer-and-fan", "locked")
+    soon = now + timedelta(hours=1)
+    rows.subscription("fan", creator, valid_until=soon)
+    rows.subscription("expired", creator, valid_until=now - timedelta(minutes=1))
+    rows.subscription("buyer-and-fan", creator, valid_until=soon)
+    expected = {
+        ("creator", "locked"): LASTING,
+        ("stranger", "open"): LASTING,
+        ("buyer", "locked"): LASTING,
+        ("buyer-and-fan", "locked"): LASTING,      # the purchase outlives the subscription
+        ("fan", "locked"): soon,
+        ("expired", "locked"): None,
+        ("stranger", "locked"): None,
+        ("fan", "missing-post"): None,
+        ("fan", "bad\x00id"): None,
+    }
+    actual = {key: store.post_access_until(*key) for key in expected}
+    assert actual == expected
+    assert all(store.can_view_post(*key) is (value is not None) for key, value in expected.items())
+
+
 def test_subscription_expiry_is_compared_with_utc_now(store, rows):
     creator = rows.user("creator")
     rows.user("soon")
-    rows.post("locked", creator, locked=True)
+    rows.post(creator, id="locked", locked=True)
     # Valid for two more minutes in UTC; a session clock at UTC+14 would call it expired.
     rows.subscription("soon", creator, valid_until=rows.now + timedelta(minutes=2))
     assert store.can_view_post("soon", "locked") is True
@@ -157,9 +190,9 @@ def test_unread_notifications_order_limit_total(store, rows):
     rows.user("v")
     base = rows.now - timedelta(hours=1)
     for i in range(25):
-        rows.notification(f"n{i:02d}", "u", base + timedelta(seconds=i))
-    rows.notification("read-1", "u", base + timedelta(hours=2), read=True)
-    rows.notification("other-1", "v", base + timedelta(hours=2))
+        rows.notification("u", id=f"n{i:02d}", created_at=base + timedelta(seconds=i))
+    rows.notification("u", id="read-1", created_at=base + timedelta(hours=2), read=True)
+    rows.notification("v", id="other-1", created_at=base + timedelta(hours=2))
 
     page, total = store.unread_notifications("u")
     assert total == 25
@@ -247,6 +280,17 @@ def test_mark_notification_read(store, rows):
     assert store.mark_notification_read("u", theirs["id"]) is None  # not u's
     assert store.unread_notifications("v")[1] == 1  # unchanged
     assert store.mark_notification_read("u", "missing") is None
+
+
+def test_read_notification_says_whether_this_call_changed_it(store, rows):
+    rows.user("u")
+    rows.user("v")
+    mine = store.create_notification("u", "LIKE_POST", "t", "m")
+    row, changed = store.read_notification("u", mine["id"])
+    assert changed is True and row == {**mine, "isRead": True}
+    assert store.read_notification("u", mine["id"]) == (row, False)
+    assert store.read_notification("v", mine["id"]) is None
+    assert store.read_notification("u", "missing") is None
 
 
 def test_clear_notifications(store, rows):

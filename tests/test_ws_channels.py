@@ -7,14 +7,13 @@ import re
 
 import pytest
 
-from support.db import utcnow
+from support.db import ROW_KEYS, utcnow
 
 pytestmark = pytest.mark.postgres
 
 FAILED = "Failed to subscribe"
 DENIED = "Access denied to channel"
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-ROW_KEYS = {"id", "userId", "type", "title", "message", "isRead", "metadata", "createdAt"}
 
 
 @pytest.fixture(scope="module")

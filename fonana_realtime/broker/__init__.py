@@ -1,44 +1,29 @@
 """How an event reaches every worker.
 
-A broker does two things: `publish` (send an event towards its topics, on every
-worker) and `listen`/`unlisten` (this worker wants, or no longer wants, a topic).
-What arrives is handed to `deliver_local`, which frames the event once and gives
-the frame to the hub. Backends: `memory` (one worker) and `redis` (many).
+A broker publishes (`publish`: send an event towards its route's topics, on every
+worker), listens (`listen`/`unlisten`: this worker wants, or no longer wants, a
+topic) and hands every publication that reaches this worker to ONE callback,
+`on_message(wire.Message)`, set by fanout.py. It never reads the hub and never frames
+or writes anything for a client. Backends: `memory` (one worker) and `redis` (many).
+
+Positions (PROTOCOL.md 7): `publish` returns the event's `{stream: offset}`; `position`
+and `history` answer for a stream. A broker without history answers `(None, 0)` and
+"not recoverable: unavailable".
 """
 from __future__ import annotations
 
-import time
-
-import gevent
-
-from .. import metrics
-from ..hub import channel_topic, user_topic
-from ..wsframes import text_frame
-
-
-# A batch of queued deliveries is written at the latest when it holds this many events
-# or its first event has waited this long (see Broker.deliver_local).
-MAX_BATCH = 256
-MAX_BATCH_SECONDS = 0.005
+from ..history import UNAVAILABLE, Recovery
 
 
 class BrokerUnavailable(Exception):
     """The event could not be handed to the cross-worker transport."""
 
 
-def route_topics(route) -> list[str]:
-    return [channel_topic(k) for k in route.channels] + [user_topic(u) for u in route.users]
-
-
 class Broker:
     name = "base"
 
-    def __init__(self, hub):
-        self.hub = hub
-        self._deliveries: list = []     # (topics, frame, published_at) waiting for this turn's write
-        self._batch_started = 0.0
-        hub.on_first = self.listen
-        hub.on_last = self.unlisten
+    def __init__(self):
+        self.on_message = lambda message: None     # replaced by Fanout
 
     def start(self):
         """Begin listening (called once in the worker, after fork)."""
@@ -46,12 +31,34 @@ class Broker:
     def stop(self):
         """Stop listening."""
 
-    def publish(self, route, payload: bytes):
-        """Send one serialised event (JSON bytes) to every worker holding its topics."""
+    def publish(self, route, payload: bytes) -> dict:
+        """Send one serialised event (JSON bytes) to every worker holding its topics;
+        returns its positions `{stream: offset}` (empty without history)."""
         raise NotImplementedError
 
+    def position(self, stream: str) -> tuple:
+        """(epoch, top offset) of `stream`; (None, 0) without history."""
+        return None, 0
+
+    def peek(self, stream: str):
+        """(epoch, top) of `stream` without making it exist, or None if it has no history
+        yet *anywhere* (only a broker that sees every publication can say so: the
+        in-process one). Others answer `position`."""
+        return self.position(stream)
+
+    def history(self, stream: str, epoch, since: int, limit: int) -> Recovery:
+        """The events (wire.Message, positions filled) of `stream` after offset `since`
+        of `epoch`: all of them, or none with the reason. May wait (bounded)."""
+        return Recovery(False, None, 0, reason=UNAVAILABLE)
+
     def listen(self, topic: str):
+        """This worker's first subscriber of `topic`: may wait (bounded) until messages
+        for it are sure to arrive."""
         raise NotImplementedError
+
+    def wait_listening(self, topic: str):
+        """A later subscriber of `topic`: waits only while the first one's `listen` is
+        still unconfirmed."""
 
     def unlisten(self, topic: str):
         raise NotImplementedError
@@ -60,44 +67,16 @@ class Broker:
         """Whether events can flow now, and a short reason if not."""
         return True, "ok"
 
-    def deliver_local(self, topics, payload: bytes, published_at: float | None = None):
-        """Hand one event to this worker's connections, framed once.
 
-        Events are queued and written at the end of the current turn of the event loop,
-        all that arrived in that turn together: a connection gets them in one write (one
-        syscall) instead of one each, which is most of what a delivery costs. A turn ends
-        as soon as the publishing greenlet yields; a greenlet that keeps publishing without
-        yielding (back-to-back requests already buffered on a keep-alive connection, a
-        list publish) writes the batch itself once it holds MAX_BATCH events or has held
-        one for MAX_BATCH_SECONDS, so nothing waits on it for long.
-        """
-        pending = self._deliveries
-        if not pending:
-            self._batch_started = time.monotonic()
-            gevent.spawn_raw(self._write_pending)
-        pending.append((topics, text_frame(payload), published_at))
-        if len(pending) >= MAX_BATCH or time.monotonic() - self._batch_started >= MAX_BATCH_SECONDS:
-            self._write_pending()
-
-    def _write_pending(self):
-        batch, self._deliveries = self._deliveries, []
-        if not batch:              # already written by deliver_local
-            return
-        delivered, dropped = self.hub.deliver_batch([(topics, frame) for topics, frame, _ in batch])
-        if delivered:
-            metrics.EVENTS_DELIVERED.inc(delivered)
-            metrics.FRAMES_OUT.inc(delivered)
-        if dropped:
-            metrics.DELIVERIES_DROPPED.inc(dropped)
-        now = time.time()
-        for _, _, published_at in batch:
-            if published_at is not None:
-                metrics.DELIVERY_SECONDS.observe(max(0.0, now - published_at))
-
-
-def open_broker(settings, hub) -> Broker:
+def open_broker(settings) -> Broker:
     if settings.redis_url:
         from .redis import RedisBroker
-        return RedisBroker(hub, settings.redis_url, settings.redis_prefix)
+        return RedisBroker(settings.redis_url, settings.redis_prefix,
+                           history_size=settings.history_size,
+                           history_seconds=settings.history_seconds,
+                           history_meta_seconds=settings.history_meta_seconds,
+                           recovery_max=settings.recovery_max)
+    from ..history import MemoryHistory
     from .memory import MemoryBroker
-    return MemoryBroker(hub)
+    return MemoryBroker(MemoryHistory(settings.history_size, settings.history_seconds,
+                                      settings.history_meta_seconds))

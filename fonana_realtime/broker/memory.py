@@ -1,16 +1,66 @@
-"""The in-process broker: one worker, so publishing is delivering."""
+"""The in-process broker: one worker, so publishing is delivering; history in process
+(history.py: a new epoch per start, bounded by size, age and meta age)."""
 from __future__ import annotations
 
+import logging
 import time
 
-from . import Broker, route_topics
+import gevent
+
+from .. import metrics
+from ..history import MemoryHistory
+from ..wire import Message, route_topics, topic_stream
+from . import Broker
+
+log = logging.getLogger("fonana_realtime.broker")
+
+SWEEP_EVERY = 5.0       # seconds between sweeps of expired history (O(expired) each)
 
 
 class MemoryBroker(Broker):
     name = "memory"
 
-    def publish(self, route, payload: bytes):
-        self.deliver_local(route_topics(route), payload, time.time())
+    def __init__(self, history: MemoryHistory | None = None):
+        super().__init__()
+        self.store = history if history is not None else MemoryHistory()
+        self._sweeper = None
+
+    def start(self):
+        if self._sweeper is None:
+            self._sweeper = gevent.spawn(self._sweep_forever)
+
+    def stop(self):
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+
+    def _sweep_forever(self):
+        while True:
+            gevent.sleep(SWEEP_EVERY)
+            try:
+                self.store.sweep()
+                metrics.HISTORY_BYTES.set(self.store.approx_bytes())
+                metrics.HISTORY_EVENTS.set(self.store.counts()[1])
+            except Exception:       # the sweeper must outlive any bug
+                log.exception("history sweep failed", extra={"event": "history_sweep_error"})
+
+    def publish(self, route, payload: bytes) -> dict:
+        topics = route_topics(route)
+        message = Message(payload, topics, time.time())      # its id is made when a v2 frame needs it
+        offsets = {}
+        for topic in topics:
+            stream = topic_stream(topic)
+            offsets[stream] = self.store.append(stream, message)[1]     # fills message.positions
+        self.on_message(message)
+        return offsets
+
+    def position(self, stream: str):
+        return self.store.position(stream)
+
+    def peek(self, stream: str):
+        return self.store.peek(stream)
+
+    def history(self, stream, epoch, since, limit):
+        return self.store.history(stream, epoch, since, limit)
 
     def listen(self, topic: str):
         pass        # every topic of this process is already "heard"

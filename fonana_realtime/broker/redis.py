@@ -1,16 +1,17 @@
 """The Redis broker: fan-out across workers and hosts through Redis pub/sub.
 
-Publishing: one envelope per event, PUBLISHed to `<prefix><topic>` for each topic of
-its route (`fonana:rt:channel:post_P`, `fonana:rt:user:U`). Nothing is delivered
+Publishing: one envelope per event (wire.py), PUBLISHed to `<prefix><topic>` for each
+topic of its route (`fonana:rt:channel:post_P`, `fonana:rt:user:U`). Nothing is delivered
 locally at publish time: every worker, the publishing one included, delivers what
 its listener receives, so all workers see the same order.
 
 Listening: per worker, one subscriber connection and one listener greenlet. The
 listener is the only greenlet that touches that connection: it reads, and it writes
 the SUBSCRIBE/UNSUBSCRIBE commands that `listen`/`unlisten` ask for (woken through a
-pipe), batched per wake-up. It holds only the topics with local connections
-(`hub.by_topic`) plus this worker's private topic, used by `ready()` for a real
-publish -> receive round trip.
+pipe), batched per wake-up. It holds only the topics fanout asked for (`listen` and
+not yet `unlisten`: those with local connections) plus this worker's private topic,
+used by `ready()` for a real publish -> receive round trip. Every message it receives
+is decoded (wire.Decoder) and handed to `on_message`.
 
 "Subscribed means delivered": the first local subscriber of a topic waits (at most
 SUBSCRIBE_WAIT) until Redis has acknowledged the SUBSCRIBE, and so does anyone who
@@ -18,13 +19,25 @@ joins the topic while that acknowledgement is still on its way. Replies arrive i
 command order, so a FIFO of expected replies pairs each acknowledgement with the
 exact command it answers.
 
+Positions and history (PROTOCOL.md 7, redis_history.py): every publish runs the
+publish script, which gives the event its offset in each stream of its route, keeps it
+in the streams' history and PUBLISHes it, in one atomic step.
+
 Redis goes away: the listener reconnects with capped, jittered back-off and
-resubscribes every topic in `hub.by_topic`; publishes raise BrokerUnavailable (the
-HTTP API answers 503); waits are bounded everywhere.
+resubscribes every topic it was asked for; publishes raise BrokerUnavailable (the
+HTTP API answers 503); waits are bounded everywhere. Before it goes live again it
+catches up: per stream it holds, the worker knows up to which offset it has handed
+everything on (`_marks`: read from Redis before the stream's first SUBSCRIBE, then
+moved by every message); once the new SUBSCRIBEs are acknowledged it reads each
+stream's history after its mark and hands the missed events on, in order, before the
+live messages that arrived meanwhile (held, then handed unless already replayed). So
+an event Redis accepted while this worker's link was down still reaches its clients,
+once. A stream whose epoch changed (Redis lost its data) is replayed from the start of
+its new epoch (all of it is newer than the loss), never from an old offset.
 """
 from __future__ import annotations
 
-import json
+import heapq
 import logging
 import math
 import os
@@ -32,7 +45,7 @@ import random
 import socket
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -43,10 +56,10 @@ from redis.backoff import NoBackoff
 from redis.connection import BlockingConnectionPool, Connection, parse_url
 from redis.retry import Retry
 
-from .. import metrics
-from ..publisher import envelope
-from ..wsframes import dumps
-from . import Broker, BrokerUnavailable, route_topics
+from .. import metrics, wire
+from ..history import UNAVAILABLE, Recovery
+from ..redis_history import EPOCH_MISMATCH, RedisHistory
+from . import Broker, BrokerUnavailable
 
 log = logging.getLogger("fonana_realtime.broker")
 
@@ -61,11 +74,8 @@ STABLE_LINK = 5.0           # a link that lived this long resets the back-off (n
 PUBLISH_POOL = 32           # publishing connections per worker (callers wait <= CLIENT_TIMEOUT)
 CHANNELS_PER_COMMAND = 500  # resubscribing thousands of topics: a few big commands
 YIELD_EVERY = 64            # a burst of messages: let client greenlets run between batches
-RECENT_IDS = 4096           # union envelopes already delivered (copies arrive back to back)
-MAX_ENVELOPE_TOPICS = 64
 DROP_LOG_EVERY = 10.0       # seconds between warnings about dropped (malformed) messages
-
-TOPIC_KINDS = ("channel:", "user:")
+CATCHUP_BATCH = 500         # streams per pipelined history read while catching up
 
 
 def redacted(url: str) -> str:
@@ -101,9 +111,10 @@ class _Desync(Exception):
 class RedisBroker(Broker):
     name = "redis"
 
-    def __init__(self, hub, url: str, prefix: str = "fonana:rt:"):
-        super().__init__(hub)
-        hub.on_join = self._joined
+    def __init__(self, url: str, prefix: str = wire.DEFAULT_PREFIX, *, history_size: int = 100,
+                 history_seconds: float = 300, history_meta_seconds: float = 86400,
+                 recovery_max: int = 300):
+        super().__init__()
         self.url = url
         self.where = redacted(url)
         self.prefix = prefix
@@ -116,6 +127,16 @@ class RedisBroker(Broker):
             # checkout by the pool itself.
             retry=Retry(NoBackoff(), 0), protocol=2)
         self.client = redis.Redis(connection_pool=pool)
+        self.history_store = RedisHistory(self.client, prefix, size=history_size,
+                                          seconds=max(1, int(history_seconds)),
+                                          meta_seconds=max(1, int(history_meta_seconds)))
+        self.recovery_max = recovery_max
+        # catch-up state (only the listener greenlet changes it, but for the baselines
+        # read in _flush and the marks moved by _hand, both in that greenlet too)
+        self._marks: dict[str, tuple[str, int]] = {}   # stream -> (epoch, offset) handed on up to
+        self._catching_up = False               # a new link: hold live messages until caught up
+        self._held: list = []                   # live Messages received while catching up
+        self._live = Event()                    # set while this link is caught up
         # listener state (only the listener greenlet writes the subscriber socket)
         self._greenlet = None
         self._conn = None
@@ -127,10 +148,11 @@ class RedisBroker(Broker):
         self._waiting: dict[str, Event] = {}    # topic -> event for a SUBSCRIBE not yet written
         self._dirty: set[str] = set()           # topics whose membership changed since the last flush
         self._expect: deque = deque()           # (kind, channel, event|None) in reply order
+        self._wanted: set[str] = set()          # topics fanout asked for (local subscribers)
         self._wake_r = self._wake_w = -1
         self._wake_pending = False
         self._nonces: dict[str, Event] = {}     # ready() round trips in flight
-        self._recent: OrderedDict = OrderedDict()
+        self._decoder = wire.Decoder()
         self._last_rx = 0.0
         self._ping_sent: float | None = None
         self._dropped = 0
@@ -160,30 +182,52 @@ class RedisBroker(Broker):
 
     # ---- publish ----------------------------------------------------------------------
 
-    def publish(self, route, payload: bytes):
-        topics = route_topics(route)
-        body = envelope(topics, payload)
+    def publish(self, route, payload: bytes) -> dict:
+        """Through the publish script: returns the event's {stream: offset}. A timeout
+        is BrokerUnavailable although Redis may still run the script once it answers
+        again (a frozen Redis does): the event is then delivered and kept, not lost."""
+        topics = wire.route_topics(route)
         try:
-            if len(topics) == 1:
-                self.client.publish(self._bprefix + topics[0].encode(), body)
-            else:
-                # MULTI/EXEC: the copies reach every subscriber back to back.
-                with self.client.pipeline(transaction=True) as pipe:
-                    for topic in topics:
-                        pipe.publish(self._bprefix + topic.encode(), body)
-                    pipe.execute()
+            published = self.history_store.publish(topics, payload)
         except redis.RedisError as exc:
             log.warning("publish to redis failed", extra={"event": "broker_publish_failed",
                                                          "error": type(exc).__name__})
             raise BrokerUnavailable(type(exc).__name__) from None
         metrics.BROKER_PUBLISHED.inc(len(topics))
+        return published.offsets
 
-    # ---- listen / unlisten (called by the hub, in a client's greenlet) ----------------
+    # ---- positions and history ------------------------------------------------------
+
+    def position(self, stream: str) -> tuple:
+        """(epoch, top) of `stream`, creating its epoch when it has none; (None, 0) while
+        Redis does not answer (like a broker without history)."""
+        try:
+            return self.history_store.position(stream)
+        except redis.RedisError:
+            return None, 0
+
+    def history(self, stream: str, epoch, since: int, limit: int):
+        """The events of `stream` after `since` of `epoch` (wire.Messages, positions and
+        ids as their live copies had them), all or nothing; reason `unavailable` while
+        Redis does not answer."""
+        try:
+            rec = self.history_store.since(stream, epoch if isinstance(epoch, str) else "", since, limit)
+        except redis.RedisError:
+            return Recovery(False, None, 0, reason=UNAVAILABLE)
+        if not rec.ok:
+            return Recovery(False, rec.epoch, rec.top, reason=rec.reason)
+        events = self._stored(stream, rec.entries)
+        if len(events) != len(rec.entries):     # cannot happen for what the script stored
+            return Recovery(False, rec.epoch, rec.top, reason=UNAVAILABLE)
+        return Recovery(True, rec.epoch, rec.top, events)
+
+    # ---- listen / unlisten (called by fanout, in a client's greenlet) ----------------
 
     def listen(self, topic: str):
         """First local subscriber of `topic`: returns once Redis acknowledged the
         SUBSCRIBE, or after SUBSCRIBE_WAIT, or at once while Redis is down (the
-        reconnect resubscribes every topic of the hub)."""
+        reconnect resubscribes every topic asked for)."""
+        self._wanted.add(topic)
         self._dirty.add(topic)
         self._wake()
         if self._down or self._greenlet is None:
@@ -195,7 +239,7 @@ class RedisBroker(Broker):
                 event = self._waiting[topic] = Event()
         event.wait(SUBSCRIBE_WAIT)
 
-    def _joined(self, topic: str):
+    def wait_listening(self, topic: str):
         """A later subscriber: waits only while the first one's SUBSCRIBE is unacknowledged."""
         if self._down:
             return
@@ -204,6 +248,7 @@ class RedisBroker(Broker):
             event.wait(SUBSCRIBE_WAIT)
 
     def unlisten(self, topic: str):
+        self._wanted.discard(topic)
         self._dirty.add(topic)
         self._wake()
 
@@ -224,6 +269,8 @@ class RedisBroker(Broker):
             return False, "broker_unavailable"
         if not self._private_ev.wait(READY_WAIT):       # (re)connecting: a bounded wait
             return False, "broker_unavailable"
+        if not self._live.wait(READY_WAIT):             # catching up from history
+            return False, "broker_catching_up"
         nonce = uuid.uuid4().hex
         event = self._nonces[nonce] = Event()
         try:
@@ -285,7 +332,9 @@ class RedisBroker(Broker):
         self._ping_sent = None
         self._expect.append((b"subscribe", self._private, self._private_ev))
         conn.send_command("SUBSCRIBE", self._private, check_health=False)
-        self._dirty.update(self.hub.by_topic)       # everything this worker needs
+        self._catching_up = True                    # live messages wait until we caught up
+        self._held = []
+        self._dirty.update(self._wanted)            # everything this worker needs
         self._flush()
         log.info("redis listener connected", extra={
             "event": "broker_connected", "redis": self.where, "topics": len(self._acked),
@@ -310,6 +359,8 @@ class RedisBroker(Broker):
         self._waiting.clear()
         self._ping_sent = None
         self._private_ev.clear()
+        self._live.clear()
+        self._held = []                 # received on a dead link: the next catch-up covers them
         metrics.BROKER_TOPICS.set(0)
 
     def _serve(self):
@@ -329,6 +380,9 @@ class RedisBroker(Broker):
                         self._flush()
             if self._dirty:
                 self._flush()
+                continue
+            if self._catching_up and self._subscribed_all():
+                self._catch_up()
                 continue
             readable, _, _ = gevent.select.select([fd, wake], [], [], self._idle_timeout(conn))
             if wake in readable:
@@ -360,20 +414,24 @@ class RedisBroker(Broker):
         if conn is None:
             self._dirty = dirty | self._dirty
             return
-        by_topic = self.hub.by_topic
+        wanted = self._wanted
         subscribe, unsubscribe = [], []
         for topic in dirty:
-            if topic in by_topic:
+            if topic in wanted:
                 if topic not in self._acked:
                     event = self._waiting.pop(topic, None) or Event()
                     self._acked[topic] = event
-                    subscribe.append((self._bprefix + topic.encode(), event))
+                    subscribe.append((topic, event))
             else:
                 event = self._waiting.pop(topic, None)
                 if event is not None:
                     event.set()
                 if self._acked.pop(topic, None) is not None:
                     unsubscribe.append(self._bprefix + topic.encode())
+                self._marks.pop(wire.topic_stream(topic), None)
+        if subscribe:
+            self._read_baselines([topic for topic, _ in subscribe])
+            subscribe = [(self._bprefix + topic.encode(), event) for topic, event in subscribe]
         for start in range(0, len(subscribe), CHANNELS_PER_COMMAND):
             chunk = subscribe[start:start + CHANNELS_PER_COMMAND]
             self._expect.extend((b"subscribe", channel, event) for channel, event in chunk)
@@ -416,35 +474,140 @@ class RedisBroker(Broker):
         metrics.BROKER_RECEIVED.inc()
         topic = channel[len(self._bprefix):].decode("utf-8", "replace")
         try:
-            env = json.loads(data)
-        except (ValueError, RecursionError):        # UnicodeDecodeError is a ValueError
-            return self._drop("not_json", topic)
-        if not isinstance(env, dict):
-            return self._drop("not_an_object", topic)
-        event = env.get("event")
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not event["type"]:
-            return self._drop("bad_event", topic)
-        topics = [topic]
-        message_id = env.get("id")
-        if message_id is not None:
-            if not isinstance(message_id, str) or not 0 < len(message_id) <= 64:
-                return self._drop("bad_id", topic)
-            if message_id in self._recent:
-                return None                       # another copy of a union we delivered
-            self._recent[message_id] = None
-            if len(self._recent) > RECENT_IDS:
-                self._recent.popitem(last=False)
-            listed = env.get("topics")
-            if isinstance(listed, list) and len(listed) <= MAX_ENVELOPE_TOPICS:
-                for other in listed:
-                    if isinstance(other, str) and other.startswith(TOPIC_KINDS) and other not in topics:
-                        topics.append(other)
-        published_at = env.get("ts")
-        if not isinstance(published_at, (int, float)) or isinstance(published_at, bool) \
-                or not math.isfinite(published_at):
-            published_at = None
-        self.deliver_local(topics, dumps(event), published_at)
+            message = self._decoder.decode(topic, data)
+        except wire.Drop as drop:
+            return self._drop(drop.reason, topic)
+        if message is None:                       # another copy of a union delivered
+            return None
+        if self._catching_up:
+            self._held.append(message)
+        else:
+            self._hand(message)
         return None
+
+    # ---- marks and catching up ---------------------------------------------------------
+
+    def _read_baselines(self, topics):
+        """Before a stream's first SUBSCRIBE: its position now. Everything after it that
+        this worker does not receive live is what a catch-up reads from history; nothing
+        at or before it can arrive on the new subscription, so it never hides a live one."""
+        streams = [wire.topic_stream(t) for t in topics]
+        streams = [s for s in streams if s not in self._marks]
+        if not streams or not self.history_store.size:
+            return
+        try:
+            for start in range(0, len(streams), CATCHUP_BATCH):
+                chunk = streams[start:start + CATCHUP_BATCH]
+                for stream, position in zip(chunk, self.history_store.positions(chunk)):
+                    self._marks.setdefault(stream, position)
+        except redis.RedisError as exc:
+            # Subscribing still works; these streams just cannot be caught up after a
+            # drop until their next message gives them a mark.
+            log.warning("redis: stream positions unreadable before subscribing",
+                        extra={"event": "broker_baseline_failed", "error": type(exc).__name__,
+                               "streams": len(streams)})
+
+    def _hand(self, message) -> bool:
+        """Give a message to fanout unless every held stream it names is already handed
+        on up to its offset (a live copy of an event the catch-up replayed)."""
+        positions = message.positions
+        if positions:
+            marks = self._marks
+            fresh = known = False
+            for stream, (epoch, offset) in positions.items():
+                mark = marks.get(stream)
+                if mark is None:
+                    if wire.stream_topic(stream) in self._wanted:
+                        marks[stream] = (epoch, offset)
+                        fresh = True
+                    continue
+                known = True
+                if mark[0] != epoch or offset > mark[1]:
+                    marks[stream] = (epoch, offset)
+                    fresh = True
+            if known and not fresh:
+                return False
+        self.on_message(message)
+        return True
+
+    def _subscribed_all(self) -> bool:
+        return self._private_ev.is_set() and all(event.is_set() for event in self._acked.values())
+
+    def _catch_up(self):
+        """Every SUBSCRIBE of this link is acknowledged: read what each held stream
+        missed since its mark, hand it on in order, then the held live messages."""
+        held, self._held = self._held, []
+        replayed, failed = self._read_missed(held)
+        count = 0
+        for message in heapq.merge(*replayed, key=lambda m: m.published_at or 0.0):
+            if self._hand(message):
+                count += 1
+        self._catching_up = False
+        for message in held:
+            self._hand(message)
+        self._live.set()
+        if count:
+            metrics.BROKER_CATCHUP_EVENTS.inc(count)
+        if count or failed or self._connects > 1:
+            log.info("redis listener caught up", extra={
+                "event": "broker_caught_up", "replayed": count, "streams_lost": failed,
+                "streams": len(self._marks)})
+
+    def _read_missed(self, held) -> tuple[list, int]:
+        """Per held stream with a mark: its missed events (lists of Messages, each in
+        offset order), and how many streams could not be recovered."""
+        wanted = self._wanted
+        requests = [(stream, epoch, offset) for stream, (epoch, offset) in self._marks.items()
+                    if wire.stream_topic(stream) in wanted]
+        if not requests or not self.history_store.size:
+            return [], 0
+        store, limit = self.history_store, self.recovery_max
+        replayed, failed, again = [], 0, []
+        try:
+            for start in range(0, len(requests), CATCHUP_BATCH):
+                chunk = requests[start:start + CATCHUP_BATCH]
+                for (stream, epoch, _), rec in zip(chunk, store.since_many(chunk, limit)):
+                    if rec.ok:
+                        replayed.append(self._stored(stream, rec.entries))
+                    elif rec.reason == EPOCH_MISMATCH:
+                        again.append((stream, rec.epoch, 0))    # all of the new epoch is newer
+                    else:
+                        failed += self._give_up(stream, rec, held)
+            for start in range(0, len(again), CATCHUP_BATCH):
+                chunk = again[start:start + CATCHUP_BATCH]
+                for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
+                    if rec.ok:
+                        replayed.append(self._stored(stream, rec.entries))
+                    else:
+                        failed += self._give_up(stream, rec, held)
+        except redis.RedisError as exc:
+            # Redis answered the SUBSCRIBEs but not this: go live with what we have;
+            # the marks stay, so the next link tries again.
+            log.warning("redis: history unreadable while catching up", extra={
+                "event": "broker_catchup_failed", "error": type(exc).__name__})
+            metrics.BROKER_CATCHUP_FAILED.labels("unavailable").inc()
+        return replayed, failed
+
+    def _stored(self, stream: str, entries) -> list:
+        out = []
+        for entry in entries:
+            try:
+                out.append(self._decoder.decode_stored(stream, entry))
+            except wire.Drop:                   # the script only stores what decodes
+                pass
+        return out
+
+    def _give_up(self, stream: str, rec, held) -> int:
+        """The missed events of `stream` are gone (trimmed, expired, too many): they are
+        not replayed, and the held live ones still go out, so the mark moves to just
+        before the first of those (or to the top when none arrived)."""
+        first = min((m.positions[stream][1] for m in held
+                     if stream in m.positions and m.positions[stream][0] == rec.epoch), default=None)
+        self._marks[stream] = (rec.epoch, rec.top if first is None else first - 1)
+        metrics.BROKER_CATCHUP_FAILED.labels(rec.reason or "unknown").inc()
+        log.warning("redis: events missed while the link was down are no longer in history",
+                    extra={"event": "broker_catchup_lost", "stream": stream[:200], "reason": rec.reason})
+        return 1
 
     def _drop(self, reason: str, topic: str):
         """An untrusted message we cannot deliver: counted, logged without its payload."""

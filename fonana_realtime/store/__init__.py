@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from typing import Any
 
 from .rows import check_text, dump_metadata
 
 __all__ = [
+    "LASTING",
     "NOTIFICATION_TYPES",
     "Store",
     "StoreUnavailable",
     "UnknownNotificationType",
     "open_store",
 ]
+
+
+#: ``post_access_until`` for access that does not lapse (author, open post, purchase).
+LASTING = datetime.max
 
 
 class StoreUnavailable(Exception):
@@ -88,16 +94,21 @@ class Store:
         """Whether a ``users`` row with this id exists (a deleted user cannot connect)."""
         raise NotImplementedError
 
-    def can_view_post(self, user_id: str, post_id: str) -> bool:
-        """Whether ``user_id`` may subscribe to ``post_<post_id>`` (PROTOCOL 2.3), in one query.
+    def post_access_until(self, user_id: str, post_id: str) -> datetime | None:
+        """Until when ``user_id`` may hold ``post_<post_id>`` (PROTOCOL 2.3), in one query.
 
-        False if the post does not exist. True if the user is its author; or it
-        is open (not ``isLocked`` and ``minSubscriptionTier`` null or empty); or
-        the user has a COMPLETED purchase of it; or an active subscription to
-        its creator (``isActive``, ``paymentStatus`` COMPLETED, ``validUntil`` in
-        the future).
+        None if not at all, or the post does not exist. ``LASTING`` if the user is its
+        author; or it is open (not ``isLocked`` and ``minSubscriptionTier`` null or
+        empty); or the user has a COMPLETED purchase of it: access that does not
+        lapse. Otherwise, with an active subscription to its creator (``isActive``,
+        ``paymentStatus`` COMPLETED, ``validUntil`` in the future), the latest such
+        ``validUntil`` (naive UTC): the moment the access it granted ends.
         """
         raise NotImplementedError
+
+    def can_view_post(self, user_id: str, post_id: str) -> bool:
+        """Whether ``user_id`` may subscribe to ``post_<post_id>`` now."""
+        return self.post_access_until(user_id, post_id) is not None
 
     def unread_notifications(self, user_id: str, limit: int = 20) -> tuple[list[dict], int]:
         """(the ``limit`` newest unread ROWs, newest first; the total number of unread)."""
@@ -121,9 +132,16 @@ class Store:
         check_text("message", message)
         return dump_metadata(metadata)
 
+    def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
+        """Mark one of the user's notifications read: (its ROW, whether this call changed
+        it), or None if missing / not theirs. Of concurrent calls on an unread row exactly
+        one says changed (the UPDATE matches only while it is unread)."""
+        raise NotImplementedError
+
     def mark_notification_read(self, user_id: str, notification_id: str) -> dict | None:
         """Mark one of the user's notifications read; its ROW, or None if missing / not theirs."""
-        raise NotImplementedError
+        answer = self.read_notification(user_id, notification_id)
+        return None if answer is None else answer[0]
 
     def clear_notifications(self, user_id: str) -> int:
         """Mark all of the user's unread notifications read; how many were changed."""

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import re
 import threading
+from datetime import datetime
 from typing import Any, Callable, Iterator
 
 import psycopg2
@@ -31,7 +32,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from . import Store, StoreUnavailable, queries
+from . import LASTING, Store, StoreUnavailable, queries
 from .rows import (
     is_key,
     new_id,
@@ -76,7 +77,7 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
-_CAN_VIEW_POST = queries.in_style(queries.CAN_VIEW_POST, "%({})s")
+_POST_ACCESS = queries.in_style(queries.POST_ACCESS, "%({})s")
 
 
 class _Pool:
@@ -280,11 +281,13 @@ class PostgresStore(Store):
             return False
         return self._fetchone('SELECT 1 FROM "users" WHERE "id" = %s', (user_id,)) is not None
 
-    def can_view_post(self, user_id: str, post_id: str) -> bool:
+    def post_access_until(self, user_id: str, post_id: str) -> datetime | None:
         if not (is_key(user_id) and is_key(post_id)):
-            return False
-        row = self._fetchone(_CAN_VIEW_POST, {"post": post_id, "user": user_id, "now": utc_now()})
-        return bool(row[0])
+            return None
+        row = self._fetchone(_POST_ACCESS, {"post": post_id, "user": user_id, "now": utc_now()})
+        if row is None:
+            return None
+        return LASTING if row[0] else row[1]
 
     def unread_notifications(self, user_id: str, limit: int = 20) -> tuple[list[dict], int]:
         if not is_key(user_id):
@@ -333,19 +336,23 @@ class PostgresStore(Store):
         )
         return None if row is None else notification_row(*row)
 
-    def mark_notification_read(self, user_id: str, notification_id: str) -> dict | None:
+    def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
         if not (is_key(user_id) and is_key(notification_id)):
             return None
         row = self._fetchone(
             f"""
             UPDATE "notifications" SET "isRead" = true
-            WHERE "id" = %s AND "userId" = %s
+            WHERE "id" = %s AND "userId" = %s AND NOT "isRead"
             RETURNING {_ROW_COLUMNS}
             """,
             (notification_id, user_id),
             read_only=False,
         )
-        return None if row is None else notification_row(*row)
+        if row is not None:
+            return notification_row(*row), True
+        row = self._fetchone(f'SELECT {_ROW_COLUMNS} FROM "notifications" WHERE "id" = %s AND "userId" = %s',
+                             (notification_id, user_id))
+        return None if row is None else (notification_row(*row), False)
 
     def clear_notifications(self, user_id: str) -> int:
         if not is_key(user_id):

@@ -1,27 +1,25 @@
 """SQL both stores run, written once. Placeholders are `{name}`: each store fills in its
 own parameter style (`%(name)s` for psycopg2, `:name` for sqlite3)."""
 
-# Who may subscribe to post_<id> (PROTOCOL.md 2.3): the author; anyone when the post is
-# open (not locked, no tier); a COMPLETED purchase; an active COMPLETED subscription to
-# its creator still valid at {now} (UTC, passed in: never the session's clock). A missing
-# post is simply "no".
-CAN_VIEW_POST = """
-SELECT EXISTS (
-  SELECT 1 FROM "posts" p
-  WHERE p."id" = {post} AND (
-    p."creatorId" = {user}
-    OR (NOT p."isLocked" AND COALESCE(p."minSubscriptionTier", '') = '')
-    OR EXISTS (
-      SELECT 1 FROM "post_purchases" pp
-      WHERE pp."postId" = p."id" AND pp."userId" = {user}
-        AND pp."paymentStatus" = 'COMPLETED')
-    OR EXISTS (
-      SELECT 1 FROM "subscriptions" s
-      WHERE s."creatorId" = p."creatorId" AND s."userId" = {user}
-        AND s."isActive" AND s."paymentStatus" = 'COMPLETED'
-        AND s."validUntil" > {now})
-  )
-)
+# Who may subscribe to post_<id> (PROTOCOL.md 2.3), and until when: the author, anyone
+# when the post is open (not locked, no tier) and a COMPLETED purchase hold for good
+# (`lasting`); an active COMPLETED subscription to its creator still valid at {now} (UTC,
+# passed in: never the session's clock) holds until its "validUntil" (`until`; the schema
+# allows one per user and creator). A missing post is no row: simply "no".
+POST_ACCESS = """
+SELECT
+  (p."creatorId" = {user}
+   OR (NOT p."isLocked" AND COALESCE(p."minSubscriptionTier", '') = '')
+   OR EXISTS (
+     SELECT 1 FROM "post_purchases" pp
+     WHERE pp."postId" = p."id" AND pp."userId" = {user}
+       AND pp."paymentStatus" = 'COMPLETED')) AS lasting,
+  (SELECT MAX(s."validUntil") FROM "subscriptions" s
+   WHERE s."creatorId" = p."creatorId" AND s."userId" = {user}
+     AND s."isActive" AND s."paymentStatus" = 'COMPLETED'
+     AND s."validUntil" > {now}) AS until
+FROM "posts" p
+WHERE p."id" = {post}
 """
 
 

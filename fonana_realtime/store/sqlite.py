@@ -28,8 +28,9 @@ import threading
 from datetime import datetime
 from typing import Any, Iterator
 
-from . import Store, StoreUnavailable, queries
+from . import LASTING, Store, StoreUnavailable, queries
 from .rows import (
+    as_naive_utc,
     is_key,
     load_metadata,
     new_id,
@@ -58,11 +59,11 @@ def _to_sqlite(value: Any) -> Any:
     if isinstance(value, datetime):
         return sqlite_ts(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
     return value
 
 
-_CAN_VIEW_POST = queries.in_style(queries.CAN_VIEW_POST, ":{}")
+_POST_ACCESS = queries.in_style(queries.POST_ACCESS, ":{}")
 
 
 class SqliteStore(Store):
@@ -147,11 +148,13 @@ class SqliteStore(Store):
             return False
         return self._fetchone('SELECT 1 FROM "users" WHERE "id" = ?', (user_id,)) is not None
 
-    def can_view_post(self, user_id: str, post_id: str) -> bool:
+    def post_access_until(self, user_id: str, post_id: str) -> datetime | None:
         if not (is_key(user_id) and is_key(post_id)):
-            return False
-        row = self._fetchone(_CAN_VIEW_POST, {"post": post_id, "user": user_id, "now": sqlite_ts(utc_now())})
-        return bool(row[0])
+            return None
+        row = self._fetchone(_POST_ACCESS, {"post": post_id, "user": user_id, "now": sqlite_ts(utc_now())})
+        if row is None:
+            return None
+        return LASTING if row[0] else (as_naive_utc(row[1]) if row[1] is not None else None)
 
     def unread_notifications(self, user_id: str, limit: int = 20) -> tuple[list[dict], int]:
         if not is_key(user_id):
@@ -200,20 +203,20 @@ class SqliteStore(Store):
             notification_id, user_id, type, title, message, False, load_metadata(metadata_json), created_at
         )
 
-    def mark_notification_read(self, user_id: str, notification_id: str) -> dict | None:
+    def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
         if not (is_key(user_id) and is_key(notification_id)):
             return None
         with self._cursor(transaction=True) as cur:
             cur.execute(
-                'UPDATE "notifications" SET "isRead" = 1 WHERE "id" = ? AND "userId" = ?',
+                'UPDATE "notifications" SET "isRead" = 1 WHERE "id" = ? AND "userId" = ? AND NOT "isRead"',
                 (notification_id, user_id),
             )
-            if cur.rowcount != 1:
-                return None
+            changed = cur.rowcount == 1
             row = cur.execute(
-                f'SELECT {_ROW_COLUMNS} FROM "notifications" WHERE "id" = ?', (notification_id,)
+                f'SELECT {_ROW_COLUMNS} FROM "notifications" WHERE "id" = ? AND "userId" = ?',
+                (notification_id, user_id),
             ).fetchone()
-        return _to_row(row)
+        return None if row is None else (_to_row(row), changed)
 
     def clear_notifications(self, user_id: str) -> int:
         if not is_key(user_id):
@@ -228,12 +231,13 @@ class SqliteStore(Store):
                 self._closed = True
                 self._conn.close()
 
-    # -- dev/test helper (not used by the server) ---------------------------
+    # -- the demo seed (the server's first start on a new file) and tests ------
 
     def insert_rows(self, table: str, rows: list[dict]) -> int:
         """Insert plain rows into a Fonana table, skipping ids that exist; how many were inserted.
 
-        For the demo seed and tests only. bools, datetimes (naive = UTC) and
+        The server calls it once, through ``seed_demo``, when it creates a new file;
+        tests and ``seed-demo`` use it too. Never for notifications at run time. bools, datetimes (naive = UTC) and
         dict/list JSON are converted to the SQLite storage form.
         """
         if table not in _TABLES:

@@ -6,6 +6,19 @@
 - ops.py        `/health`, `/ready`, `/metrics`, `/stats`
 """
 from flask import current_app, jsonify
+from flask.json.provider import DefaultJSONProvider
+
+
+class StandardJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, standard only: Python's json writes NaN/Infinity by default, which a
+    JSON.parse rejects; with allow_nan=False such a value is a ValueError (then a 500 JSON
+    answer) instead of a body no client can read. Keys keep their order."""
+
+    sort_keys = False
+
+    def dumps(self, obj, **kwargs):
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
 
 
 def runtime():

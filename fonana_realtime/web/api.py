@@ -13,7 +13,7 @@ from flask import Blueprint, jsonify, request
 from .. import metrics
 from ..broker import BrokerUnavailable
 from ..channels import InvalidChannel, parse_channel_any, valid_id
-from ..events import InvalidEvent, Route, route_event
+from ..events import Route, route_event
 from ..store import StoreUnavailable, UnknownNotificationType
 from ..wsframes import dumps, loads
 from . import json_error, runtime
@@ -83,8 +83,8 @@ def json_body() -> dict:
         raise PayloadTooLarge()
     try:
         body = loads(raw)
-    except ValueError:                       # includes bad UTF-8 and absurd nesting
-        raise BadRequest("body is not valid JSON") from None
+    except ValueError as exc:    # bad UTF-8, absurd nesting, NaN/Infinity/1e400, lone surrogates
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     return body
@@ -118,9 +118,13 @@ def _address(body) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return channels, users
 
 
-def publish(route: Route, event: dict):
-    runtime().broker.publish(route, dumps(event))
+def publish(route: Route, payload: bytes) -> dict:
+    """`payload` is the event already serialised (`wsframes.dumps`): whatever cannot be
+    written as standard JSON was refused before anything was published. Returns its
+    positions `{stream: offset}`."""
+    positions = runtime().broker.publish(route, payload)
     metrics.EVENTS_PUBLISHED.inc()
+    return positions
 
 
 @bp.post("/events")
@@ -139,14 +143,13 @@ def post_events():
     else:
         raise BadRequest("body needs `event` or `events`")
     routed = []
-    for index, event in enumerate(items):       # all checked before any is published
+    for index, event in enumerate(items):       # all checked and serialised before any is published
         try:
-            routed.append((route_event(event, channels, users), event))
-        except InvalidEvent as exc:
+            routed.append((route_event(event, channels, users), dumps(event)))
+        except ValueError as exc:               # InvalidEvent, or not writable as standard JSON
             raise BadRequest(str(exc), **({"index": index} if "events" in body else {})) from None
-    for route, event in routed:
-        publish(route, event)
-    return jsonify({"published": len(routed)}), 202
+    positions = [publish(route, payload) for route, payload in routed]
+    return jsonify({"published": len(routed), "positions": positions}), 202
 
 
 @bp.post("/notifications")
@@ -166,7 +169,7 @@ def post_notification():
     if row is None:
         return json_error(404, "not_found", reason="unknown_user")
     try:
-        publish(Route(users=(user_id,)), {"type": "notification", "userId": user_id, "notification": row})
+        publish(Route(users=(user_id,)), dumps({"type": "notification", "userId": user_id, "notification": row}))
     except BrokerUnavailable:
         # The row is written: it is the source of truth and arrives as unread later.
         return json_error(503, "broker_unavailable", notification=row)
@@ -178,11 +181,13 @@ def post_notification_read():
     body = json_body()
     user_id = _user_id(body)
     notification_id = _user_id(body, "notificationId")
-    row = runtime().store.mark_notification_read(user_id, notification_id)
-    if row is None:
+    answer = runtime().store.read_notification(user_id, notification_id)
+    if answer is None:
         return json_error(404, "not_found")
-    publish(Route(users=(user_id,)), {"type": "notification_read", "userId": user_id,
-                                      "notificationId": notification_id})
+    row, changed = answer
+    if changed:      # pushed on change only: a read of a read row told every tab already
+        publish(Route(users=(user_id,)), dumps({"type": "notification_read", "userId": user_id,
+                                                "notificationId": notification_id}))
     return jsonify({"notification": row}), 200
 
 
@@ -191,5 +196,6 @@ def post_notifications_clear():
     body = json_body()
     user_id = _user_id(body)
     cleared = runtime().store.clear_notifications(user_id)
-    publish(Route(users=(user_id,)), {"type": "notifications_cleared", "userId": user_id})
+    if cleared:      # pushed on change only
+        publish(Route(users=(user_id,)), dumps({"type": "notifications_cleared", "userId": user_id}))
     return jsonify({"cleared": cleared}), 200

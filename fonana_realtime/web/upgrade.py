@@ -17,7 +17,8 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection as FrameProtocol
 from wsproto.utilities import generate_accept_token
 
-V2 = "fonana.v2"
+from ..connection import V2
+
 SUBPROTOCOLS = (V2,)              # ours, in order of preference
 
 
@@ -57,7 +58,7 @@ def select_subprotocol(offer: str | None) -> str | None:
 
 
 def accept_head(key: bytes, subprotocol: str | None) -> bytes:
-    """The 101 response head (written ahead of the welcome frame, in the same send)."""
+    """The 101 response head."""
     head = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + generate_accept_token(key) + b"\r\n")
     if subprotocol is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 
 import gevent
@@ -24,10 +25,9 @@ from werkzeug.wrappers import Request
 from .. import metrics
 from ..auth import AuthError
 from ..commands import iso_utc
-from ..connection import Connection
+from ..connection import V2, Connection
 from ..handshake_limits import client_ip
 from ..store import StoreUnavailable
-from ..wsframes import json_frame
 from . import upgrade
 
 log = logging.getLogger("fonana_realtime.websocket")
@@ -145,19 +145,40 @@ def serve(rt, raw, key, subprotocol, identity, ip, started):
     keep its whole stack alive per idle client (gunicorn's parser, environ, werkzeug
     objects): tens of KB each.
     """
-    conn = Connection(raw.dup(), upgrade.frame_protocol(), identity.user_id, identity.expires_at,
-                      ip, rt.settings, protocol=subprotocol)
-    rt.hub.add(conn)
+    sock = raw.dup()                # ours now; gunicorn closes its own copy when the request ends
+    try:
+        # Every write is a whole batch of frames, meant to leave now. With Nagle's algorithm a
+        # small write that follows an unacknowledged one waits for the peer's delayed ACK (40 ms
+        # on Linux): measured in the browser tests, a replayed like reached the page 36-41 ms
+        # late while the next came on time, 84 ms apart, and the client's 100 ms throttle
+        # dropped it. (Node's ws sets noDelay too.)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass                        # not TCP (a unix socket behind a proxy)
+    conn = Connection(sock, upgrade.frame_protocol(), identity.user_id, identity.expires_at, ip,
+                      rt.settings, protocol=subprotocol)
+    # The 101 goes out through the one write path before the connection is known to the
+    # fanout: no event can be written ahead of it.
+    conn.send(upgrade.accept_head(key, subprotocol))
+    if conn.protocol is None:
+        conn.pacer = rt.pacer       # legacy: events paced for the Fonana client (PROTOCOL.md 8)
+        if rt.resume is not None:
+            rt.resume.arrive(conn)  # where its dropped connections left off (may ask Redis)
+    rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
     metrics.CONNECTIONS.inc()
-    # The 101 and the welcome leave in one write, through the connection's one write path.
-    if conn.send(upgrade.accept_head(key, subprotocol) + json_frame({"type": "connected", "data": {
-            "userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
-            "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
-            "worker": os.getpid()}})):
-        metrics.FRAMES_OUT.inc()
     metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - started)
     log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
                                  "ip": conn.ip})
+    welcome = {"userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
+               "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
+               "worker": os.getpid()}
+    if conn.protocol == V2:
+        epoch, top = rt.fanout.join_position(conn, conn.user_stream)
+        welcome["protocol"] = V2
+        welcome["user"] = {"stream": conn.user_stream, "offset": top, "epoch": epoch}
+    conn.send_json({"type": "connected", "data": welcome})
+    if conn.protocol is None and rt.resume is not None:
+        rt.resume.after_join(conn, conn.user_stream)     # missed user events, right after the welcome
     gevent.spawn_raw(_live, rt, conn)      # a bare greenlet: no Greenlet bookkeeping per client
 
 
@@ -166,9 +187,11 @@ def _live(rt, conn):
     try:
         conn.read_loop(rt.commands.handle)
     finally:
+        if conn.protocol is None and rt.resume is not None:
+            rt.resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
         for key in conn.channels:
             metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]).dec()
-        rt.hub.remove(conn)
+        rt.fanout.remove(conn)
         metrics.CONNECTIONS.dec()
         conn.abort()
         conn.sock.close()

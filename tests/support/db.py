@@ -16,10 +16,14 @@ import psycopg2
 import psycopg2.extras
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA_CANDIDATES = (
-    REPO / "fonana_realtime" / "store" / "schema" / "postgres.sql",
-    Path("/work/shared/fonana-schema.sql"),
-)
+# The reference DDL of the Fonana tables, in the repository (never a path outside it:
+# CI runs a clean clone).
+SCHEMA_FILE = REPO / "fonana_realtime" / "store" / "schema" / "postgres.sql"
+# A notification ROW as the contract gives it (PROTOCOL.md 4), and the NotificationType enum.
+ROW_KEYS = frozenset({"id", "userId", "type", "title", "message", "isRead", "metadata", "createdAt"})
+NOTIFICATION_TYPES = ("LIKE_POST", "LIKE_COMMENT", "COMMENT_POST", "REPLY_COMMENT", "NEW_SUBSCRIBER",
+                      "POST_PURCHASE", "MESSAGE_PURCHASE", "SUBSCRIPTION_PURCHASE", "TIP_RECEIVED", "POST_SALE",
+                      "SYSTEM_ANNOUNCEMENT", "NEW_MESSAGE", "NEW_POST_FROM_SUBSCRIPTION")
 ADMIN_URL = os.environ.get("FONANA_TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
 
 
@@ -29,10 +33,9 @@ def utcnow() -> dt.datetime:
 
 
 def schema_path() -> Path:
-    for candidate in SCHEMA_CANDIDATES:
-        if candidate.is_file() and candidate.stat().st_size > 0:
-            return candidate
-    raise FileNotFoundError(f"no schema file among {SCHEMA_CANDIDATES}")
+    if SCHEMA_FILE.is_file() and SCHEMA_FILE.stat().st_size > 0:
+        return SCHEMA_FILE
+    raise FileNotFoundError(f"no schema file at {SCHEMA_FILE}")
 
 
 def postgres_available() -> bool:
@@ -92,15 +95,33 @@ def new_id(prefix: str) -> str:
 
 
 class Seed:
-    """Inserts Fonana rows with psycopg2; every id is fresh so tests never collide."""
+    """Inserts Fonana rows with sensible defaults; every id is fresh unless given, so tests
+    never collide. The one row seeder of the suite, two ways in:
 
-    def __init__(self, url: str):
+    - `Seed(url)`: psycopg2 straight into a PostgreSQL database (the black-box suite);
+    - `Seed.into_store(store)`: through `Store.insert_rows`, the path the demo seed takes,
+      on either backend (tests/test_store.py).
+
+    Arguments read the same everywhere: owner first (`post(creator_id)`,
+    `notification(user_id)`), then keywords; `id=` names a row."""
+
+    def __init__(self, url: str | None = None, *, store=None):
         self.url = url
-        self.conn = psycopg2.connect(url)
-        self.conn.autocommit = True
+        self.store = store
+        self.conn = None
+        if store is None:
+            self.conn = psycopg2.connect(url)
+            self.conn.autocommit = True
+        now = utcnow()      # to the millisecond, as TIMESTAMP(3) keeps it
+        self.now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+    @classmethod
+    def into_store(cls, store) -> "Seed":
+        return cls(store=store)
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
     def execute(self, sql: str, params=()) -> None:
         with self.conn.cursor() as cur:
@@ -111,26 +132,29 @@ class Seed:
             cur.execute(sql, params)
             return [dict(r) for r in cur.fetchall()]
 
+    def insert(self, table: str, row: dict) -> None:
+        if self.store is not None:
+            self.store.insert_rows(table, [row])
+            return
+        columns = ",".join(f'"{c}"' for c in row)
+        values = [psycopg2.extras.Json(v) if isinstance(v, (dict, list)) else v for v in row.values()]
+        self.execute(f'INSERT INTO "{table}" ({columns}) VALUES ({",".join(["%s"] * len(row))})', values)
+
     # -- rows -------------------------------------------------------------------------
     def user(self, id: str | None = None, *, nickname: str | None = None, is_creator: bool = False) -> str:
         uid = id or new_id("u")
         now = utcnow()
-        self.execute(
-            'INSERT INTO "users" ("id","wallet","nickname","isCreator","createdAt","updatedAt") '
-            "VALUES (%s,%s,%s,%s,%s,%s)",
-            (uid, "wallet-" + uid, nickname or ("nick-" + uid), is_creator, now, now),
-        )
+        self.insert("users", {"id": uid, "wallet": "wallet-" + uid, "nickname": nickname or ("nick-" + uid),
+                              "isCreator": is_creator, "createdAt": now, "updatedAt": now})
         return uid
 
     def post(self, creator_id: str, *, id: str | None = None, locked: bool = False, tier: str | None = None,
              price: float | None = None, title: str = "A post") -> str:
         pid = id or new_id("p")
         now = utcnow()
-        self.execute(
-            'INSERT INTO "posts" ("id","creatorId","title","content","type","isLocked","isPremium","price",'
-            '"minSubscriptionTier","createdAt","updatedAt") VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)',
-            (pid, creator_id, title, "content of " + pid, "text", locked, tier is not None, price, tier, now, now),
-        )
+        self.insert("posts", {"id": pid, "creatorId": creator_id, "title": title, "content": "content of " + pid,
+                              "type": "text", "isLocked": locked, "isPremium": tier is not None, "price": price,
+                              "minSubscriptionTier": tier, "createdAt": now, "updatedAt": now})
         return pid
 
     def subscription(self, user_id: str, creator_id: str, *, active: bool = True, status: str = "COMPLETED",
@@ -138,32 +162,24 @@ class Seed:
         sid = new_id("s")
         if valid_until is None:
             valid_until = utcnow() + dt.timedelta(days=30)
-        self.execute(
-            'INSERT INTO "subscriptions" ("id","userId","creatorId","plan","price","subscribedAt","validUntil",'
-            '"isActive","paymentStatus") VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)',
-            (sid, user_id, creator_id, plan, 1.5, utcnow() - dt.timedelta(days=1), valid_until, active, status),
-        )
+        self.insert("subscriptions", {"id": sid, "userId": user_id, "creatorId": creator_id, "plan": plan,
+                                      "price": 1.5, "subscribedAt": utcnow() - dt.timedelta(days=1),
+                                      "validUntil": valid_until, "isActive": active, "paymentStatus": status})
         return sid
 
     def purchase(self, user_id: str, post_id: str, *, status: str = "COMPLETED") -> str:
         pid = new_id("pp")
-        self.execute(
-            'INSERT INTO "post_purchases" ("id","postId","userId","price","purchasedAt","paymentStatus") '
-            "VALUES (%s,%s,%s,%s,%s,%s)",
-            (pid, post_id, user_id, 0.5, utcnow(), status),
-        )
+        self.insert("post_purchases", {"id": pid, "postId": post_id, "userId": user_id, "price": 0.5,
+                                       "purchasedAt": utcnow(), "paymentStatus": status})
         return pid
 
     def notification(self, user_id: str, *, type: str = "SYSTEM_ANNOUNCEMENT", title: str = "Hello",
                      message: str = "A message", read: bool = False, metadata=None,
                      created_at: dt.datetime | None = None, id: str | None = None) -> str:
         nid = id or new_id("n")
-        self.execute(
-            'INSERT INTO "notifications" ("id","userId","type","title","message","isRead","metadata","createdAt") '
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-            (nid, user_id, type, title, message, read,
-             psycopg2.extras.Json(metadata) if metadata is not None else None, created_at or utcnow()),
-        )
+        self.insert("notifications", {"id": nid, "userId": user_id, "type": type, "title": title,
+                                      "message": message, "isRead": read, "metadata": metadata,
+                                      "createdAt": created_at or utcnow()})
         return nid
 
     # -- reads ------------------------------------------------------------------------

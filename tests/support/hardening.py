@@ -3,7 +3,7 @@ slow clients, metrics).
 
 Everything still talks to real things: gunicorn with gevent workers, real sockets.
 Where the server gives no event to wait for (a counter in /metrics, a slot freed after a
-close), `wait_until` polls with a deadline; nothing sleeps to synchronise.
+close), `support.waiting.wait_until` polls with a deadline; nothing sleeps to synchronise.
 """
 from __future__ import annotations
 
@@ -36,26 +36,6 @@ def running_server(tmp_path_factory, name: str, *, database_url: str | None = No
         srv.close_clients()
         srv.http.close()
         srv.stop(timeout=10)
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds.
-    For state the server exposes only by polling (metrics, freed connection slots).
-    An AssertionError inside `predicate` counts as "not yet"; use pytest.fail for
-    answers that must stop the wait at once."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = predicate()
-        except AssertionError as exc:     # a predicate may assert; keep the last message
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not reached within {timeout}s (last: {last!r})")
-        time.sleep(interval)   # a poll interval, not a synchronisation point
 
 
 # -- metrics --------------------------------------------------------------------------------

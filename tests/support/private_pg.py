@@ -15,7 +15,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg2
@@ -161,19 +160,3 @@ class PrivateCluster:
         self.remove()
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate()` until it returns something truthy (returned), or fail after `timeout` s.
-    The pause between attempts is only pacing of a poll with a deadline, never synchronisation."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = predicate()
-        except Exception as exc:  # keep polling; report the last problem at the deadline
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
-        time.sleep(interval)

@@ -17,23 +17,18 @@ from urllib.parse import quote
 
 import requests
 
+from fonana_realtime.settings import ENV_NAMES
+
 from .tokens import make_token
 from .ws import WSClient, open_ws
 
 REPO = Path(__file__).resolve().parents[2]
 AUTO = object()
 
-# Every variable the server reads (PROTOCOL.md section 1): never inherited from the
-# caller's environment, so a developer's shell cannot change what a test means.
-CONFIG_VARS = (
-    "WS_PORT", "WS_HOST", "NEXTAUTH_SECRET", "JWT_SECRET", "DATABASE_URL", "REDIS_URL", "WS_API_SECRET",
-    "ALLOWED_ORIGINS", "WS_WORKERS", "WS_WORKER_CONNECTIONS", "WS_PING_INTERVAL", "WS_MAX_MESSAGE_BYTES",
-    "WS_RATE_PER_SEC", "WS_RATE_BURST", "WS_RATE_ABUSE_SECONDS", "WS_MAX_SUBSCRIPTIONS",
-    "WS_MAX_CONNECTIONS_PER_USER", "WS_HANDSHAKES_PER_IP_PER_SEC", "WS_HANDSHAKES_PER_IP_BURST",
-    "TRUSTED_PROXIES", "WS_SEND_BACKLOG_BYTES", "WS_SEND_BACKLOG_FRAMES", "WS_DRAIN_SECONDS",
-    "API_MAX_BODY_BYTES", "API_MAX_EVENTS", "METRICS_PUBLIC", "REDIS_PREFIX", "LOG_DIR", "DATA_DIR",
-    "GUNICORN_CMD_ARGS", "FLASK_ENV", "FLASK_DEBUG", "ENV", "APP_ENV", "NODE_ENV",
-)
+# Every variable the server reads (settings.ENV_NAMES) and the launch's own: never
+# inherited from the caller's environment, so a developer's shell cannot change what a
+# test means.
+CONFIG_VARS = ENV_NAMES + ("GUNICORN_CMD_ARGS", "FLASK_ENV", "FLASK_DEBUG", "ENV", "APP_ENV")
 
 RUNNING: list["Server"] = []
 
@@ -72,7 +67,7 @@ class Server:
 
     def __init__(self, workdir: Path, *, name: str = "server", database_url: str | None = None,
                  jwt_secret=AUTO, api_key=AUTO, nextauth_secret: str | None = None,
-                 env: dict | None = None, cwd: Path | None = None):
+                 env: dict | None = None, cwd: Path | None = None, command: list[str] | None = None):
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +97,10 @@ class Server:
             "NEXTAUTH_SECRET": nextauth_secret,
             "WS_API_SECRET": self.api_key,
             "DATABASE_URL": database_url,
+            # tests of raw delivery semantics expect every frame at once; the browser tests
+            # (test_browser_legacy.py) pass None to run with the server's own default
+            "WS_LEGACY_TYPE_GAP_MS": 0,
+            "WS_RESUME_SECONDS": 0,         # likewise: no replays a test did not ask for
         }
         config.update(env or {})
         self.env = clean_env(config)
@@ -110,6 +109,8 @@ class Server:
         self.cwd = Path(cwd) if cwd else REPO
         if cwd:
             self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH")) if p)
+        # the launch command; the suite's own venv unless a test brings another install
+        self.command = command or gunicorn_cmd()
         self.proc: subprocess.Popen | None = None
         self.clients: list[WSClient] = []
         self.http = requests.Session()
@@ -119,7 +120,7 @@ class Server:
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> "Server":
         self._out = open(self.stdout_path, "ab")
         self._err = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(gunicorn_cmd(), cwd=self.cwd, env=self.env, stdout=self._out, stderr=self._err,
+        self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=self._out, stderr=self._err,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         RUNNING.append(self)
         if wait:

@@ -25,6 +25,16 @@ class TcpProxy:
         self._listener = listener
         threading.Thread(target=self._accept_loop, args=(listener,), daemon=True).start()
 
+    def refuse(self) -> None:
+        """Refuse new connections; those already open go on (a server behind it may close them)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+
     def down(self) -> None:
         """Refuse new connections and cut every open one."""
         listener, self._listener = self._listener, None
@@ -57,6 +67,8 @@ class TcpProxy:
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
+                for s in (client, upstream):    # forward each chunk at once, as a router would
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 upstream.settimeout(None)
             except OSError:
                 client.close()

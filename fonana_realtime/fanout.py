@@ -1,0 +1,241 @@
+"""Joins the hub (who holds what) and the broker (what reaches this worker).
+
+Two jobs, each in one place:
+
+- membership: `add`/`subscribe` register in the hub and, when a topic got its first
+  local subscriber, make the broker listen. That listen is a *visible wait*: with Redis
+  it returns once Redis acknowledged the SUBSCRIBE (at most broker SUBSCRIBE_WAIT), so
+  "subscribed" means "delivered from now on". `remove`/`unsubscribe` unlisten topics
+  that lost their last.
+- delivery: the broker calls `on_message(message)` once per publication; each becomes
+  one `Outgoing` (framed once for every recipient), queued, and written in batches by
+  `deliver_batch` through `Connection.deliver`.
+- replay then live (protocol v2, PROTOCOL.md 7): `recover` buffers a stream's live
+  events on the connection, reads the history after the client's offset, sends it,
+  then the buffered events it did not already send, by offset, then goes live. Dedupe
+  is by offset (`Connection.marks`), so an event published during the replay is sent
+  once, in its place.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+
+from . import metrics
+from .history import Recovery
+from .connection import merged_positions
+from .outgoing import Outgoing
+from .wire import channel_topic, user_topic
+
+# A batch of queued deliveries is written at the latest when it holds this many events
+# or its first event has waited this long (see Fanout.on_message).
+MAX_BATCH = 256
+MAX_BATCH_SECONDS = 0.005
+
+
+# A replay whose buffered live events start beyond the replayed ones (a gap: the broker
+# lost messages while the replay ran) reads history again, at most this many times.
+GAP_REREADS = 2
+
+
+class Fanout:
+    def __init__(self, hub, broker, recovery_max: int = 300):
+        self.hub = hub
+        self.broker = broker
+        self.recovery_max = recovery_max        # WS_RECOVERY_MAX
+        broker.on_message = self.on_message
+        self._pending: list[Outgoing] = []      # waiting for this turn's write
+        self._batch_started = 0.0
+
+    # ---- membership ------------------------------------------------------------------
+
+    def _joined(self, topic: str, first: bool):
+        if first:
+            self.broker.listen(topic)           # may wait (bounded) for the broker's ack
+        else:
+            self.broker.wait_listening(topic)   # only while the first one's ack is on its way
+
+    def add(self, conn):
+        """A new connection: registered under its user topic, heard from on return."""
+        self._joined(user_topic(conn.user_id), self.hub.add(conn))
+
+    def remove(self, conn):
+        for topic in self.hub.remove(conn):
+            self.broker.unlisten(topic)
+
+    def subscribe(self, conn, key: str):
+        if key in conn.channels:
+            return
+        self._joined(channel_topic(key), self.hub.subscribe(conn, key))
+
+    def unsubscribe(self, conn, key: str):
+        conn.marks.pop(key, None)
+        conn.joined_at.pop(key, None)
+        if self.hub.unsubscribe(conn, key):
+            self.broker.unlisten(channel_topic(key))
+
+    # ---- positions and recovery (protocol v2) ------------------------------------------
+
+    def join_position(self, conn, stream: str) -> tuple:
+        """(epoch, top) a v2 connection is told on joining `stream` (welcome, a
+        subscribe without `since`); later events are the ones after it."""
+        epoch, top = self.broker.position(stream)
+        if epoch is not None and stream not in conn.joined_at:
+            conn.marks[stream] = conn.joined_at[stream] = (epoch, top)
+        return epoch, top
+
+    def recover(self, conn, stream: str, since: tuple, reply, join=None) -> Recovery | None:
+        """Replay then live for one stream of a v2 connection (all or nothing).
+
+        `since` is the client's (epoch, offset). Live events of the stream are buffered
+        on the connection from before `join()` (a subscribe) until the replay is out;
+        `reply(recovery)` writes the reply frame (`subscribed` / `recovered`) before the
+        replayed events. May wait on the broker (history read, listen)."""
+        conn.buffers[stream] = []
+        try:
+            if join is not None:
+                join()
+            recovery = self.broker.history(stream, since[0], since[1], self.recovery_max)
+            metrics.RECOVERIES.labels("succeeded" if recovery.ok else recovery.reason).inc()
+            if conn.closing or conn.closed:
+                return recovery
+            reply(recovery)
+            if recovery.ok:
+                self._replay(conn, stream, since[1], recovery)
+                for _ in range(GAP_REREADS):
+                    if not self._gap(conn, stream):
+                        break
+                    mark = conn.marks[stream]
+                    again = self.broker.history(stream, mark[0], mark[1], self.recovery_max)
+                    if not again.ok:
+                        break
+                    self._replay(conn, stream, mark[1], again)
+            elif recovery.epoch is not None:
+                # Nothing replayed: the client reloads over HTTP and is live from TOP on.
+                conn.marks[stream] = conn.joined_at[stream] = (recovery.epoch, recovery.top)
+            self._go_live(conn, stream)
+            return recovery
+        finally:
+            conn.buffers.pop(stream, None)
+
+    def _replay(self, conn, stream: str, since: int, recovery: Recovery):
+        """Write the held events after `since` that this connection has not had yet."""
+        epoch = recovery.epoch
+        joined, mark = conn.joined_at.get(stream), conn.marks.get(stream)
+        live_from = live_to = 0          # (live_from, live_to]: already written live
+        if joined is not None and mark is not None and joined[0] == epoch == mark[0]:
+            live_from, live_to = joined[1], mark[1]
+        frames = []
+        last = since
+        for message in recovery.events:
+            offset = message.positions[stream][1]
+            if offset <= since or live_from < offset <= live_to:
+                continue
+            frames.append(Outgoing.of(message).v2_frame(stream))
+            last = max(last, offset)
+        conn.marks[stream] = (epoch, max(last, live_to))
+        if joined is None or joined[0] != epoch:
+            conn.joined_at[stream] = (epoch, since)
+        if frames:
+            metrics.REPLAYED_EVENTS.inc(len(frames))
+            conn.send(b"".join(frames), len(frames))
+
+    @staticmethod
+    def _gap(conn, stream: str) -> bool:
+        """Whether the buffered live events start after an offset nobody sent."""
+        mark = conn.marks.get(stream)
+        if mark is None:
+            return False
+        offsets = [out.positions[stream][1] for out in conn.buffers.get(stream, ())
+                   if stream in out.positions and out.positions[stream][0] == mark[0]]
+        return bool(offsets) and min(offsets) > mark[1] + 1
+
+    @staticmethod
+    def _go_live(conn, stream: str):
+        """The buffered events (in offset order; those already replayed are skipped by
+        their offset) and live from here on: no yield between the two."""
+        pending = conn.buffers.pop(stream, None)
+        if pending:
+            pending.sort(key=lambda out: out.positions.get(stream, ("", 0))[1])
+            conn._deliver_v2(pending)
+
+    # ---- delivery --------------------------------------------------------------------
+
+    def on_message(self, message):
+        """One publication reached this worker: frame it once, queue it.
+
+        Events are written at the end of the current turn of the event loop, all that
+        arrived in that turn together: a connection gets them in one write (one syscall)
+        instead of one each, which is most of what a delivery costs. A turn ends as soon
+        as the publishing greenlet yields; a greenlet that keeps publishing without
+        yielding (back-to-back requests already buffered on a keep-alive connection, a
+        list publish) writes the batch itself once it holds MAX_BATCH events or has held
+        one for MAX_BATCH_SECONDS, so nothing waits on it for long.
+        """
+        pending = self._pending
+        if not pending:
+            self._batch_started = time.monotonic()
+            gevent.spawn_raw(self._write_pending)
+        # Not Outgoing.of: the live frames are not kept with a held message (measured:
+        # ~300 B + the payload again per held event); a replay builds its own, once.
+        pending.append(Outgoing(message))
+        if len(pending) >= MAX_BATCH or time.monotonic() - self._batch_started >= MAX_BATCH_SECONDS:
+            self._write_pending()
+
+    def _write_pending(self):
+        batch, self._pending = self._pending, []
+        if not batch:              # already written by on_message
+            return
+        delivered, dropped = self.deliver_batch(batch)
+        if delivered:
+            metrics.EVENTS_DELIVERED.inc(delivered)
+            metrics.FRAMES_OUT.inc(delivered)
+        if dropped:
+            metrics.DELIVERIES_DROPPED.inc(dropped)
+        now = time.time()
+        for out in batch:
+            if out.published_at is not None:
+                metrics.DELIVERY_SECONDS.observe(max(0.0, now - out.published_at))
+
+    def deliver_batch(self, batch: list[Outgoing]) -> tuple[int, int]:
+        """Deliver Outgoings in order, one `Connection.deliver` per connection.
+
+        When the batch has one audience (the usual burst on one post), the joined legacy
+        frames are one shared bytes object for every recipient; otherwise each
+        connection gets the events addressed to it, still in publish order and each
+        once. Returns (delivered, dropped) counted in frames."""
+        runs: list[tuple[list, list]] = []          # consecutive events with the same topics
+        for out in batch:
+            if runs and runs[-1][0] == out.topics:
+                runs[-1][1].append(out)
+            else:
+                runs.append((out.topics, [out]))
+        delivered = dropped = 0
+        if len(runs) == 1:
+            topics, outs = runs[0]
+            joined = outs[0].legacy if len(outs) == 1 else b"".join(o.legacy for o in outs)
+            positions = merged_positions(outs)
+            count = len(outs)
+            for conn in self.hub.targets(topics):
+                if conn.deliver(outs, joined, positions):
+                    delivered += count
+                else:
+                    dropped += count
+            return delivered, dropped
+        per_conn: dict = {}
+        for topics, outs in runs:
+            chunk = b"".join(o.legacy for o in outs)
+            for conn in self.hub.targets(topics):
+                parts = per_conn.get(conn)
+                if parts is None:
+                    per_conn[conn] = [outs, chunk]          # the run's own list, shared
+                else:
+                    parts[0] = parts[0] + outs              # a new list: never extend a shared one
+                    parts[1] += chunk
+        for conn, (outs, joined) in per_conn.items():
+            if conn.deliver(outs, joined, None):
+                delivered += len(outs)
+            else:
+                dropped += len(outs)
+        return delivered, dropped

@@ -1,0 +1,107 @@
+"""One event on its way out of this worker, built ONCE per worker, never per recipient.
+
+An `Outgoing` holds everything a connection may need to write for one published
+event: the legacy frame (the flat event, byte for byte what legacy clients always
+got), the v2 `event` frame for each stream of its route (built on first use, then
+shared by every v2 recipient), its positions, and what issue 10's pacing needs to
+know about it (`type`, `conflate`).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+
+from .wire import topic_stream
+from .wsframes import dumps, text_frame
+
+# Which waiting legacy frames a newer one of the same type may replace (PROTOCOL.md 8):
+# type -> (conflation prefix, the event field naming the thing whose state it carries).
+CONFLATE_BY = {
+    "post_liked": ("post:", "postId"),
+    "post_unliked": ("post:", "postId"),
+    "creator_updated": ("creator:", "creatorId"),
+    "feed_update": ("feed:", "userId"),
+}
+
+
+class Outgoing:
+    __slots__ = ("_message", "payload", "topics", "streams", "published_at", "positions", "legacy",
+                 "_event", "_v2", "_pace_key")
+
+    @classmethod
+    def of(cls, message) -> "Outgoing":
+        """The message's Outgoing, built on first use: a live delivery and every replay
+        of the same held message share its frames."""
+        out = message.outgoing
+        if out is None:
+            out = message.outgoing = cls(message)
+        return out
+
+    def __init__(self, message):
+        self._message = message
+        self.payload = message.payload          # the flat event, JSON bytes
+        self.topics = message.topics            # route order: channels, then users
+        self.streams = [topic_stream(t) for t in message.topics]
+        self.published_at = message.published_at
+        self.positions = message.positions      # {stream: (epoch, offset)}; empty if none
+        self.legacy = text_frame(message.payload)
+        self._event = message.event
+        self._v2: dict | None = None
+        self._pace_key = None                   # see pace_key
+
+    @property
+    def id(self) -> str:
+        message = self._message
+        if message.id is None:              # named once: every Outgoing of it shares the id
+            message.id = uuid.uuid4().hex
+        return message.id
+
+    @property
+    def event(self) -> dict:
+        if self._event is None:
+            self._event = json.loads(self.payload)
+        return self._event
+
+    @property
+    def type(self) -> str:
+        return self.event["type"]
+
+    @property
+    def conflate(self) -> str | None:
+        """Events with the same key carry the same state: a newer one may replace a
+        waiting older one (`"post:"+postId` for post_liked and post_unliked, ...)."""
+        rule = CONFLATE_BY.get(self.event["type"])
+        if rule is None:
+            return None
+        value = self.event.get(rule[1])
+        return rule[0] + value if isinstance(value, str) else None
+
+    @property
+    def pace_key(self):
+        """`conflate`, or False when the event conflates with nothing: worked out once per
+        event, not once per legacy recipient (pacing.py reads it per connection)."""
+        key = self._pace_key
+        if key is None:
+            key = self._pace_key = self.conflate or False
+        return key
+
+    def offset(self, stream: str):
+        """(epoch, offset) of this event in `stream`, or None without positions."""
+        return self.positions.get(stream)
+
+    def v2_frame(self, stream: str) -> bytes:
+        """`{"type":"event","id","stream","offset","epoch","data"}` for `stream`, built
+        once per event and stream. An event published without positions (a bare
+        PUBLISH, PROTOCOL.md 5) has no offset/epoch: it is not in any history."""
+        frames = self._v2
+        if frames is None:
+            frames = self._v2 = {}
+        frame = frames.get(stream)
+        if frame is None:
+            head = {"type": "event", "id": self.id, "stream": stream}
+            position = self.positions.get(stream)
+            if position is not None:
+                head["offset"] = position[1]
+                head["epoch"] = position[0]
+            frame = frames[stream] = text_frame(dumps(head)[:-1] + b',"data":' + self.payload + b"}")
+        return frame

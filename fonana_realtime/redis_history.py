@@ -1,0 +1,244 @@
+"""Positions and history in Redis (PROTOCOL.md 7): the publish script and the reads.
+
+Plain Python (no gevent), so the server's broker and `publisher.py` share it. One
+publication is one call of `redis_publish.lua` (shipped beside this file so processes in
+other languages load the same script): per stream of its route, the next offset, the
+history append and the PUBLISH, atomically. Reads are small scripts too, so the meta and
+the history they check are read in one atomic step.
+
+Keys, hash-tagged per stream so they share a slot on Redis Cluster:
+  `<prefix>{<stream>}:m`  hash `e` (epoch), `t` (top offset); TTL meta_seconds (86400)
+  `<prefix>{<stream>}:h`  list of envelopes, the newest last, at most `size` (100);
+                          TTL history seconds (300), refreshed by every publish
+
+Why a LIST and not a Redis Stream (measured with MEMORY USAGE on redis 7.0, envelopes of
+~400 bytes): a list holding 1 event takes 600 B, a stream 4,768 B (a stream preallocates
+a 4 KB listpack node); 100 events: list 43.9 KB, stream 55.9 KB. Most channels see a
+handful of events in five minutes, so the list is 4-8x smaller where it matters, and
+offsets are dense (1, 2, 3, ...), so "the events after offset N" is an index range of
+the list (the last top-N entries): a stream's ID lookup buys nothing here. The meta hash
+is ~120 B, and it is all an idle stream costs (docs/PUBLISHING.md "Measured").
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from .history import AHEAD, EPOCH, EXPIRED, TOO_MANY, TRIMMED
+from .wire import topic_stream     # the script derives streams from topics the same way
+
+PUBLISH_SCRIPT_PATH = Path(__file__).with_name("redis_publish.lua")
+PUBLISH_SCRIPT = PUBLISH_SCRIPT_PATH.read_text()
+
+# KEYS meta, hist; ARGV meta_seconds. The stream's (epoch, top), creating the epoch when
+# the meta is absent (a new stream, or one whose meta expired or was lost with Redis's data).
+POSITION_SCRIPT = """
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  local now = redis.call('TIME')
+  e = string.format('%x%05x', tonumber(now[1]), tonumber(now[2]))
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 't', 0)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {e, tonumber(redis.call('HGET', KEYS[1], 't'))}
+"""
+
+# KEYS meta, hist; ARGV meta_seconds, epoch, offset, limit.
+# Reply {epoch, top, history length, redis time "s.us", entries...}; the entries (the last
+# top-offset envelopes) only when the recovery can succeed on epoch, count and length.
+SINCE_SCRIPT = """
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  local now = redis.call('TIME')
+  e = string.format('%x%05x', tonumber(now[1]), tonumber(now[2]))
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 't', 0)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local top = tonumber(redis.call('HGET', KEYS[1], 't'))
+local len = redis.call('LLEN', KEYS[2])
+local now = redis.call('TIME')
+local reply = {e, top, len, now[1] .. '.' .. string.format('%06d', tonumber(now[2]))}
+local missed = top - tonumber(ARGV[3])
+if e == ARGV[2] and missed > 0 and missed <= tonumber(ARGV[4]) and missed <= len then
+  local entries = redis.call('LRANGE', KEYS[2], -missed, -1)
+  for i = 1, #entries do reply[#reply + 1] = entries[i] end
+end
+return reply
+"""
+
+# Why a recovery fails: the in-process history's reasons, so metrics and logs name them alike.
+EPOCH_MISMATCH = EPOCH
+__all__ = ["AHEAD", "EPOCH_MISMATCH", "EXPIRED", "TOO_MANY", "TRIMMED", "Published", "Recovery", "RedisHistory"]
+
+
+def meta_key(prefix: str, stream: str) -> str:
+    return f"{prefix}{{{stream}}}:m"
+
+
+def history_key(prefix: str, stream: str) -> str:
+    return f"{prefix}{{{stream}}}:h"
+
+
+class Published(int):
+    """What one publication returns: the PUBLISH receiver count (an int, as before),
+    with `.id`, `.ts` (Redis time), `.positions` {stream: (epoch, offset)} in the
+    route's order."""
+
+    def __new__(cls, receivers: int, message_id: str, ts: float, positions: dict):
+        self = super().__new__(cls, receivers)
+        self.id = message_id
+        self.ts = ts
+        self.positions = positions
+        return self
+
+    @property
+    def offsets(self) -> dict:
+        """{stream: offset}, the shape `POST /api/events` answers per event."""
+        return {stream: offset for stream, (_, offset) in self.positions.items()}
+
+
+class Recovery:
+    """The answer of `since`: either every event after the offset (`ok`, `entries` the
+    envelopes in offset order, possibly none) or not recoverable (`reason`), and in both
+    cases the stream's current `epoch` and `top`."""
+
+    __slots__ = ("ok", "reason", "epoch", "top", "entries")
+
+    def __init__(self, ok: bool, reason: str | None, epoch: str, top: int, entries: list):
+        self.ok, self.reason, self.epoch, self.top, self.entries = ok, reason, epoch, top, entries
+
+    def __repr__(self):
+        return (f"Recovery(ok={self.ok}, reason={self.reason}, epoch={self.epoch!r}, "
+                f"top={self.top}, entries={len(self.entries)})")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _envelope_ts(entry: bytes) -> float | None:
+    try:
+        ts = json.loads(entry).get("ts")
+    except (ValueError, AttributeError):
+        return None
+    return ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
+
+
+class RedisHistory:
+    """Publish with positions and read history, on a redis-py client (`redis.Redis`).
+
+    Scripts run by EVALSHA; redis-py's Script loads them again on NOSCRIPT (a Redis
+    restarted or SCRIPT FLUSHed), which is safe: NOSCRIPT means nothing ran."""
+
+    def __init__(self, client, prefix: str, size: int = 100, seconds: int = 300,
+                 meta_seconds: int = 86400):
+        if size < 0 or seconds < 1 or meta_seconds < 1:
+            raise ValueError("history size must be >= 0 and its lifetimes >= 1 s")
+        self.client = client
+        self.prefix = prefix
+        self.size = size
+        self.seconds = seconds
+        self.meta_seconds = meta_seconds
+        self._publish = client.register_script(PUBLISH_SCRIPT)
+        self._position = client.register_script(POSITION_SCRIPT)
+        self._since = client.register_script(SINCE_SCRIPT)
+
+    def _keys(self, stream: str) -> list[str]:
+        return [meta_key(self.prefix, stream), history_key(self.prefix, stream)]
+
+    # ---- publish ------------------------------------------------------------------
+
+    def publish_args(self, topics: list[str], payload: bytes, message_id: str | None = None):
+        """KEYS and ARGV of one publish call (for callers that pipeline it)."""
+        keys: list[str] = []
+        for topic in topics:
+            keys += self._keys(topic_stream(topic))
+        args = [payload, message_id if message_id is not None else uuid.uuid4().hex,
+                self.size, self.seconds, self.meta_seconds, self.prefix, *topics]
+        return keys, args
+
+    def publish(self, topics: list[str], payload: bytes, message_id: str | None = None,
+                client=None) -> Published:
+        """Publish one serialised event (JSON object bytes) to `topics` with positions.
+        Raises redis.ResponseError for input the script refuses (nothing was published)."""
+        keys, args = self.publish_args(topics, payload, message_id)
+        reply = self._publish(keys=keys, args=args, client=client)
+        return self.published(topics, reply)
+
+    @staticmethod
+    def published(topics: list[str], reply) -> Published:
+        """The script's reply as a Published."""
+        receivers, message_id, ts = int(reply[0]), _text(reply[1]), _text(reply[2])
+        positions = {}
+        for i, topic in enumerate(topics):
+            positions[topic_stream(topic)] = (_text(reply[3 + 2 * i]), int(reply[4 + 2 * i]))
+        return Published(receivers, message_id, float(ts), positions)
+
+    # ---- reads --------------------------------------------------------------------
+
+    def position(self, stream: str) -> tuple[str, int]:
+        """(epoch, top offset) of a stream; a stream never published to gets its epoch now."""
+        epoch, top = self._position(keys=self._keys(stream), args=[self.meta_seconds])
+        return _text(epoch), int(top)
+
+    def positions(self, streams) -> list[tuple[str, int]]:
+        """`position` for many streams, in one pipeline."""
+        streams = list(streams)
+        if not streams:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                self._position(keys=self._keys(stream), args=[self.meta_seconds], client=pipe)
+            replies = pipe.execute()
+        return [(_text(epoch), int(top)) for epoch, top in replies]
+
+    def since(self, stream: str, epoch: str, offset: int, limit: int) -> Recovery:
+        """Every event of `stream` after `offset` of `epoch`, all or nothing: at most
+        `limit` of them (more is `too_many`), none older than the history's lifetime."""
+        reply = self._since(keys=self._keys(stream),
+                            args=[self.meta_seconds, epoch, int(offset), int(limit)])
+        return self.recovery(reply, epoch, int(offset), int(limit))
+
+    def since_many(self, requests, limit: int) -> list[Recovery]:
+        """`since` for many (stream, epoch, offset) at once, in one pipeline (each read
+        is atomic on its own): a worker catching up every topic it holds."""
+        requests = list(requests)
+        if not requests:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for stream, epoch, offset in requests:
+                self._since(keys=self._keys(stream),
+                            args=[self.meta_seconds, epoch, int(offset), int(limit)], client=pipe)
+            replies = pipe.execute()
+        return [self.recovery(reply, epoch, int(offset), int(limit))
+                for reply, (_, epoch, offset) in zip(replies, requests)]
+
+    def recovery(self, reply, epoch: str, offset: int, limit: int) -> Recovery:
+        current, top, length, now = _text(reply[0]), int(reply[1]), int(reply[2]), float(reply[3])
+        entries = list(reply[4:])
+        missed = top - offset
+
+        def fail(reason):
+            return Recovery(False, reason, current, top, [])
+
+        if current != epoch:
+            return fail(EPOCH_MISMATCH)
+        if offset < 0 or missed < 0:
+            return fail(AHEAD)
+        if missed == 0:
+            return Recovery(True, None, current, top, [])
+        if missed > limit:
+            return fail(TOO_MANY)
+        if length == 0:
+            return fail(EXPIRED)            # the history list expired (no publish for `seconds`)
+        if missed > length:
+            return fail(TRIMMED)
+        if len(entries) != missed:          # cannot happen (one atomic read); never replay a part
+            return fail(TRIMMED)
+        oldest = _envelope_ts(entries[0])
+        if oldest is None or now - oldest > self.seconds:
+            return fail(EXPIRED)            # a busy stream keeps `size` events, but not forever
+        return Recovery(True, None, current, top, entries)

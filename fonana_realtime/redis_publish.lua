@@ -1,0 +1,128 @@
+-- fonana-realtime: publish one event with positions (PROTOCOL.md 7, docs/PUBLISHING.md).
+--
+-- One call = one publication: for every stream of the route it assigns the next offset,
+-- appends the envelope to the stream's history and PUBLISHes the envelope to the
+-- stream's topic, all in one atomic step, so two hosts publishing to one channel at once
+-- still produce one order, and the live order is the offset order.
+--
+-- KEYS  per stream i of the route, in the route's order:
+--         KEYS[2i-1] = <prefix>{<stream>}:m   meta hash: e = epoch, t = top offset
+--         KEYS[2i]   = <prefix>{<stream>}:h   history list of envelopes
+-- ARGV  [1] the event: a JSON object with a string "type" (the bytes are kept as given)
+--       [2] a unique publication id (1..64 of [A-Za-z0-9_.:-]), or '' to derive one
+--       [3] history size (WS_HISTORY_SIZE, 0 = no history, positions only)
+--       [4] history seconds (WS_HISTORY_SECONDS)   [5] meta seconds (WS_HISTORY_META_SECONDS)
+--       [6] the key prefix (REDIS_PREFIX, e.g. fonana:rt:)
+--       [7..] the topics: channel:<channelKey> or user:<userId>, one per stream
+-- Reply {receivers, id, ts, epoch_1, offset_1, epoch_2, offset_2, ...}
+--
+-- The envelope (the same bytes to every topic and into every history):
+--   {"event":E,"id":I,"topics":[...],"pos":{"post_p1":["EPOCH",7],...},"ts":T}
+-- built by concatenation: E is never decoded-and-re-encoded (cjson would mangle numbers).
+--
+-- Epoch: created when a stream's meta is absent (first use, expired after the meta
+-- seconds, or a Redis that lost its data), from Redis TIME, so a stream that lost its
+-- offsets never reuses an old epoch: old offsets are never matched with new events.
+--
+-- Redis Cluster: every key is hash-tagged per stream, so one stream's meta and history
+-- share a slot. PUBLISH is not a key operation. A route whose streams live in several
+-- slots cannot be one call there; it must be one call per slot, each publishing its own
+-- copy with its own streams' positions (the id is shared so workers still dedupe). On a
+-- single Redis the whole route is one call: that is what makes a union's copies carry
+-- every stream's position and travel back to back.
+
+local n = #ARGV - 6
+if n < 1 or #KEYS ~= 2 * n then
+  return redis.error_reply('ERR fonana: need 2 keys per topic and at least one topic')
+end
+local payload, id, prefix = ARGV[1], ARGV[2], ARGV[6]
+local size, hist_ttl, meta_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if not size or size < 0 or not hist_ttl or hist_ttl < 1 or not meta_ttl or meta_ttl < 1 then
+  return redis.error_reply('ERR fonana: bad size or ttl')
+end
+if string.sub(payload, 1, 1) ~= '{' then
+  return redis.error_reply('ERR fonana: event must be a JSON object')
+end
+-- Decoded only to check it; the reply uses the original bytes.
+local ok, decoded = pcall(cjson.decode, payload)
+if not ok or type(decoded) ~= 'table' or type(decoded['type']) ~= 'string' or decoded['type'] == '' then
+  return redis.error_reply('ERR fonana: event must be a JSON object with a string type')
+end
+if id ~= '' and (#id > 64 or not string.match(id, '^[%w_.:%-]+$')) then
+  return redis.error_reply('ERR fonana: id must be 1..64 of [A-Za-z0-9_.:-]')
+end
+
+local now = redis.call('TIME')
+local ts = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+local fresh_epoch = string.format('%x%05x', tonumber(now[1]), tonumber(now[2]))
+
+local streams, epochs, offsets, seen = {}, {}, {}, {}
+for i = 1, n do
+  local topic = ARGV[6 + i]
+  local stream
+  local key = string.match(topic, '^channel:([%w_%-]+)$')
+  if key then
+    stream = key
+  else
+    local user = string.match(topic, '^user:([%w_%-]+)$')
+    if not user then
+      return redis.error_reply('ERR fonana: bad topic ' .. string.sub(topic, 1, 200))
+    end
+    stream = 'user_' .. user
+  end
+  if seen[stream] then
+    return redis.error_reply('ERR fonana: topic listed twice')
+  end
+  seen[stream] = true
+  local meta, hist = KEYS[2 * i - 1], KEYS[2 * i]
+  if meta ~= prefix .. '{' .. stream .. '}:m' or hist ~= prefix .. '{' .. stream .. '}:h' then
+    return redis.error_reply('ERR fonana: keys do not match topic ' .. string.sub(topic, 1, 200))
+  end
+  streams[i] = stream
+end
+
+for i = 1, n do
+  local meta, hist = KEYS[2 * i - 1], KEYS[2 * i]
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = fresh_epoch
+    redis.call('DEL', hist)         -- history of a lost epoch must never be served
+    redis.call('HSET', meta, 'e', epoch, 't', 0)
+  end
+  epochs[i] = epoch
+  offsets[i] = redis.call('HINCRBY', meta, 't', 1)
+  redis.call('EXPIRE', meta, meta_ttl)
+end
+
+if id == '' then
+  id = string.sub(redis.sha1hex(streams[1] .. ':' .. epochs[1] .. ':' .. offsets[1]), 1, 32)
+end
+
+local topics, pos = {}, {}
+for i = 1, n do
+  topics[i] = '"' .. ARGV[6 + i] .. '"'
+  pos[i] = '"' .. streams[i] .. '":["' .. epochs[i] .. '",' .. offsets[i] .. ']'
+end
+local body = '{"event":' .. payload .. ',"id":"' .. id .. '","topics":[' .. table.concat(topics, ',')
+  .. '],"pos":{' .. table.concat(pos, ',') .. '},"ts":' .. ts .. '}'
+
+for i = 1, n do
+  local hist = KEYS[2 * i]
+  if size > 0 then
+    redis.call('RPUSH', hist, body)
+    redis.call('LTRIM', hist, -size, -1)
+    redis.call('EXPIRE', hist, hist_ttl)
+  end
+end
+
+local receivers = 0
+for i = 1, n do
+  receivers = receivers + redis.call('PUBLISH', prefix .. ARGV[6 + i], body)
+end
+
+local reply = {receivers, id, ts}
+for i = 1, n do
+  reply[#reply + 1] = epochs[i]
+  reply[#reply + 1] = offsets[i]
+end
+return reply

@@ -1,0 +1,164 @@
+"""Automatic resume of legacy connections (PROTOCOL.md 8).
+
+The Fonana client cannot send positions, but it resubscribes every channel after each
+reconnect. So when a legacy connection ends for any reason other than the client
+closing it (drain 1001, network loss, missed pings, 4009, 4001...), the server keeps,
+per stream it held, the position of the last event written to it (`Connection.marks`,
+which pacing moves only on a real write) in `resume_marks` for WS_RESUME_SECONDS. A new
+legacy connection of that user then gets the events it missed:
+
+- the user stream right after the welcome frame, the stream of a channel right after
+  its `subscribed` reply;
+- in order, paced like live events (they go through `Connection.deliver`), before any
+  live event of that stream: live ones wait in `conn.buffers[stream]` from before the
+  join until the replay is handed over, then follow it, each once (by offset);
+- all or nothing, like a v2 recovery: nothing recoverable (another epoch, trimmed,
+  expired, too many, history unreachable) → nothing replayed.
+
+To know where a connection stood on a stream that sent it nothing yet, the stream's
+position is read when the connection joins it (before it is registered, so a mark never
+claims an event that was not written). Only legacy connections with resume on pay that.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from . import metrics
+from .outgoing import Outgoing
+
+log = logging.getLogger("fonana_realtime.resume")
+
+# The epoch of a mark for a stream that had no history at all when the connection joined
+# it (in-process broker only, see Broker.peek): every event it holds now came later.
+FRESH = ""
+FRESH_MARK = (FRESH, 0)          # one shared tuple, not one per idle connection
+
+
+class Pending:
+    """What a resuming connection still may replay, and what it did (for the log line)."""
+
+    __slots__ = ("marks", "streams", "count")
+
+    def __init__(self, marks: dict):
+        self.marks = marks          # stream -> (epoch, offset, written_at) not yet used
+        self.streams: list = []     # resumed so far
+        self.count = 0              # events replayed so far
+
+
+class Resume:
+    def __init__(self, store, broker, seconds: float, limit: int, clock=time.time):
+        self.store = store          # resume_marks.MemoryMarks or RedisMarks
+        self.broker = broker
+        self.seconds = seconds
+        self.limit = limit          # WS_RECOVERY_MAX: more missed events than this → nothing
+        self.clock = clock
+
+    # ---- a legacy connection arrives --------------------------------------------------
+
+    def arrive(self, conn):
+        """Before the connection is registered: where did this user's dropped connections
+        leave off? Then join the user stream (see `before_join`)."""
+        conn.started_at = self.clock()
+        try:
+            marks = self.store.recall(conn.user_id)
+        except Exception as exc:        # Redis unreachable: no resume, the connection goes on
+            log.warning("resume marks unavailable", extra={"event": "resume_unavailable",
+                                                            "user_id": conn.user_id, "reason": type(exc).__name__})
+            marks = {}
+        conn.resume = Pending(marks) if marks else None
+        self.before_join(conn, conn.user_stream)
+
+    def before_join(self, conn, stream: str):
+        """Before `stream` is joined: hold its live events if it will be replayed, else note
+        where it stands now."""
+        pending = conn.resume
+        mark = pending.marks.get(stream) if pending is not None else None
+        if mark is not None and self.clock() - mark[2] < self.seconds:
+            conn.buffers[stream] = []
+            return
+        if stream not in conn.marks:
+            try:
+                position = self.broker.peek(stream)
+            except Exception:
+                return
+            if position is None:
+                conn.marks[stream] = FRESH_MARK
+            elif position[0] is not None:
+                conn.marks[stream] = position
+
+    def after_join(self, conn, stream: str):
+        """Right after the welcome (user stream) or `subscribed`: the missed events, then
+        the live ones that waited, then live."""
+        if stream not in conn.buffers:
+            return
+        pending = conn.resume
+        epoch, since, _ = pending.marks.pop(stream)
+        try:
+            if epoch == FRESH:                 # nothing existed when it joined: all of it is missed
+                epoch = self.broker.position(stream)[0]
+            recovery = self.broker.history(stream, epoch, since, self.limit)
+        except Exception:
+            recovery = None
+        waiting = conn.buffers.pop(stream, [])
+        replay, last = [], since
+        if recovery is not None and recovery.ok:
+            for message in recovery.events:
+                offset = message.positions[stream][1]
+                if offset > since:
+                    replay.append(Outgoing.of(message))
+                    last = max(last, offset)
+            metrics.LEGACY_RESUMES.labels("replayed").inc()
+        else:
+            epoch = None
+            metrics.LEGACY_RESUMES.labels(recovery.reason if recovery is not None else "unavailable").inc()
+        live = [out for out in waiting if not _already(out, stream, epoch, last)]
+        if stream not in conn.marks and recovery is not None and recovery.epoch is not None:
+            # where this connection now stands, should it drop before anything is written
+            # (a replay still held by pacing moves it only when written)
+            conn.marks[stream] = (recovery.epoch, since if recovery.ok else recovery.top)
+        pending.streams.append(stream)
+        pending.count += len(replay)
+        if replay:
+            metrics.LEGACY_REPLAYED_EVENTS.inc(len(replay))
+        if replay or live:
+            # No yield since the buffer was popped: nothing live of the stream overtakes.
+            conn.deliver(replay + live)
+        if not pending.marks:
+            self._logged(conn)
+
+    # ---- a legacy connection ends ----------------------------------------------------
+
+    def depart(self, conn, by_client: bool):
+        """The connection ended (called before it is unregistered)."""
+        if conn.resume is not None and conn.resume.streams:
+            self._logged(conn)
+        if by_client:
+            return
+        held = [conn.user_stream] + list(conn.channels)
+        marks = {}
+        for stream in held:
+            mark = conn.marks.get(stream)
+            if mark is not None and mark[0] is not None:
+                marks[stream] = (mark[0], mark[1])
+        if not marks:
+            return
+        try:
+            self.store.remember(conn.user_id, marks, conn.started_at)
+        except Exception as exc:
+            log.warning("resume marks not kept", extra={"event": "resume_unavailable",
+                                                         "user_id": conn.user_id, "reason": type(exc).__name__})
+
+    @staticmethod
+    def _logged(conn):
+        pending, conn.resume = conn.resume, None
+        log.info("resumed", extra={"event": "resumed", "user_id": conn.user_id, "conn_id": conn.id,
+                                   "streams": pending.streams, "count": pending.count})
+
+
+def _already(out, stream: str, epoch, last: int) -> bool:
+    """Whether a live event that waited during the replay was part of the replay."""
+    if epoch is None:
+        return False
+    position = out.positions.get(stream) if out.positions else None
+    return position is not None and position[0] == epoch and position[1] <= last

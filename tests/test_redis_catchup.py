@@ -1,0 +1,159 @@
+"""A worker whose link to Redis comes back catches up from history before going live
+(issue 9, item 4): no event accepted with 202 is lost to a connected client, none is
+delivered twice, and after Redis lost its data nothing from before is replayed.
+
+Two server instances ("two hosts") x two gevent workers on one private redis-server,
+a connection of one user on every worker, real HTTP publishes through both hosts.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+
+import pytest
+
+from fonana_realtime.publisher import RedisPublisher
+from support.waiting import wait_until
+from support.redis_server import SPREAD_WORKER_CONNECTIONS, RedisServer, spread
+from support.server import Server
+
+pytestmark = pytest.mark.postgres
+
+WORKERS = 2
+
+
+@pytest.fixture
+def hosts(tmp_path, pg_url):
+    rs = RedisServer(tmp_path / "redis").start()
+    prefix = f"cu-{secrets.token_hex(3)}:"
+    servers = [Server(tmp_path / name, name=name, database_url=pg_url,
+                      env={"REDIS_URL": rs.url, "REDIS_PREFIX": prefix, "WS_WORKERS": WORKERS,
+                           "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS})
+               for name in ("host-a", "host-b")]
+    for srv in servers:
+        srv.start()
+    try:
+        yield rs, servers
+    finally:
+        for srv in servers:
+            srv.stop()
+        rs.stop()
+
+
+def ready(servers, n: int = 6) -> bool:
+    return all(srv.get("/ready").status_code == 200 for srv in servers for _ in range(n))
+
+
+def catchup_events(servers) -> float:
+    total = 0.0
+    for srv in servers:
+        text = srv.get("/metrics", headers={"Authorization": f"Bearer {srv.api_key}"}).text
+        for line in text.splitlines():
+            if line.startswith("fonana_rt_broker_catchup_events_total"):
+                total += float(line.split()[-1])
+    return total
+
+
+def scene(seed, servers):
+    creator = seed.user(is_creator=True)
+    fan = seed.user()
+    post = seed.post(creator)
+    clients = list(spread(servers, fan, WORKERS).values())
+    for ws in clients:
+        ws.subscribe({"type": "post", "postId": post})
+    wait_until(lambda: ready(servers), 15, "/ready 200 on every worker")
+    return fan, post, clients
+
+
+def publish_numbered(servers, fan, post, count, start=0, retry_503=False) -> list[dict]:
+    """`count` events through both hosts in turn (a union every fifth); returns the
+    events that were accepted with 202, in publish order."""
+    accepted = []
+    n = start
+    deadline = time.monotonic() + 30
+    while len(accepted) < count:
+        assert time.monotonic() < deadline, f"only {len(accepted)} of {count} publishes accepted"
+        srv = servers[n % len(servers)]
+        if n % 5 == 4:
+            event = {"type": "custom", "n": n, "postId": post}
+            body = {"event": event, "channel": {"type": "post", "postId": post}, "userId": fan}
+        else:
+            event = {"type": "post_liked", "postId": post, "userId": fan, "likesCount": n}
+            body = {"event": event}
+        n += 1
+        r = srv.api("/api/events", body)
+        if r.status_code == 503 and retry_503:
+            continue                    # Redis not reachable yet: refused, so never published
+        assert r.status_code == 202, r.text
+        accepted.append(event)
+    return accepted
+
+
+def expect_exactly(clients, events):
+    for i, ws in enumerate(clients):
+        got = []
+        for _ in events:
+            try:
+                got.append(ws.recv_json(timeout=10))
+            except TimeoutError:
+                raise AssertionError(f"client {i}: {len(got)} of {len(events)} events, "
+                                     f"missing from {events[len(got)]!r}") from None
+        assert got == events, f"client {i}: not exactly the accepted events in order"
+        ws.barrier()                    # and nothing more (no duplicate)
+
+
+def test_events_published_while_the_listeners_link_is_cut_are_caught_up(hosts, seed):
+    rs, servers = hosts
+    fan, post, clients = scene(seed, servers)
+    expect_exactly(clients, publish_numbered(servers, fan, post, 3))
+    before = catchup_events(servers)
+
+    r = rs.client()
+    direct = RedisPublisher(rs.url, servers[0].env["REDIS_PREFIX"])
+    direct.post_liked(post, fan, 99)                      # loads the script: the next call is one round trip
+    first = {"type": "post_liked", "postId": post, "userId": fan, "likesCount": 100}
+    killed = r.client_kill_filter(_type="pubsub")         # every worker's listener link, at once
+    assert killed == 2 * WORKERS
+    # Published a millisecond later, before any listener can be back (its back-off is
+    # >= 50 ms): live pub/sub cannot bring this to the workers; only the history can.
+    direct.publish(first)
+    events = [first] + publish_numbered(servers, fan, post, 12, start=101)   # then both hosts
+    expect_exactly(clients, [{**first, "likesCount": 99}] + events)
+    assert catchup_events(servers) - before >= 1          # the path was taken (on every worker, normally)
+    expect_exactly(clients, publish_numbered(servers, fan, post, 3, start=200))   # and is live
+    direct.close()
+    r.close()
+
+
+def test_a_frozen_redis_loses_no_accepted_event(hosts, seed):
+    """SIGSTOP for 20 s (longer than the listener's PING + PONG wait, so every link is
+    given up and reconnects), SIGCONT, publish at once."""
+    rs, servers = hosts
+    fan, post, clients = scene(seed, servers)
+    expect_exactly(clients, publish_numbered(servers, fan, post, 2))
+    os.kill(rs.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(20)                  # the freeze itself is the scenario, not a wait for something
+        for ws in clients:
+            ws.ping()                   # connections stay up meanwhile
+    finally:
+        os.kill(rs.proc.pid, signal.SIGCONT)
+    events = publish_numbered(servers, fan, post, 10, start=100)
+    expect_exactly(clients, events)
+    wait_until(lambda: ready(servers), 15, "/ready 200 after the freeze")
+    expect_exactly(clients, publish_numbered(servers, fan, post, 3, start=200))
+
+
+def test_redis_restart_without_its_data_replays_only_the_new_epoch(hosts, seed):
+    rs, servers = hosts
+    fan, post, clients = scene(seed, servers)
+    expect_exactly(clients, publish_numbered(servers, fan, post, 4))      # history of the old epoch
+    rs.restart()                                           # SIGKILL, no persistence: all data lost
+    # Accepted as soon as Redis answers, mostly before the listeners are back: each
+    # worker replays the new epoch from its start, and nothing of the old one.
+    events = publish_numbered(servers, fan, post, 8, start=100, retry_503=True)
+    expect_exactly(clients, events)
+    wait_until(lambda: ready(servers), 15, "/ready 200 after the restart")
+    expect_exactly(clients, publish_numbered(servers, fan, post, 3, start=200))
