@@ -42,14 +42,11 @@ control_socket_disable = True
 if _settings.redis_url:
     workers = _settings.workers or multiprocessing.cpu_count()
     _why_workers = f"{workers} gevent worker(s), fan-out through Redis"
-    # Each worker its own listening socket (SO_REUSEPORT; gunicorn then binds in the
-    # workers, not the master): the kernel spreads new connections over the workers. On
-    # one shared socket the gevent workers race for accepts, and whichever is idle first
-    # takes the whole queue (gevent accepts up to 100 per wake-up); bench/run --only storm2
-    # shows the split. The price: a worker's
-    # not-yet-accepted connections are reset when it exits, and a restarting worker's
-    # share is refused until it has bound again.
-    reuse_port = workers > 1
+    # One listening socket shared by the workers (gunicorn's default), not reuse_port: the
+    # accept skew between gevent workers did not show here (issue 11, bench/run --only
+    # storm2: 2,000 connects split 51/49 with 200 in flight, 53/47 one at a time; with
+    # reuse_port 50/50 and 55/45), and reuse_port would reset the connections a worker had
+    # not yet accepted when it exits, which is what a reload does in a reconnect storm.
 else:
     workers = 1
     _why_workers = "1 gevent worker: without REDIS_URL events are delivered in-process only"
