@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 MAX_TOKEN_BYTES = 8192          # a real Fonana token is a few hundred bytes
 
@@ -29,6 +30,36 @@ class Identity:
     expires_at: float            # unix seconds (the token's `exp`)
 
 
+class _HS256KeyCheckedOnce(HMACAlgorithm):
+    """PyJWT's HS256, with its key checks made once per secret instead of once per token.
+
+    PyJWT's `prepare_key` refuses a secret that looks like a PEM, SSH, DER or JWK key by
+    trying to parse it as each: ~5 % of a connect in a reconnect storm (py-spy, issue
+    11). Our secrets are fixed for the life of a worker, so the verdict is kept per secret;
+    a secret PyJWT refuses is refused every time (nothing is kept for it).
+    """
+
+    def __init__(self):
+        super().__init__(HMACAlgorithm.SHA256)
+        self._prepared: dict = {}
+
+    def prepare_key(self, key):
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = super().prepare_key(key)
+            if len(self._prepared) < 8:         # JWT_SECRET, NEXTAUTH_SECRET (and tests')
+                self._prepared[key] = prepared
+        return prepared
+
+
+_jwt = jwt.PyJWT()
+# PyJWT keeps its algorithm registry on the PyJWS it owns (`_jws`, as PyJWT's own module
+# object does); only HS256 is registered at all.
+for _name in _jwt._jws.get_algorithms():
+    _jwt._jws.unregister_algorithm(_name)
+_jwt._jws.register_algorithm("HS256", _HS256KeyCheckedOnce())
+
+
 def verify_token(token: str | None, secrets: tuple[str, ...], leeway: int = 10) -> Identity:
     """Check a token against every configured secret (JWT_SECRET, NEXTAUTH_SECRET).
 
@@ -42,7 +73,7 @@ def verify_token(token: str | None, secrets: tuple[str, ...], leeway: int = 10) 
     expired = False
     for secret in secrets:
         try:
-            claims = jwt.decode(token, secret, algorithms=["HS256"], leeway=leeway,
+            claims = _jwt.decode(token, secret, algorithms=["HS256"], leeway=leeway,
                                 options={"require": ["exp"], "verify_aud": False,
                                          "verify_iss": False})
         except jwt.ExpiredSignatureError:
