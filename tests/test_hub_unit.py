@@ -120,14 +120,18 @@ def test_the_hub_reports_first_and_last_and_never_calls_anyone():
     assert hub.remove(a) == []
 
 
-def test_a_publisher_that_never_yields_still_gets_its_events_written():
+def test_a_publisher_that_never_yields_still_gets_its_events_written(monkeypatch):
     """Queued deliveries wait for the end of the event-loop turn, but at most MAX_BATCH
-    of them: a greenlet publishing back to back writes each full batch itself."""
+    of them: a greenlet publishing back to back writes each full batch itself. (The
+    batch's time bound is set far away here, so a busy machine cannot cut it earlier.)"""
     import gevent
 
+    from fonana_realtime import fanout as fanout_module
     from fonana_realtime.broker.memory import MemoryBroker
     from fonana_realtime.events import Route
     from fonana_realtime.fanout import MAX_BATCH
+
+    monkeypatch.setattr(fanout_module, "MAX_BATCH_SECONDS", 3600.0)
 
     a = Recorder("a")
     fanout = Fanout(Hub(), MemoryBroker())
