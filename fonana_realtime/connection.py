@@ -38,7 +38,8 @@ ABUSE_QUIET_SECONDS = 1.0
 
 
 class Connection:
-    """State of one WebSocket client. Created after the handshake succeeded."""
+    """State of one WebSocket client. Created once the handshake passed every check; its
+    first write is the 101 answer with the welcome frame (web/websocket.serve)."""
 
     __slots__ = ("id", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id",
                  "expires_at", "ip", "channels",
@@ -47,11 +48,12 @@ class Connection:
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
                  "limits", "pacer", "pace", "resume", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_binary")
 
-    def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits):
+    def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
+                 protocol: str | None = None):
         self.id = next(_ids)
-        self.sock = sock                  # gevent socket, after the 101 response
+        self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.proto = proto                # wsproto frame protocol: parses what the client sends
-        self.protocol = None              # "fonana.v2" when the handshake negotiated it, else legacy
+        self.protocol = protocol          # "fonana.v2" when the handshake negotiated it, else legacy
         self.marks: dict = {}             # stream -> (epoch, offset) of the last event written to it
         # v2 only: stream -> (epoch, offset) the connection was told when it joined the stream
         # (welcome, subscribed), and streams whose live events wait while a replay runs.
