@@ -31,9 +31,11 @@ from .wire import topic_stream     # the script derives streams from topics the 
 PUBLISH_SCRIPT_PATH = Path(__file__).with_name("redis_publish.lua")
 PUBLISH_SCRIPT = PUBLISH_SCRIPT_PATH.read_text()
 
-# KEYS meta, hist; ARGV meta_seconds. The stream's (epoch, top), creating the epoch when
-# the meta is absent (a new stream, or one whose meta expired or was lost with Redis's data).
-POSITION_SCRIPT = """
+# KEYS meta, hist; ARGV meta_seconds (first). The stream's epoch in `e`, created when the
+# meta is absent (a new stream, or one whose meta expired or was lost with Redis's data),
+# its history dropped then (it belongs to the lost epoch); the meta's lifetime renewed.
+# The beginning of both read scripts below.
+_EPOCH_LUA = """
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   local now = redis.call('TIME')
@@ -42,21 +44,17 @@ if not e then
   redis.call('HSET', KEYS[1], 'e', e, 't', 0)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
+
+# KEYS meta, hist; ARGV meta_seconds. The stream's (epoch, top).
+POSITION_SCRIPT = _EPOCH_LUA + """
 return {e, tonumber(redis.call('HGET', KEYS[1], 't'))}
 """
 
 # KEYS meta, hist; ARGV meta_seconds, epoch, offset, limit.
 # Reply {epoch, top, history length, redis time "s.us", entries...}; the entries (the last
 # top-offset envelopes) only when the recovery can succeed on epoch, count and length.
-SINCE_SCRIPT = """
-local e = redis.call('HGET', KEYS[1], 'e')
-if not e then
-  local now = redis.call('TIME')
-  e = string.format('%x%05x', tonumber(now[1]), tonumber(now[2]))
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', e, 't', 0)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+SINCE_SCRIPT = _EPOCH_LUA + """
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
 local len = redis.call('LLEN', KEYS[2])
 local now = redis.call('TIME')

@@ -12,11 +12,11 @@ import threading
 
 import pytest
 
+from support.v2 import V2, expect_events, subscribe_v2, v2
 from support.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 
-V2 = "fonana.v2"
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,6 @@ def scene(seed):
     return {"creator": creator, "fan": seed.user(), "other": seed.user(), "post": seed.post(creator)}
 
 
-def v2(srv, user, **kw):
-    ws = srv.connect(user, subprotocols=[V2], **kw)
-    assert ws.conn.subprotocol == V2
-    return ws
 
 
 def liked(scene, n):
@@ -61,26 +57,8 @@ def publish(srv, events, **address) -> list[dict]:
     return answer["positions"]
 
 
-def expect_events(ws, stream, offsets, epoch=None):
-    """The next frames are v2 `event` frames of `stream` with exactly these offsets."""
-    got = []
-    for _ in offsets:
-        frame = ws.expect_type("event")
-        assert set(frame) == {"type", "id", "stream", "offset", "epoch", "data"}, frame
-        assert frame["stream"] == stream, frame
-        if epoch is not None:
-            assert frame["epoch"] == epoch, frame
-        got.append(frame)
-    assert [f["offset"] for f in got] == list(offsets)
-    return got
 
 
-def subscribe_v2(ws, channel, since=None):
-    msg = {"type": "subscribe", "channel": channel}
-    if since is not None:
-        msg["since"] = since
-    ws.send_json(msg)
-    return ws.expect_type("subscribed")["data"]
 
 
 # ---- the handshake and the welcome --------------------------------------------------

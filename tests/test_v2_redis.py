@@ -20,13 +20,13 @@ import threading
 
 import pytest
 
+from support.v2 import expect_events, subscribe_v2, v2
 from support.waiting import wait_until
 from support.redis_server import SPREAD_WORKER_CONNECTIONS, RedisServer, spread
 from support.server import Server
 
 pytestmark = pytest.mark.postgres
 
-V2 = "fonana.v2"
 WORKERS = 2
 
 
@@ -58,10 +58,6 @@ def ready(servers) -> bool:
     return all(srv.get("/ready").status_code == 200 for srv in servers for _ in range(4))
 
 
-def v2(srv, user):
-    ws = srv.connect(user, subprotocols=[V2])
-    assert ws.conn.subprotocol == V2
-    return ws
 
 
 def post(scene):
@@ -77,24 +73,8 @@ def publish(srv, events) -> list[dict]:
     return srv.publish(body).json()["positions"]
 
 
-def subscribe_v2(ws, channel, since=None):
-    msg = {"type": "subscribe", "channel": channel}
-    if since is not None:
-        msg["since"] = since
-    ws.send_json(msg)
-    return ws.expect_type("subscribed")["data"]
 
 
-def expect_events(ws, stream, offsets, epoch=None):
-    got = []
-    for _ in offsets:
-        frame = ws.expect_type("event", timeout=10)
-        assert frame["stream"] == stream, frame
-        if epoch is not None:
-            assert frame["epoch"] == epoch, frame
-        got.append(frame)
-    assert [f["offset"] for f in got] == list(offsets)
-    return got
 
 
 def test_a_server_restart_keeps_the_history_and_the_client_recovers_exactly_what_it_missed(hosts, scene):
