@@ -31,12 +31,22 @@ keepalive = 5
 # DrainingGeventWorker.handle_error with the same JSON 401 `invalid_token`, not gunicorn's
 # HTML 414/431.
 limit_request_line = 8190
+# gunicorn's C parser (gunicorn-h1c, pinned in requirements.txt) when it is installed, else
+# its Python parser. Parsing a browser's upgrade request took 94 µs with the Python parser
+# and 72 µs with the C one (gunicorn's RequestParser alone, same machine, under load):
+# ~3 % of a connect in a reconnect storm.
+http_parser = "auto"
 # Several instances may run on one host (tests, blue/green): no shared control socket.
 control_socket_disable = True
 
 if _settings.redis_url:
     workers = _settings.workers or multiprocessing.cpu_count()
     _why_workers = f"{workers} gevent worker(s), fan-out through Redis"
+    # One listening socket shared by the workers (gunicorn's default), not reuse_port: the
+    # accept skew between gevent workers did not show here (issue 11, bench/run --only
+    # storm2: 2,000 connects split 51/49 with 200 in flight, 53/47 one at a time; with
+    # reuse_port 50/50 and 55/45), and reuse_port would reset the connections a worker had
+    # not yet accepted when it exits, which is what a reload does in a reconnect storm.
 else:
     workers = 1
     _why_workers = "1 gevent worker: without REDIS_URL events are delivered in-process only"

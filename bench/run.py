@@ -52,10 +52,10 @@ STORM_FIRST = 10000                 # the storm uses users nobody connected as y
 PROFILES = {
     "full": dict(reps=3, idle=[1000, 5000, 10000], sweep=[1000, 2500, 5000, 10000], headline=[1000, 5000],
                  fixed_n=5000, fixed_deliveries=20000, fixed_seconds=8, max_seconds=4, warmup=1.0,
-                 storm_n=2000, storm_inflight=200, redis=[1000, 5000], idle_settle=2.0),
+                 storm_n=2000, storm_inflight=200, redis=[1000, 5000], idle_settle=2.0, reconnect_n=10000),
     "quick": dict(reps=1, idle=[1000, 5000], sweep=[1000, 5000], headline=[1000, 5000],
                   fixed_n=5000, fixed_deliveries=20000, fixed_seconds=4, max_seconds=2, warmup=0.5,
-                  storm_n=2000, storm_inflight=200, redis=[1000], idle_settle=1.0),
+                  storm_n=2000, storm_inflight=200, redis=[1000], idle_settle=1.0, reconnect_n=10000),
 }
 
 SERVERS = ("ours", "reference")
@@ -189,7 +189,7 @@ def machine_info():
     except (OSError, ValueError, KeyError):
         info["ws"] = "?"
     from importlib import metadata
-    for dist in ("gunicorn", "gevent", "flask-sock", "simple-websocket"):
+    for dist in ("gunicorn", "gunicorn-h1c", "gevent", "wsproto", "Flask"):
         try:
             info[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -302,6 +302,9 @@ class Server:
         self.pids = []
         ctx.instances += 1
         self.logfile = ctx.work / f"{self.label}-{ctx.instances}.log"
+        self.workers = 1
+        self.pin = SERVER_CPU           # None: not pinned (the two-worker storm)
+        self.extra_env = {}
 
     def command_env(self):
         ctx = self.ctx
@@ -315,7 +318,7 @@ class Server:
         metrics.mkdir()
         (ctx.work / f"logs-{ctx.instances}").mkdir()
         env.update(
-            WS_WORKERS="1", DATA_DIR=str(ctx.data_dir), LOG_DIR=str(ctx.work / f"logs-{ctx.instances}"),
+            WS_WORKERS=str(self.workers), DATA_DIR=str(ctx.data_dir), LOG_DIR=str(ctx.work / f"logs-{ctx.instances}"),
             DATABASE_URL="", NEXTAUTH_SECRET="", REDIS_URL=self.redis_url or "",
             # the bench's own settings: one client IP opens thousands of connections,
             # and 10,000 subscribers plus the publishers exceed the default 10,000
@@ -328,11 +331,13 @@ class Server:
         )
         if self.redis_url:
             env["REDIS_PREFIX"] = f"fonana:bench:{secrets.token_hex(4)}:"
+        env.update(self.extra_env)
         return [str(VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], env, ctx.server_src
 
     def start(self, timeout=30):
         cmd, env, cwd = self.command_env()
-        cmd = ["taskset", "-c", str(SERVER_CPU)] + cmd
+        if self.pin is not None:
+            cmd = ["taskset", "-c", str(self.pin)] + cmd
         if self.ctx.nice:
             cmd = ["nice", "-n", str(self.ctx.nice)] + cmd
         self.out = open(self.logfile, "w")
@@ -535,6 +540,153 @@ def run_fanout_group(ctx, kind, rep):
         srv.stop()
 
 
+def run_storm(ctx, kind, rep):
+    """The connect storm alone, on a fresh server (a few warm-up clients first, so lazy
+    imports are not charged to the storm). Optionally under py-spy (--profile DIR)."""
+    srv = Server(kind, ctx).start()
+    try:
+        loadgen(ctx, srv, "c20", tokens=ctx.tokens_main, channel="notifications", deadline=30)
+        spy = None
+        if kind == "ours" and ctx.args.profile:
+            spy = start_profile(ctx, srv, f"storm-{rep + 1}")
+        before = cpu_split(srv.refresh_pids())
+        storm(ctx, srv, kind, rep)
+        after = cpu_split(srv.refresh_pids())
+        stop_profile(spy)
+        user, system = after[0] - before[0], after[1] - before[1]
+        if user + system > 0:
+            ctx.results["storm"][kind][rep]["kernel_share"] = system / (user + system)
+            log(f"  server CPU in the storm (whole run): user {user:.2f} s, kernel {system:.2f} s "
+                f"({system / (user + system):.0%} kernel)")
+    finally:
+        srv.stop()
+
+
+def cpu_split(pids):
+    """(user, system) CPU seconds of these processes."""
+    tck = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / tck
+        system += int(fields[12]) / tck
+    return user, system
+
+
+def socket_fds(pid) -> int:
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return n
+
+
+def run_storm_workers(ctx, rep):
+    """The connect storm against ours with REDIS_URL, one worker and then two (the
+    generator shares the two cores: the workers are not pinned to one core here, the
+    generator is, on core 1). Records connects/s and how the connections split."""
+    if not ctx.redis_url:
+        ctx.skips.add("storm2: no private redis-server could be started")
+        return
+    p = ctx.p
+    for workers in (1, 2):
+        srv = Server("ours", ctx, redis_url=ctx.redis_url, label=f"ours+redis-{workers}w")
+        srv.workers = workers
+        srv.pin = None
+        try:
+            srv.start()
+            for _ in range(30):
+                if http_get(srv.port, "/ready", 2.0)[0] == 200:
+                    break
+                time.sleep(0.5)
+            worker_pids = [pid for pid in children_of(srv.proc.pid)]
+            loadgen(ctx, srv, f"c{20 * workers}", tokens=ctx.tokens_main, channel="notifications", deadline=30)
+            time.sleep(1.0)
+            base = {pid: socket_fds(pid) for pid in worker_pids}
+            split = {}
+
+            def at_wait(obj):
+                split.update({pid: socket_fds(pid) - base[pid] for pid in worker_pids})
+                return "NEXT"
+
+            time.sleep(1.0)
+            steps, _ = loadgen(ctx, srv, f"c{p['storm_n']},w", tokens=ctx.tokens_storm, channel="notifications",
+                               deadline=90, inflight=p["storm_inflight"], on_wait=at_wait)
+            st = steps[0]
+            shares = sorted((n / max(1, sum(split.values())) for n in split.values()), reverse=True)
+            ctx.record(f"storm_{workers}w", "ours", rep, {
+                "connects_per_sec": st["per_sec"], "p99_ms": st["p99_ms"],
+                "server_us_per_connect": st["server_us_per_connect"],
+                "largest_share": shares[0] if shares else None, "split": list(split.values()),
+            })
+            log(f"  storm {p['storm_n']}/{p['storm_inflight']}, {workers} worker(s) with REDIS_URL: "
+                f"{st['per_sec']:.0f} connects/s, p99 {st['p99_ms']:.1f} ms, connections per worker "
+                f"{sorted(split.values(), reverse=True)}")
+        finally:
+            srv.stop()
+
+
+def start_profile(ctx, srv, name):
+    """py-spy on the worker (pip install py-spy into .venv by hand; not a dependency)."""
+    worker = [pid for pid in srv.refresh_pids() if pid != srv.proc.pid and pid not in ctx.extra_server_pids]
+    out = Path(ctx.args.profile) / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(VENV / "bin" / "py-spy"), "record", "--pid", str(worker[-1]), "--rate", "250", "--nonblocking",
+           "--format", "raw", "--output", str(out), "--duration", "60"]
+    proc = subprocess.Popen(["taskset", "-c", str(GEN_CPU)] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return proc
+
+
+def stop_profile(proc):
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_reconnect(ctx, kind, rep):
+    """A deploy's reconnect storm: 10,000 subscribed clients, the server lets them all go
+    (ours: SIGHUP, gunicorn starts a new worker and the old one drains with
+    WS_DRAIN_SECONDS=10; the reference: SIGHUP closes all with 1001 over 10 s, see
+    server.js), every client reconnects at once (200 handshakes in flight, a 503 or a
+    refused connect retried after 250 ms). Measured: first close → last re-subscribed."""
+    n = ctx.p["reconnect_n"]
+    srv = Server(kind, ctx)
+    srv.extra_env = {"WS_DRAIN_SECONDS": "10"} if kind == "ours" else {"REF_DRAIN_SECONDS": "10"}
+    srv.start()
+    try:
+        def at_wait(obj):
+            # the generator must be in its r step before the first 1001 arrives
+            threading.Timer(0.5, os.kill, (srv.proc.pid, signal.SIGHUP)).start()
+            return "NEXT"
+
+        steps, _ = loadgen(ctx, srv, f"c{n},w,r", tokens=ctx.tokens_main, channel="notifications",
+                           deadline=120 + n / 100, on_wait=at_wait)
+        first = next(st for st in steps if st["kind"] == "connect")
+        st = next(st for st in steps if st["kind"] == "reconnect")
+        ctx.record("reconnect", kind, rep, {
+            "seconds": st["seconds"], "p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"], "retries": st["retries"],
+            "first_connects_per_sec": first["per_sec"],
+        })
+        log(f"  {n:,} connect: {first['per_sec']:.0f}/s; drain → all {st['reconnected']:,} subscribed again in "
+            f"{st['seconds']:.2f} s (close→subscribed p50 {st['p50_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms; "
+            f"{st['retries']} retried handshakes)")
+    finally:
+        srv.stop()
+
+
 def publish_metrics(st, res):
     return {
         "deliveries_per_sec": st["deliveries_per_sec"], "lat_p50_ms": st["lat_p50_ms"],
@@ -562,14 +714,19 @@ def storm(ctx, srv, kind, rep):
     steps, res = loadgen(ctx, srv, f"c{p['storm_n']}", tokens=ctx.tokens_storm, channel="notifications",
                          deadline=90, inflight=p["storm_inflight"])
     st = steps[0]
+    other = None                        # the server core's busy share that was not the server
+    if st.get("server_core_busy", -1) >= 0 and st["seconds"] > 0:
+        other = max(0.0, st["server_core_busy"] - st["server_cpu_s"] / st["seconds"])
     ctx.record("storm", kind, rep, {
         "connects_per_sec": st["per_sec"], "p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"],
         "gen_us_per_connect": st["gen_us_per_connect"], "server_us_per_connect": st["server_us_per_connect"],
         "connects_per_cpu_s": 1e6 / st["server_us_per_connect"] if st["server_us_per_connect"] > 0 else None,
+        "foreign_load": other,
     })
     log(f"  storm {p['storm_n']}/{p['storm_inflight']}: {st['per_sec']:.0f} connects/s, p50 {st['p50_ms']:.1f} ms, "
         f"p99 {st['p99_ms']:.1f} ms | gen {st['gen_us_per_connect']:.0f} us/connect, "
-        f"server {st['server_us_per_connect']:.0f} us/connect")
+        f"server {st['server_us_per_connect']:.0f} us/connect"
+        + (f", OTHER LOAD on its core {other:.0%}" if other is not None else ""))
 
 
 def run_redis(ctx, rep):
@@ -674,6 +831,7 @@ class Context:
         self.quiet_budget = 60.0
         self.server_src = ROOT
         self.server_version = "?"
+        self.groups: set[str] = set()
         self.data_dir.mkdir()
 
     def record(self, key, server, rep, metrics):
@@ -742,6 +900,17 @@ def table_rows(ctx):
     rows.append(("Connect storm", "connects per server CPU-second", "storm", "connects_per_cpu_s", "/s", "higher",
                  "gen_us_per_connect"))
     rows.append(("Connect storm", "connect→subscribed p99", "storm", "p99_ms", "ms", "lower", "gen_us_per_connect"))
+    for w in (1, 2):
+        rows.append(("Connect storm, REDIS_URL, workers not pinned (generator on core 1)",
+                     f"{w} worker(s): connects/s", f"storm_{w}w", "connects_per_sec", "/s", "higher", None))
+    rows.append(("Connect storm, REDIS_URL, workers not pinned (generator on core 1)",
+                 "2 workers: the busiest worker's share of the connections", "storm_2w", "largest_share", "",
+                 "lower", None))
+    rows.append(("Reconnect after a drain (WS_DRAIN_SECONDS=10)",
+                 f"{p['reconnect_n']:,} clients: first close → all subscribed again", "reconnect", "seconds", "s",
+                 "lower", None))
+    rows.append(("Reconnect after a drain (WS_DRAIN_SECONDS=10)", "close → subscribed again, p99", "reconnect",
+                 "p99_ms", "ms", "lower", None))
     for n in p["sweep"]:
         rows.append(("Flatness (maximum rate)", f"{n:,} subscribers: deliveries/s", f"fanout_{n}",
                      "deliveries_per_sec", "/s", "higher", "gen_us_per_delivery"))
@@ -758,6 +927,8 @@ def table_rows(ctx):
 def cost_cell(ctx, key, cost_metric):
     """Generator and server CPU per delivery/connect, medians, for each server."""
     parts = []
+    if cost_metric is None:
+        return "–"
     server_metric = cost_metric.replace("gen_", "server_")
     for s in SERVERS:
         g = summary(ctx.values(key, s, cost_metric))
@@ -823,6 +994,23 @@ def targets(ctx):
         per_cpu = f"; per server CPU-second {oc / rc:.2f}×" if oc and rc else ""
         out.append(("connect storm ≥ 0.9× reference connects/s", f"{x:.2f}× ({fmt(o)} vs {fmt(r)}/s{per_cpu})",
                     "met" if x >= 0.9 else f"missed by {(0.9 - x) / 0.9:.0%} (needs 0.9×)"))
+    if o and r:
+        x = o / r
+        out.append(("issue 11: connect storm ≥ 0.6× reference connects/s (goal 0.9×)", f"{x:.2f}×",
+                    "met" + (" (goal too)" if x >= 0.9 else "") if x >= 0.6 else f"missed by {(0.6 - x) / 0.6:.0%}"))
+    op, rp = med("storm", "ours", "p99_ms"), med("storm", "reference", "p99_ms")
+    if op and rp:
+        out.append(("issue 11: connect→subscribed p99 ≤ 2× reference", f"{op / rp:.2f}× ({fmt(op)} vs {fmt(rp)} ms)",
+                    "met" if op <= 2 * rp else f"missed by {(op / rp - 2) / 2:.0%}"))
+    one, two, share = med("storm_1w", "ours", "connects_per_sec"), med("storm_2w", "ours", "connects_per_sec"), \
+        med("storm_2w", "ours", "largest_share")
+    if one and two:
+        x = two / one
+        out.append(("issue 11: 2 workers ≥ 1.4× 1 worker connects/s", f"{x:.2f}× ({fmt(two)} vs {fmt(one)}/s)",
+                    "met" if x >= 1.4 else f"missed by {(1.4 - x) / 1.4:.0%}"))
+    if share:
+        out.append(("issue 11: split between 2 workers no worse than 60/40", f"busiest {share:.0%}",
+                    "met" if share <= 0.6 else "missed"))
     for n in p["redis"]:
         o, r = med(f"redis_{n}", "ours", "deliveries_per_sec"), med(f"fanout_{n}", "ours", "deliveries_per_sec")
         oc, rc = med(f"redis_{n}", "ours", "deliveries_per_cpu_s"), med(f"fanout_{n}", "ours", "deliveries_per_cpu_s")
@@ -861,7 +1049,7 @@ def markdown(ctx, info, elapsed):
         f"| memory | {info.get('memory', '?')} |",
         f"| kernel | {info['kernel']} |",
         f"| ours | Python {info['python']}, gunicorn {info['gunicorn']}, gevent {info['gevent']}, "
-        f"flask-sock {info['flask-sock']}, simple-websocket {info['simple-websocket']}; one gevent worker; "
+        f"gunicorn-h1c {info['gunicorn-h1c']}, wsproto {info['wsproto']}, Flask {info['Flask']}; one gevent worker; "
         f"{ctx.server_version} |",
         f"| reference | Node {info['node']}, ws {info['ws']} (bench/reference/server.js) |",
         f"| pinning | server (and Redis) on core {SERVER_CPU}, load generator on core {GEN_CPU}"
@@ -893,7 +1081,7 @@ def markdown(ctx, info, elapsed):
     loads = [f for key in ctx.results for s in ctx.results[key] for m in ctx.results[key][s].values()
              if (f := m.get("foreign_load")) is not None]
     if loads:
-        lines += [f"Other load on the server's core during the fan-out windows (processes not under test): "
+        lines += [f"Other load on the server's core during the fan-out and storm windows (processes not under test): "
                   f"median {statistics.median(loads):.0%}, max {max(loads):.0%}.", ""]
     if ctx.failures:
         lines += ["## Failed runs", ""] + [f"- {f}" for f in ctx.failures] + [""]
@@ -922,8 +1110,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one repetition, smaller sizes, shorter windows")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     ap.add_argument("--servers", default="ours,reference", help="which servers (ours,reference)")
-    ap.add_argument("--only", default="idle,fanout,redis", help="scenario groups: idle,fanout,redis "
-                    "(fanout includes the fixed load, the sweep and the connect storm)")
+    ap.add_argument("--only", default="idle,fanout,redis", help="scenario groups: idle,fanout,redis,storm "
+                    "(fanout includes the fixed load, the sweep and the connect storm, unless storm is "
+                    "given: then the storm runs alone on a fresh server)")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy the worker during the storm group (raw "
+                    "collapsed stacks into DIR; py-spy must be in .venv)")
     ap.add_argument("--docs", dest="docs", action="store_true", default=None,
                     help="write docs/BENCHMARKS.md (default for a full run)")
     ap.add_argument("--no-docs", dest="docs", action="store_false")
@@ -938,7 +1129,7 @@ def main():
 
     ctx = Context(args, "quick" if args.quick else "full")
     servers = [s for s in args.servers.split(",") if s in SERVERS]
-    groups = set(args.only.split(","))
+    groups = ctx.groups = set(args.only.split(","))
     write = args.docs if args.docs is not None else (not args.quick and set(servers) == set(SERVERS)
                                                      and groups >= {"idle", "fanout", "redis"})
     t_start = time.time()
@@ -974,7 +1165,7 @@ def main():
             first = Server("ours", ctx, label="ours-seed").start()
             first.stop()
             add_bench_users(ctx.data_dir / "fonana.sqlite3", USERS)
-            if "redis" in groups:
+            if groups & {"redis", "storm2"}:
                 redis = Redis(ctx)
                 ctx.redis_url = redis.start()
                 if redis.proc:
@@ -982,7 +1173,8 @@ def main():
         for rep in range(ctx.p["reps"]):
             order = servers if rep % 2 == 0 else list(reversed(servers))
             for kind in order:
-                for group, fn in (("idle", run_idle), ("fanout", run_fanout_group)):
+                for group, fn in (("idle", run_idle), ("fanout", run_fanout_group), ("storm", run_storm),
+                                  ("reconnect", run_reconnect)):
                     if group not in groups:
                         continue
                     load = wait_quiet(ctx)
@@ -994,6 +1186,14 @@ def main():
                     except (RunFailed, RuntimeError) as exc:
                         ctx.failures.append(f"rep {rep + 1}, {kind}, {group}: {exc}")
                         banner(f"FAILED: rep {rep + 1}, {kind}, {group}: {exc}")
+            if "storm2" in groups and "ours" in servers:
+                wait_quiet(ctx)
+                log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL: storm with 1 and 2 workers")
+                try:
+                    run_storm_workers(ctx, rep)
+                except (RunFailed, RuntimeError) as exc:
+                    ctx.failures.append(f"rep {rep + 1}, storm2: {exc}")
+                    banner(f"FAILED: rep {rep + 1}, storm2: {exc}")
             if "redis" in groups and "ours" in servers:
                 wait_quiet(ctx)
                 log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL (one worker)")

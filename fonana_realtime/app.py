@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import logging.config
 
-import simple_websocket
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
@@ -29,7 +28,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.json = StandardJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
-    app.config["SOCK_SERVER_OPTIONS"] = websocket.SERVER_OPTIONS
     rt = app.extensions["fonana_realtime"] = Runtime(settings)
 
     @app.before_request
@@ -42,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(websocket.bp)
+    app.wsgi_app = websocket.Upgrades(app, rt, app.wsgi_app)
 
     @app.errorhandler(WebsocketMismatch)
     def _not_a_websocket(exc):
@@ -55,10 +54,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _http_error(exc: HTTPException):
         name = (exc.name or "error").lower().replace(" ", "_")
         return json_error(exc.code or 500, name, reason=exc.description)
-
-    @app.errorhandler(simple_websocket.ConnectionError)
-    def _bad_handshake(exc):
-        return json_error(400, "bad_request", reason="not a valid WebSocket handshake")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

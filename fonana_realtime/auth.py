@@ -5,9 +5,13 @@ existence is checked by the caller through the store, so this module stays pure.
 """
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 MAX_TOKEN_BYTES = 8192          # a real Fonana token is a few hundred bytes
 
@@ -20,10 +24,40 @@ class AuthError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
     expires_at: float            # unix seconds (the token's `exp`)
+
+
+class _HS256KeyCheckedOnce(HMACAlgorithm):
+    """PyJWT's HS256, with its key checks made once per secret instead of once per token.
+
+    PyJWT's `prepare_key` refuses a secret that looks like a PEM, SSH, DER or JWK key by
+    trying to parse it as each: ~5 % of a connect in a reconnect storm (py-spy, issue
+    11). Our secrets are fixed for the life of a worker, so the verdict is kept per secret;
+    a secret PyJWT refuses is refused every time (nothing is kept for it).
+    """
+
+    def __init__(self):
+        super().__init__(HMACAlgorithm.SHA256)
+        self._prepared: dict = {}
+
+    def prepare_key(self, key):
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = super().prepare_key(key)
+            if len(self._prepared) < 8:         # JWT_SECRET, NEXTAUTH_SECRET (and tests')
+                self._prepared[key] = prepared
+        return prepared
+
+
+_jwt = jwt.PyJWT()
+# PyJWT keeps its algorithm registry on the PyJWS it owns (`_jws`, as PyJWT's own module
+# object does); only HS256 is registered at all.
+for _name in _jwt._jws.get_algorithms():
+    _jwt._jws.unregister_algorithm(_name)
+_jwt._jws.register_algorithm("HS256", _HS256KeyCheckedOnce())
 
 
 def verify_token(token: str | None, secrets: tuple[str, ...], leeway: int = 10) -> Identity:
@@ -39,7 +73,7 @@ def verify_token(token: str | None, secrets: tuple[str, ...], leeway: int = 10) 
     expired = False
     for secret in secrets:
         try:
-            claims = jwt.decode(token, secret, algorithms=["HS256"], leeway=leeway,
+            claims = _jwt.decode(token, secret, algorithms=["HS256"], leeway=leeway,
                                 options={"require": ["exp"], "verify_aud": False,
                                          "verify_iss": False})
         except jwt.ExpiredSignatureError:
@@ -56,6 +90,40 @@ def verify_token(token: str | None, secrets: tuple[str, ...], leeway: int = 10) 
             raise AuthError("invalid_token") from None
         return Identity(user_id=user_id, expires_at=exp)
     raise AuthError("expired_token" if expired else "invalid_token")
+
+
+class VerifiedTokens:
+    """Tokens this worker has verified, until their `exp`: a client flapping on one
+    worker pays PyJWT's decode (~40 µs, about 5 % of a connect) once per token, not once
+    per reconnect.
+
+    Keyed by the token's SHA-256, so the cache holds no token; bounded (least recently
+    used goes first). Only successes are kept, and an entry is used only before `exp`:
+    after it the token goes through `verify_token` again, leeway and all. The secrets
+    are fixed for the life of a worker, so an entry never outlives the key that signed it.
+    """
+
+    def __init__(self, secrets: tuple[str, ...], leeway: int, size: int = 10_000, clock=time.time):
+        self.secrets, self.leeway, self.size, self.clock = secrets, leeway, size, clock
+        self._entries: OrderedDict[bytes, Identity] = OrderedDict()
+
+    def verify(self, token: str | None) -> Identity:
+        if not token or len(token) > MAX_TOKEN_BYTES or self.size <= 0:
+            return verify_token(token, self.secrets, self.leeway)
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        entries = self._entries
+        identity = entries.get(key)
+        if identity is not None:
+            if identity.expires_at > self.clock():
+                entries.move_to_end(key)
+                return identity
+            del entries[key]
+        identity = verify_token(token, self.secrets, self.leeway)
+        if identity.expires_at > self.clock():
+            entries[key] = identity
+            if len(entries) > self.size:
+                entries.popitem(last=False)
+        return identity
 
 
 def mint_token(user_id: str, secret: str, lifetime_seconds: int = 7 * 24 * 3600) -> str:

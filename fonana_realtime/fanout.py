@@ -25,8 +25,8 @@ import gevent
 from . import metrics
 from .history import Recovery
 from .connection import merged_positions
-from .outgoing import Outgoing
-from .wire import channel_topic, user_topic
+from .outgoing import Outgoing, SharedV2
+from .wire import channel_topic, topic_stream, user_topic
 
 # A batch of queued deliveries is written at the latest when it holds this many events
 # or its first event has waited this long (see Fanout.on_message).
@@ -215,10 +215,11 @@ class Fanout:
         if len(runs) == 1:
             topics, outs = runs[0]
             joined = outs[0].legacy if len(outs) == 1 else b"".join(o.legacy for o in outs)
-            positions = merged_positions(outs)
+            positions = tuple(merged_positions(outs).items())
+            shared_v2 = SharedV2(outs, topic_stream(topics[0])) if len(topics) == 1 else None
             count = len(outs)
             for conn in self.hub.targets(topics):
-                if conn.deliver(outs, joined, positions):
+                if conn.deliver(outs, joined, positions, shared_v2):
                     delivered += count
                 else:
                     dropped += count

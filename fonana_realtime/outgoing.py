@@ -24,6 +24,23 @@ CONFLATE_BY = {
 }
 
 
+class SharedV2:
+    """The v2 frames of a batch of events on ONE stream, joined on first use and then
+    shared by every v2 recipient of the batch (like the joined legacy frames)."""
+
+    __slots__ = ("outgoings", "stream", "_joined")
+
+    def __init__(self, outgoings, stream: str):
+        self.outgoings = outgoings
+        self.stream = stream
+        self._joined = None
+
+    def joined(self) -> bytes:
+        if self._joined is None:
+            self._joined = b"".join(o.v2_frame(self.stream) for o in self.outgoings)
+        return self._joined
+
+
 class Outgoing:
     __slots__ = ("_message", "payload", "topics", "streams", "published_at", "positions", "legacy",
                  "_event", "_v2", "_pace_key")

@@ -11,10 +11,11 @@
 
 Every event is checked against the catalogue (`events.route_event`) before anything is
 sent, so a mistake raises `InvalidEvent` here rather than being dropped by the server.
-The wire format is the server's own (`wire.py`, docs/PUBLISHING.md): `PUBLISH
-<prefix>channel:<key>` or `<prefix>user:<id>` with `{"event": E}`; an event addressed
-to several topics is one envelope with an `id` and the full topic list, so each
-connection gets it once.
+RedisPublisher publishes exactly as the server's API does, through the publish script
+(`redis_history.py`, `redis_publish.lua`, docs/PUBLISHING.md): one call per event gives
+it an offset in every stream of its route, keeps it in their history and PUBLISHes one
+envelope to each topic (`<prefix>channel:<key>`, `<prefix>user:<id>`), so each
+connection gets it once and a client that was away can recover it.
 """
 from __future__ import annotations
 

@@ -142,9 +142,25 @@ class RedisHistory:
         self.size = size
         self.seconds = seconds
         self.meta_seconds = meta_seconds
-        self._publish = client.register_script(PUBLISH_SCRIPT)
-        self._position = client.register_script(POSITION_SCRIPT)
-        self._since = client.register_script(SINCE_SCRIPT)
+        self._scripts = None            # registered on first use
+
+    def _script(self, index: int):
+        if self._scripts is None:
+            self._scripts = tuple(self.client.register_script(text)
+                                  for text in (PUBLISH_SCRIPT, POSITION_SCRIPT, SINCE_SCRIPT))
+        return self._scripts[index]
+
+    @property
+    def _publish(self):
+        return self._script(0)
+
+    @property
+    def _position(self):
+        return self._script(1)
+
+    @property
+    def _since(self):
+        return self._script(2)
 
     def _keys(self, stream: str) -> list[str]:
         return [meta_key(self.prefix, stream), history_key(self.prefix, stream)]

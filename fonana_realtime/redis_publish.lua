@@ -35,6 +35,9 @@ local n = #ARGV - 6
 if n < 1 or #KEYS ~= 2 * n then
   return redis.error_reply('ERR fonana: need 2 keys per topic and at least one topic')
 end
+if n > 64 then      -- wire.MAX_ENVELOPE_TOPICS: a longer list would not be read as a union
+  return redis.error_reply('ERR fonana: at most 64 topics')
+end
 local payload, id, prefix = ARGV[1], ARGV[2], ARGV[6]
 local size, hist_ttl, meta_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if not size or size < 0 or not hist_ttl or hist_ttl < 1 or not meta_ttl or meta_ttl < 1 then

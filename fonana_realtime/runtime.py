@@ -11,6 +11,7 @@ import gevent
 
 from . import heartbeat
 from .access_expiry import AccessExpiry
+from .auth import VerifiedTokens
 from .broker import open_broker
 from .commands import Commands
 from .connection import Connection
@@ -42,6 +43,7 @@ class Runtime:
         self.access_expiry = AccessExpiry(self.commands.access_until, self.commands.revoke)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
+        self.tokens = VerifiedTokens(settings.jwt_secrets, settings.jwt_leeway_seconds)
         self.draining = False
         self._user_cache: dict[str, float] = {}   # user id -> seen-until (monotonic)
         self._started = False

@@ -18,7 +18,7 @@ class Recorder:
         self.writes = []
         self.accept = accept
 
-    def deliver(self, outgoings, joined_legacy=None, positions=None):
+    def deliver(self, outgoings, joined_legacy=None, positions=None, shared_v2=None):
         if not self.accept:
             return False
         assert joined_legacy == b"".join(o.legacy for o in outgoings)
@@ -120,15 +120,19 @@ def test_the_hub_reports_first_and_last_and_never_calls_anyone():
     assert hub.remove(a) == []
 
 
-def test_a_publisher_that_never_yields_still_gets_its_events_written():
+def test_a_publisher_that_never_yields_still_gets_its_events_written(monkeypatch):
     """Queued deliveries wait for the end of the event-loop turn, but at most MAX_BATCH
-    of them: a greenlet publishing back to back writes each full batch itself."""
+    of them: a greenlet publishing back to back writes each full batch itself.
+    (The MAX_BATCH_SECONDS cut is held off here so a loaded machine cannot cut the batch
+    early; the next test checks that cut on its own.)"""
     import gevent
 
+    from fonana_realtime import fanout as fanout_module
     from fonana_realtime.broker.memory import MemoryBroker
     from fonana_realtime.events import Route
     from fonana_realtime.fanout import MAX_BATCH
 
+    monkeypatch.setattr(fanout_module, "MAX_BATCH_SECONDS", 3600.0)
     a = Recorder("a")
     fanout = Fanout(Hub(), MemoryBroker())
     fanout.add(a)
@@ -139,3 +143,22 @@ def test_a_publisher_that_never_yields_still_gets_its_events_written():
     assert [frames for _, frames in a.writes] == [MAX_BATCH]
     gevent.sleep(0)                                     # the turn ends: the rest goes out
     assert [frames for _, frames in a.writes] == [MAX_BATCH, 3]
+
+
+def test_a_batch_older_than_max_batch_seconds_is_written_by_the_next_publish(monkeypatch):
+    import gevent
+
+    from fonana_realtime import fanout as fanout_module
+    from fonana_realtime.broker.memory import MemoryBroker
+    from fonana_realtime.events import Route
+
+    monkeypatch.setattr(fanout_module, "MAX_BATCH_SECONDS", 0.0)     # every batch is "old" at once
+    a = Recorder("a")
+    fanout = Fanout(Hub(), MemoryBroker())
+    fanout.add(a)
+    fanout.subscribe(a, "post_p")
+    for n in range(3):                                  # no yield in between
+        fanout.broker.publish(Route(channels=("post_p",)), b'{"n":%d}' % n)
+    assert [frames for _, frames in a.writes] == [1, 1, 1]
+    gevent.sleep(0)
+    assert len(a.writes) == 3                           # nothing left over for the turn's end

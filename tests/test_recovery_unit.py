@@ -186,3 +186,30 @@ def test_a_union_written_under_its_channel_is_not_replayed_on_the_user_stream():
     fanout.recover(conn, "user_u", (broker.position("user_u")[0], 0), reply=replies.append)
     assert replies[0].ok
     assert [(f["stream"], f["data"]["type"]) for f in conn.frames] == [("user_u", "a"), ("post_p", "b")]
+
+
+def test_v2_recipients_of_a_one_stream_batch_share_one_joined_write():
+    broker, fanout = _setup()
+    a, b = Recording("u"), Recording("w")
+    sent = {}
+    for conn in (a, b):
+        fanout.add(conn)
+        fanout.subscribe(conn, "post_p")
+        conn.send = (lambda c: lambda data, frames=1: sent.setdefault(c.user_id, []).append(data)
+                     or Recording.send(c, data, frames))(conn)
+    _publish(broker, fanout, 3)
+    assert sent["u"][0] is sent["w"][0]                   # one bytes object for both
+    assert a.events("post_p") == b.events("post_p") == [1, 2, 3]
+    assert a.marks["post_p"] == (broker.position("post_p")[0], 3)
+
+
+def test_a_shared_batch_overlapping_what_was_written_is_deduped_per_event():
+    broker, fanout = _setup()
+    conn = Recording("u")
+    fanout.add(conn)
+    fanout.subscribe(conn, "post_p")
+    _publish(broker, fanout, 2)
+    epoch = broker.position("post_p")[0]
+    conn.marks["post_p"] = (epoch, 3)                     # as if a replay had sent up to 3
+    _publish(broker, fanout, 3, start=2)                  # offsets 3, 4, 5
+    assert conn.events("post_p") == [1, 2, 4, 5]

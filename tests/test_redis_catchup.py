@@ -24,36 +24,59 @@ pytestmark = pytest.mark.postgres
 WORKERS = 2
 
 
-@pytest.fixture
-def hosts(tmp_path, pg_url):
+def start_hosts(tmp_path, pg_url, extra_env=None):
     rs = RedisServer(tmp_path / "redis").start()
     prefix = f"cu-{secrets.token_hex(3)}:"
     servers = [Server(tmp_path / name, name=name, database_url=pg_url,
                       env={"REDIS_URL": rs.url, "REDIS_PREFIX": prefix, "WS_WORKERS": WORKERS,
-                           "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS})
+                           "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS, **(extra_env or {})})
                for name in ("host-a", "host-b")]
     for srv in servers:
         srv.start()
+    return rs, servers
+
+
+def stop_hosts(rs, servers):
+    for srv in servers:
+        srv.stop()
+    rs.stop()
+
+
+@pytest.fixture
+def hosts(tmp_path, pg_url):
+    rs, servers = start_hosts(tmp_path, pg_url)
     try:
         yield rs, servers
     finally:
-        for srv in servers:
-            srv.stop()
-        rs.stop()
+        stop_hosts(rs, servers)
+
+
+@pytest.fixture
+def small_hosts(tmp_path, pg_url):
+    rs, servers = start_hosts(tmp_path, pg_url, {"WS_HISTORY_SIZE": 3})
+    try:
+        yield rs, servers
+    finally:
+        stop_hosts(rs, servers)
 
 
 def ready(servers, n: int = 6) -> bool:
     return all(srv.get("/ready").status_code == 200 for srv in servers for _ in range(n))
 
 
-def catchup_events(servers) -> float:
+def metric(servers, name: str, labels: str = "") -> float:
     total = 0.0
     for srv in servers:
         text = srv.get("/metrics", headers={"Authorization": f"Bearer {srv.api_key}"}).text
         for line in text.splitlines():
-            if line.startswith("fonana_rt_broker_catchup_events_total"):
+            head = line.split(" ", 1)[0]
+            if (head == name or head.startswith(name + "{")) and labels in head:
                 total += float(line.split()[-1])
     return total
+
+
+def catchup_events(servers) -> float:
+    return metric(servers, "fonana_rt_broker_catchup_events_total")
 
 
 def scene(seed, servers):
@@ -114,6 +137,8 @@ def test_events_published_while_the_listeners_link_is_cut_are_caught_up(hosts, s
     direct = RedisPublisher(rs.url, servers[0].env["REDIS_PREFIX"])
     direct.post_liked(post, fan, 99)                      # loads the script: the next call is one round trip
     first = {"type": "post_liked", "postId": post, "userId": fan, "likesCount": 100}
+    wait_until(lambda: len(r.client_list(_type="pubsub")) == 2 * len(servers), 15,
+               "every worker's listener connected")
     killed = r.client_kill_filter(_type="pubsub")         # every worker's listener link, at once
     assert killed == 2 * WORKERS
     # Published a millisecond later, before any listener can be back (its back-off is
@@ -157,3 +182,29 @@ def test_redis_restart_without_its_data_replays_only_the_new_epoch(hosts, seed):
     expect_exactly(clients, events)
     wait_until(lambda: ready(servers), 15, "/ready 200 after the restart")
     expect_exactly(clients, publish_numbered(servers, fan, post, 3, start=200))
+
+
+def test_missed_events_no_longer_in_history_are_not_replayed_and_live_ones_still_flow(small_hosts, seed):
+    """WS_HISTORY_SIZE=3 and 6 events missed: all or nothing, so none is replayed (never a
+    partial, out-of-order catch-up); the worker goes live and says what it lost."""
+    rs, servers = small_hosts
+    fan, post, clients = scene(seed, servers)
+    expect_exactly(clients, publish_numbered(servers, fan, post, 2))
+    r = rs.client()
+    direct = RedisPublisher(rs.url, servers[0].env["REDIS_PREFIX"], history_size=3)
+    direct.post_liked(post, fan, 99)                      # loads the script
+    expect_exactly(clients, [{"type": "post_liked", "postId": post, "userId": fan, "likesCount": 99}])
+    wait_until(lambda: len(r.client_list(_type="pubsub")) == 2 * len(servers), 15,
+               "every worker's listener connected")
+    assert r.client_kill_filter(_type="pubsub") == 2 * WORKERS
+    for n in range(6):                                    # within a few ms: before any listener is back
+        direct.post_liked(post, fan, 300 + n)
+    wait_until(lambda: metric(servers, "fonana_rt_broker_catchup_failed_total", 'reason="trimmed"')
+               >= 2 * WORKERS, 15, "every worker giving up on the trimmed stream")
+    wait_until(lambda: ready(servers), 15, "/ready 200 after the catch-up")
+    after = publish_numbered(servers, fan, post, 4, start=500)
+    expect_exactly(clients, after)                        # none of 300..305, then the live ones once
+    assert any('"broker_catchup_lost"' in line and '"reason": "trimmed:1"' in line
+               for srv in servers for line in srv.output().splitlines())
+    direct.close()
+    r.close()

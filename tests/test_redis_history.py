@@ -188,6 +188,7 @@ def test_history_off_still_gives_positions(rds):
     (["channel:post_p1"], b'{"type":"x"', "string type"),
     (["channel:post_p1"], b'{"kind":"x"}', "string type"),
     (["channel:post_p1"], b'{"type":""}', "string type"),
+    ([f"channel:post_{i}" for i in range(65)], b'{"type":"x"}', "at most 64"),
 ])
 def test_the_script_refuses_bad_input_and_publishes_nothing(rds, topics, payload, error):
     h = RedisHistory(rds, rds.test_prefix)

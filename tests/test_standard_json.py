@@ -38,7 +38,7 @@ def _error_log(srv: Server) -> str:
 
 # -- the parser and the writers, in-process ------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"a":-Infinity}', "1e400", "[-1e400]", "1" + "0" * 400,
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"a":-Infinity}', "1e400", "[-1e400]", "1" + "0" * 400 + ".5",
                                   f'["{LONE}"]', f'{{"{LONE}":1}}', '"\\udc00x"', '["ok","\\udbff"]'])
 def test_loads_refuses_what_is_not_standard_json(text):
     with pytest.raises(ValueError):
@@ -47,10 +47,22 @@ def test_loads_refuses_what_is_not_standard_json(text):
         loads(text.encode())
 
 
+def test_loads_refuses_a_surrogate_encoded_in_the_bytes():
+    """json.loads decodes bytes with "surrogatepass": an encoded lone surrogate (CESU-8)
+    would slip past the escape check. Bytes must be strict UTF-8."""
+    with pytest.raises(ValueError):
+        loads(b'["\xed\xa0\x80"]')
+
+
 def test_loads_keeps_what_is_standard():
     assert loads('"\\ud83d\\ude00"') == "\U0001F600"          # a surrogate pair is one character
     assert loads('"\\\\ud800"') == "\\ud800"                   # an escaped backslash, not an escape
     assert loads("[1e308, -2.5, 12345678901234567890]") == [1e308, -2.5, 12345678901234567890]
+    assert loads("1" + "0" * 400) == 10 ** 400          # an integer is written back as it came
+    deep = "[" * 64 + "]" * 64
+    assert loads(deep) == loads(deep.encode())
+    with pytest.raises(ValueError):
+        loads("[" * 65 + "]" * 65)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, "\ud800", {"k": [math.nan]}])

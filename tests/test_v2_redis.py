@@ -21,7 +21,7 @@ import threading
 import pytest
 
 from support.waiting import wait_until
-from support.redis_server import SPREAD_WORKER_CONNECTIONS, RedisServer
+from support.redis_server import SPREAD_WORKER_CONNECTIONS, RedisServer, spread
 from support.server import Server
 
 pytestmark = pytest.mark.postgres
@@ -191,6 +191,10 @@ def test_a_redis_that_lost_its_data_is_never_recovered_from(hosts, scene):
 def test_a_v2_client_through_a_cut_of_the_redis_links_gets_contiguous_offsets(hosts, scene):
     rs, servers = hosts
     key = f"post_{scene['post']}"
+    # A worker starts its listener with its first request: make every worker serve one,
+    # so the cut below reaches all four listeners.
+    for ws in spread(servers, scene["fan"], WORKERS).values():
+        ws.close()
     clients = [v2(srv, scene["fan"]) for srv in servers for _ in range(3)]
     for ws in clients:
         subscribe_v2(ws, post(scene))
@@ -198,6 +202,9 @@ def test_a_v2_client_through_a_cut_of_the_redis_links_gets_contiguous_offsets(ho
     for ws in clients:
         expect_events(ws, key, [1])
     r = rs.client()
+    wait_until(lambda: len(r.client_list(_type="pubsub")) == 2 * len(servers), 15,
+               "every worker's listener connected")
+    wait_until(lambda: ready(servers), 15, "every worker caught up and live")
     assert r.client_kill_filter(_type="pubsub") == 2 * WORKERS
     for n in range(1, 11):
         publish(servers[n % 2], liked(scene, n))

@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 
+from support.rawws import RawWebSocket
 from support.tokens import forged_token, make_token, valid_payload
 from support.ws import WELCOME_MESSAGE, open_ws, refused_handshake
 
@@ -331,3 +332,67 @@ def test_logs_never_contain_tokens_secrets_or_the_ws_query(server_factory, pg_ur
     log_files = sorted(p.name for p in srv.log_dir.iterdir())
     for name in ("ws-out.log", "ws-error.log", "ws-combined.log"):
         assert name in log_files, f"{name} missing from LOG_DIR: {log_files}"
+
+
+# -- the upgrade itself: subprotocol negotiation, malformed handshakes (web/upgrade.py) --------
+
+def test_fonana_v2_subprotocol_is_selected_when_offered(server, user):
+    client = open_ws(server.url(server.token(user)), subprotocols=["fonana.v2"])
+    try:
+        assert client.conn.subprotocol == "fonana.v2"
+        assert client.conn.response.headers.get("Sec-WebSocket-Protocol") == "fonana.v2"
+        assert_welcome(client.welcome, user)
+    finally:
+        client.close()
+
+
+def test_fonana_v2_is_selected_from_a_list_of_offers(server, user):
+    raw = RawWebSocket(server.host, server.port, f"/ws?token={server.token(user)}",
+                       headers={"Sec-WebSocket-Protocol": "chat, fonana.v2, superchat"})
+    try:
+        assert raw.headers.get("sec-websocket-protocol") == "fonana.v2", raw.headers
+        assert_welcome(raw.recv_json_until("connected"), user)
+    finally:
+        raw.sock.close()
+
+
+@pytest.mark.parametrize("offer", [None, "chat", "fonana.v3, Fonana.V2", "fonana.v2x"])
+def test_other_subprotocols_are_not_selected(server, user, offer):
+    headers = {"Sec-WebSocket-Protocol": offer} if offer else None
+    raw = RawWebSocket(server.host, server.port, f"/ws?token={server.token(user)}", headers=headers)
+    try:
+        assert "sec-websocket-protocol" not in raw.headers, raw.headers
+        assert raw.headers.get("sec-websocket-accept"), raw.headers
+        assert_welcome(raw.recv_json_until("connected"), user)
+    finally:
+        raw.sock.close()
+
+
+def test_select_subprotocol_unit():
+    from fonana_realtime.web.upgrade import select_subprotocol
+    assert select_subprotocol("fonana.v2") == "fonana.v2"
+    assert select_subprotocol(" chat ,fonana.v2") == "fonana.v2"
+    assert select_subprotocol("chat,superchat") is None
+    assert select_subprotocol("") is None and select_subprotocol(None) is None
+
+
+def _raw_upgrade(server, path, headers):
+    s = requests.Session()
+    s.trust_env = False
+    return s.get(f"http://{server.host}:{server.port}{path}", headers=headers, timeout=10)
+
+
+@pytest.mark.parametrize("drop,override", [
+    ("Sec-WebSocket-Key", {}),
+    (None, {"Sec-WebSocket-Version": "8"}),
+    ("Sec-WebSocket-Version", {}),
+])
+def test_malformed_upgrade_with_a_valid_token_is_400_json_without_upgrading(server, user, drop, override):
+    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+    headers.pop(drop, None)
+    headers.update(override)
+    r = _raw_upgrade(server, f"/ws?token={server.token(user)}", headers)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert r.json().get("error") == "bad_request", r.text[:300]
+    assert "sec-websocket-accept" not in {k.lower() for k in r.headers}

@@ -18,6 +18,12 @@
  *                   takes it: at most --window events not yet received by every subscriber
  *   rate<R>:<S>     publish R events/s for S measured seconds, open loop: "ts" is the
  *                   scheduled send time, so a server that falls behind shows as latency
+ *   r               reconnect: wait until the server closes the ready clients (a drain:
+ *                   close 1001, or the connection simply ends) and reconnect each at once
+ *                   (--inflight handshakes at a time; a refusal with 503, a refused TCP
+ *                   connect or a reset is retried after 250 ms, as a browser backs off);
+ *                   done when every client ready at the start has been closed and is
+ *                   subscribed again. Measures first close -> last re-subscribed.
  * Each client subscribes to --channel: "notifications" (its own) or "post" (--post ID).
  *
  * Publishing is HTTP POST /api/events on --publishers keep-alive connections. Each event
@@ -254,6 +260,8 @@ typedef struct {
     uint8_t in_frag, frag_rsv1;
     uint8_t want_out;     /* EPOLLOUT armed */
     uint8_t was_ready;    /* got "subscribed" at some point */
+    uint8_t closed_once, reconnected;  /* the r step */
+    int64_t t_closed, due;
     z_stream *inf;        /* only once a compressed frame arrives */
     uint8_t *pend; uint32_t pend_len, pend_cap;   /* a frame straddling reads */
     uint8_t *frag; uint32_t frag_len, frag_cap;   /* a fragmented message */
@@ -275,7 +283,7 @@ typedef struct {
     char in[8192]; size_t in_len;
 } pubconn;
 
-enum { S_CONNECT = 1, S_WAIT, S_PUBLISH };
+enum { S_CONNECT = 1, S_WAIT, S_PUBLISH, S_RECONNECT };
 typedef struct {
     int kind;
     int target;          /* S_CONNECT */
@@ -288,6 +296,7 @@ typedef struct {
     uint64_t d0, d1;
     int64_t late;
     int done, drained;
+    int64_t t_first_close, t_last_ready, retries;   /* S_RECONNECT */
 } step;
 
 static struct sockaddr_in srv_addr;
@@ -313,6 +322,8 @@ static int64_t acked = 0;            /* 202 received */
 static int64_t completed = 0;        /* events received by every subscriber due */
 static int subs_due = 0;             /* subscribers of the current publish step */
 static int closing = 0;
+static int reconnect_mode = 0;       /* the r step is running */
+static int *rq, rq_head = 0, rq_len = 0, n_reconnected = 0;   /* clients waiting to reconnect */
 
 static void die(const char *msg) { fprintf(stderr, "loadgen: %s: %s\n", msg, strerror(errno)); exit(4); }
 
@@ -511,6 +522,25 @@ static void conn_fail(conn *c, const char *fmt, ...) {
     conn_close_fd(c);
 }
 
+/* the r step: this client was let go by the server; connect it again after `delay` us */
+static void conn_requeue(conn *c, int64_t delay) {
+    int was = c->state;
+    int64_t now = now_us();
+    if (was >= ST_CONNECTING && was <= ST_WAIT_SUBSCRIBED) n_inflight--;
+    if (was == ST_READY) n_ready--;
+    if (!c->closed_once) {
+        c->closed_once = 1;
+        c->t_closed = now;
+        if (!cur->t_first_close) cur->t_first_close = now;
+    }
+    if (delay) cur->retries++;
+    conn_close_fd(c);
+    c->in_frag = 0; c->pmd = 0; c->srv_no_ctx = 0;
+    c->state = ST_NEW;
+    c->due = now + delay;
+    rq[(rq_head + rq_len++) % n_clients] = c->idx;
+}
+
 static void on_event_frame(conn *c, const msginfo *mi, int64_t now) {
     int64_t seq = mi->seq;
     total_deliveries++;
@@ -564,6 +594,12 @@ static void on_message(conn *c, const uint8_t *data, size_t len, int64_t now) {
         n_inflight--;
         n_ready++;
         if (cur && cur->kind == S_CONNECT) hadd(&cur->lat, now - c->t_start);
+        if (reconnect_mode && c->closed_once && !c->reconnected) {
+            c->reconnected = 1;
+            n_reconnected++;
+            hadd(&cur->lat, now - c->t_closed);
+            cur->t_last_ready = now;
+        }
         return;
     }
     if (type_is(&mi, "error")) {
@@ -637,6 +673,7 @@ static ssize_t parse_frames(conn *c, const uint8_t *buf, size_t len, int64_t now
         if (op == 0xA) continue;
         if (op == 0x8) {
             int code = plen >= 2 ? (pl[0] << 8 | pl[1]) : 1005;
+            if (reconnect_mode && code == 1001) { conn_requeue(c, 0); return -1; }
             conn_fail(c, "closed by the server: code %d %.*s", code, (int)(plen > 2 ? plen - 2 : 0), (const char *)pl + 2);
             return -1;
         }
@@ -697,6 +734,7 @@ static ssize_t parse_handshake(conn *c, const uint8_t *buf, size_t len) {
     if (sscanf(s, "HTTP/1.%*d %d", &status) != 1) { conn_fail(c, "bad HTTP response"); return -1; }
     if (status != 101) {
         const char *body = end + 4;
+        if (reconnect_mode && status == 503) { conn_requeue(c, 250000); return -1; }
         int blen = (int)(len - (body - s));
         conn_fail(c, "handshake refused: HTTP %d %.*s", status, blen > 160 ? 160 : blen, body);
         return -1;
@@ -753,11 +791,13 @@ static int on_client_readable(conn *c) {
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
         if (c->state == ST_CLOSING) { c->state = ST_CLOSED; conn_close_fd(c); return 0; }
+        if (reconnect_mode) { conn_requeue(c, c->state == ST_READY ? 0 : 250000); return 0; }
         conn_fail(c, "read: %s", strerror(errno));
         return 0;
     }
     if (n == 0) {
         if (c->state == ST_CLOSING) { c->state = ST_CLOSED; conn_close_fd(c); return 0; }
+        if (reconnect_mode) { conn_requeue(c, c->state == ST_READY ? 0 : 250000); return 0; }
         conn_fail(c, "connection closed by the server without a close frame (state %d)", c->state);
         return 0;
     }
@@ -838,6 +878,7 @@ static void on_client_event(conn *c, uint32_t evs) {
     if (c->state == ST_CONNECTING) {
         int err = 0; socklen_t el = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err && reconnect_mode) { conn_requeue(c, 250000); return; }
         if (err) { conn_fail(c, "connect: %s", strerror(err)); return; }
         c->want_out = 0;
         ep_mod(c->fd, c, CLIENT_EVENTS, EPOLL_CTL_MOD);
@@ -957,6 +998,8 @@ static void parse_plan(const char *plan) {
             if (s->target > n_clients) n_clients = s->target;
         } else if (!strcmp(t, "w")) {
             s->kind = S_WAIT;
+        } else if (!strcmp(t, "r")) {
+            s->kind = S_RECONNECT;
         } else if (!strncmp(t, "max:", 4)) {
             s->kind = S_PUBLISH; s->rate = 0; s->dur = atof(t + 4);
         } else if (!strncmp(t, "rate", 4) && strchr(t, ':')) {
@@ -1001,6 +1044,12 @@ static void print_step(int i) {
                gen, d ? gen * 1e6 / d : 0.0, srv, (d && n_server_pids) ? srv * 1e6 / d : 0.0,
                (win > 0 && n_server_pids) ? srv / win : -1.0, sbusy, gbusy, (long long)s->late,
                s->drained ? "true" : "false");
+    } else if (s->kind == S_RECONNECT) {
+        double took = s->t_last_ready > s->t_first_close ? (s->t_last_ready - s->t_first_close) / 1e6 : 0.0;
+        printf("\"kind\":\"reconnect\",\"target\":%d,\"clients\":%d,\"reconnected\":%d,\"seconds\":%.4f,"
+               "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"retries\":%lld,\"gen_cpu_s\":%.4f}\n",
+               s->target, s->subs, n_reconnected, took, hpct(&s->lat, 50) / 1000.0, hpct(&s->lat, 99) / 1000.0,
+               (long long)s->retries, gen);
     } else {
         printf("\"kind\":\"wait\"}\n");
     }
@@ -1121,6 +1170,7 @@ int main(int argc, char **argv) {
 
     ep = epoll_create1(EPOLL_CLOEXEC);
     conns = calloc((size_t)n_clients, sizeof(conn));
+    rq = calloc((size_t)n_clients, sizeof(int));
     size_t words = ((size_t)opt_max_events + 63) / 64;
     uint64_t *bitmaps = calloc((size_t)n_clients * words, 8);
     seq_count = calloc((size_t)opt_max_events, sizeof(uint32_t));
@@ -1169,6 +1219,11 @@ int main(int argc, char **argv) {
                 cur = &steps[si];
                 sub = P_RUN;
                 if (cur->kind == S_CONNECT) take_probe(&cur->p0);
+                else if (cur->kind == S_RECONNECT) {
+                    take_probe(&cur->p0);
+                    cur->target = n_ready;
+                    reconnect_mode = 1;
+                }
                 else if (cur->kind == S_WAIT) {
                     printf("{\"event\":\"wait\",\"index\":%d,\"clients\":%d,\"pmd\":%llu}\n", si, n_ready,
                            (unsigned long long)n_pmd);
@@ -1189,6 +1244,21 @@ int main(int argc, char **argv) {
             if (next_to_start >= cur->target && n_inflight == 0) {
                 take_probe(&cur->p1);
                 cur->subs = n_ready;
+                sub = P_START;
+            }
+        }
+        if (sub == P_RUN && cur->kind == S_RECONNECT) {
+            while (n_inflight < opt_inflight && rq_len > 0) {
+                conn *c = &conns[rq[rq_head]];
+                if (c->due > now) break;
+                rq_head = (rq_head + 1) % n_clients;
+                rq_len--;
+                start_client(c);
+            }
+            if (n_reconnected >= cur->target && rq_len == 0 && n_inflight == 0) {
+                take_probe(&cur->p1);
+                cur->subs = n_ready;
+                reconnect_mode = 0;
                 sub = P_START;
             }
         }

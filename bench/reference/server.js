@@ -299,4 +299,19 @@ function shutdown() {
   setTimeout(() => process.exit(0), 2000).unref();
 }
 process.on('SIGTERM', shutdown);
+// What a deploy does to its clients (bench/run --only reconnect): every client is closed
+// with 1001, spread evenly over REF_DRAIN_SECONDS, while the server keeps accepting.
+// Our server's drain is its worker's (WS_DRAIN_SECONDS); this stands in for it.
+process.on('SIGHUP', () => {
+  const all = [...wss.clients];
+  const seconds = parseFloat(process.env.REF_DRAIN_SECONDS || '10');
+  const ticks = Math.max(1, Math.floor(seconds / 0.05));
+  const perTick = Math.max(1, Math.ceil(all.length / ticks));
+  let i = 0;
+  const timer = setInterval(() => {
+    for (const ws of all.slice(i, i + perTick)) ws.close(1001, 'server is restarting');
+    i += perTick;
+    if (i >= all.length) clearInterval(timer);
+  }, 50);
+});
 process.on('SIGINT', shutdown);

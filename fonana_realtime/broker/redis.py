@@ -137,6 +137,7 @@ class RedisBroker(Broker):
         self._catching_up = False               # a new link: hold live messages until caught up
         self._held: list = []                   # live Messages received while catching up
         self._live = Event()                    # set while this link is caught up
+        self._subscribes_pending = 0            # SUBSCRIBE replies still to come on this link
         # listener state (only the listener greenlet writes the subscriber socket)
         self._greenlet = None
         self._conn = None
@@ -331,6 +332,7 @@ class RedisBroker(Broker):
         self._last_rx = time.monotonic()
         self._ping_sent = None
         self._expect.append((b"subscribe", self._private, self._private_ev))
+        self._subscribes_pending = 1
         conn.send_command("SUBSCRIBE", self._private, check_health=False)
         self._catching_up = True                    # live messages wait until we caught up
         self._held = []
@@ -355,6 +357,7 @@ class RedisBroker(Broker):
         for event in self._waiting.values():
             event.set()
         self._expect.clear()
+        self._subscribes_pending = 0
         self._acked.clear()
         self._waiting.clear()
         self._ping_sent = None
@@ -374,6 +377,8 @@ class RedisBroker(Broker):
                 self._last_rx = time.monotonic()
                 self._on_reply(reply)
                 handled += 1
+                if self._catching_up and not self._subscribes_pending:
+                    self._catch_up()                # at once, even while messages keep coming
                 if handled % YIELD_EVERY == 0:
                     gevent.sleep(0)
                     if self._dirty:
@@ -381,7 +386,7 @@ class RedisBroker(Broker):
             if self._dirty:
                 self._flush()
                 continue
-            if self._catching_up and self._subscribed_all():
+            if self._catching_up and not self._subscribes_pending:
                 self._catch_up()
                 continue
             readable, _, _ = gevent.select.select([fd, wake], [], [], self._idle_timeout(conn))
@@ -435,6 +440,7 @@ class RedisBroker(Broker):
         for start in range(0, len(subscribe), CHANNELS_PER_COMMAND):
             chunk = subscribe[start:start + CHANNELS_PER_COMMAND]
             self._expect.extend((b"subscribe", channel, event) for channel, event in chunk)
+            self._subscribes_pending += len(chunk)
             conn.send_command("SUBSCRIBE", *(channel for channel, _ in chunk), check_health=False)
         for start in range(0, len(unsubscribe), CHANNELS_PER_COMMAND):
             chunk = unsubscribe[start:start + CHANNELS_PER_COMMAND]
@@ -460,8 +466,11 @@ class RedisBroker(Broker):
             raise _Desync(f"expected {want_kind!r} reply, got {kind!r}")
         if kind == b"pong":
             self._ping_sent = None
-        elif event is not None:
-            event.set()
+        else:
+            if kind == b"subscribe":
+                self._subscribes_pending -= 1
+            if event is not None:
+                event.set()
 
     # ---- one message from Redis ---------------------------------------------------
 
@@ -530,14 +539,12 @@ class RedisBroker(Broker):
         self.on_message(message)
         return True
 
-    def _subscribed_all(self) -> bool:
-        return self._private_ev.is_set() and all(event.is_set() for event in self._acked.values())
-
     def _catch_up(self):
         """Every SUBSCRIBE of this link is acknowledged: read what each held stream
         missed since its mark, hand it on in order, then the held live messages."""
         held, self._held = self._held, []
-        replayed, failed = self._read_missed(held)
+        replayed, lost = self._read_missed(held)
+        failed = sum(lost.values())
         count = 0
         for message in heapq.merge(*replayed, key=lambda m: m.published_at or 0.0):
             if self._hand(message):
@@ -548,21 +555,29 @@ class RedisBroker(Broker):
         self._live.set()
         if count:
             metrics.BROKER_CATCHUP_EVENTS.inc(count)
+        if lost:
+            # one line per catch-up, not one per stream: after a long outage it can be thousands
+            log.warning("redis: events missed while the link was down are no longer in history",
+                        extra={"event": "broker_catchup_lost", "streams": failed,
+                               "reason": ",".join(f"{k}:{v}" for k, v in sorted(lost.items()))})
         if count or failed or self._connects > 1:
             log.info("redis listener caught up", extra={
-                "event": "broker_caught_up", "replayed": count, "streams_lost": failed,
-                "streams": len(self._marks)})
+                "event": "broker_caught_up", "count": count, "streams": len(self._marks)})
 
-    def _read_missed(self, held) -> tuple[list, int]:
+    def _read_missed(self, held) -> tuple[list, dict]:
         """Per held stream with a mark: its missed events (lists of Messages, each in
-        offset order), and how many streams could not be recovered."""
+        offset order), and how many streams could not be recovered, by reason."""
         wanted = self._wanted
         requests = [(stream, epoch, offset) for stream, (epoch, offset) in self._marks.items()
                     if wire.stream_topic(stream) in wanted]
         if not requests or not self.history_store.size:
-            return [], 0
+            return [], {}
         store, limit = self.history_store, self.recovery_max
-        replayed, failed, again = [], 0, []
+        replayed, lost, again = [], {}, []
+        first_held: dict = {}                   # (stream, epoch) -> first offset received live
+        for message in held:
+            for stream, position in message.positions.items():
+                first_held.setdefault((stream, position[0]), position[1])
         try:
             for start in range(0, len(requests), CATCHUP_BATCH):
                 chunk = requests[start:start + CATCHUP_BATCH]
@@ -572,21 +587,21 @@ class RedisBroker(Broker):
                     elif rec.reason == EPOCH_MISMATCH:
                         again.append((stream, rec.epoch, 0))    # all of the new epoch is newer
                     else:
-                        failed += self._give_up(stream, rec, held)
+                        self._give_up(stream, rec, first_held, lost)
             for start in range(0, len(again), CATCHUP_BATCH):
                 chunk = again[start:start + CATCHUP_BATCH]
                 for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
                     if rec.ok:
                         replayed.append(self._stored(stream, rec.entries))
                     else:
-                        failed += self._give_up(stream, rec, held)
+                        self._give_up(stream, rec, first_held, lost)
         except redis.RedisError as exc:
             # Redis answered the SUBSCRIBEs but not this: go live with what we have;
             # the marks stay, so the next link tries again.
             log.warning("redis: history unreadable while catching up", extra={
                 "event": "broker_catchup_failed", "error": type(exc).__name__})
             metrics.BROKER_CATCHUP_FAILED.labels("unavailable").inc()
-        return replayed, failed
+        return replayed, lost
 
     def _stored(self, stream: str, entries) -> list:
         out = []
@@ -597,17 +612,15 @@ class RedisBroker(Broker):
                 pass
         return out
 
-    def _give_up(self, stream: str, rec, held) -> int:
+    def _give_up(self, stream: str, rec, first_held: dict, lost: dict):
         """The missed events of `stream` are gone (trimmed, expired, too many): they are
         not replayed, and the held live ones still go out, so the mark moves to just
         before the first of those (or to the top when none arrived)."""
-        first = min((m.positions[stream][1] for m in held
-                     if stream in m.positions and m.positions[stream][0] == rec.epoch), default=None)
+        first = first_held.get((stream, rec.epoch))
         self._marks[stream] = (rec.epoch, rec.top if first is None else first - 1)
-        metrics.BROKER_CATCHUP_FAILED.labels(rec.reason or "unknown").inc()
-        log.warning("redis: events missed while the link was down are no longer in history",
-                    extra={"event": "broker_catchup_lost", "stream": stream[:200], "reason": rec.reason})
-        return 1
+        reason = rec.reason or "unknown"
+        metrics.BROKER_CATCHUP_FAILED.labels(reason).inc()
+        lost[reason] = lost.get(reason, 0) + 1
 
     def _drop(self, reason: str, topic: str):
         """An untrusted message we cannot deliver: counted, logged without its payload."""

@@ -1,6 +1,7 @@
 """The HTTP side: one blueprint per concern.
 
 - websocket.py  `/ws` and `/`: refuse before upgrading, then serve a Connection
+- upgrade.py    the WebSocket upgrade itself, from the environ gunicorn parsed
 - api.py        `/api/*`: event injection and notifications (server-to-server)
 - ops.py        `/health`, `/ready`, `/metrics`, `/stats`
 """

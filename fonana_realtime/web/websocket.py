@@ -3,6 +3,12 @@
 Why: the Fonana client resets its reconnect back-off on every successful open, so
 "open, then close" made it reconnect forever. A 401/403/429/503 before the upgrade
 does not count as an open.
+
+The two routes are Flask's (this blueprint's `websocket=True` rules: a plain GET gets
+Flask's 426). An upgrade request that matches them is served by `Upgrades`, in front of
+Flask's request machinery: a handshake needs the route match and the environ, not a
+request context, session, before/after-request chains or a response object, and in a
+reconnect storm that machinery was ~8 % of a connect's CPU (issue 11).
 """
 from __future__ import annotations
 
@@ -12,113 +18,134 @@ import socket
 import time
 
 import gevent
-from flask import Blueprint, g, request
-from flask_sock import Sock
+from flask import Blueprint
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request
 
 from .. import metrics
-from ..auth import AuthError, verify_token
+from ..auth import AuthError
 from ..commands import iso_utc
 from ..connection import V2, Connection
 from ..handshake_limits import client_ip
 from ..store import StoreUnavailable
-from . import json_error, runtime
+from . import upgrade
 
 log = logging.getLogger("fonana_realtime.websocket")
 bp = Blueprint("websocket", __name__)
-sock = Sock()
 
 WELCOME = "Successfully connected to WebSocket server"
+ENDPOINTS = frozenset({"websocket.ws", "websocket.ws_root"})
 
 
-class _NoReaderThread:
-    """simple_websocket starts a reader thread per connection; our Connection reads
-    in the one bare greenlet `serve` spawns for it instead (one greenlet per client,
-    not two; the request's greenlet ends after the handshake)."""
-
-    name = "fonana-realtime-reader"
-
-    def __init__(self, target=None):
-        pass
-
-    def start(self):
-        pass
+def _served_in_front_of_flask():
+    # Unreachable: Flask matches these rules only for upgrade requests (websocket=True),
+    # and those never reach Flask (Upgrades takes them first).
+    raise RuntimeError("WebSocket upgrades are served by web.websocket.Upgrades")
 
 
-class _NoEvent:
-    def set(self):
-        pass
-
-    def clear(self):
-        pass
+# websocket=True: werkzeug matches these rules only for an Upgrade: websocket request;
+# a plain GET gets WebsocketMismatch, answered 426 by the app.
+bp.add_url_rule("/ws", "ws", _served_in_front_of_flask, websocket=True)
+bp.add_url_rule("/", "ws_root", _served_in_front_of_flask, websocket=True)
 
 
-# `subprotocols`: simple_websocket answers `Sec-WebSocket-Protocol: fonana.v2` when the
-# client offered it (PROTOCOL.md 7); a client that offered nothing we know gets none.
-SERVER_OPTIONS = {"thread_class": _NoReaderThread, "event_class": _NoEvent,
-                  "subprotocols": [V2]}
+class Upgrades:
+    """WSGI middleware: WebSocket upgrades to our routes are handshaken here, every other
+    request goes on to Flask (`app.wsgi_app`)."""
+
+    def __init__(self, app, rt, flask_wsgi):
+        self.app, self.rt, self.flask_wsgi = app, rt, flask_wsgi
+
+    def __call__(self, environ, start_response):
+        if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            try:
+                adapter = self.app.url_map.bind_to_environ(
+                    environ, server_name=self.app.config["SERVER_NAME"],
+                    subdomain=self.app.url_map.default_subdomain or None)
+                endpoint, _ = adapter.match()
+            except HTTPException:
+                endpoint = None                # Flask answers it (404, 405, ...)
+            if endpoint in ENDPOINTS:
+                try:
+                    return handshake(self.app, self.rt, environ, start_response)
+                except StopIteration:
+                    raise                      # handed over: gunicorn ends the request
+                except Exception:
+                    log.exception("unhandled error", extra={"event": "internal_error"})
+                    return _json(self.app, environ, start_response, 500, "internal_error")
+        return self.flask_wsgi(environ, start_response)
 
 
-def _bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
+def _json(app, environ, start_response, status: int, error: str, **fields):
+    """The same JSON error body as web.json_error, without an app context."""
+    response = app.json.response({"error": error, **fields})
+    response.status_code = status
+    return response(environ, start_response)
+
+
+def _bearer(headers) -> str | None:
+    header = headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
     return None
 
 
-@bp.before_request
-def refuse_before_upgrade():
-    rt = runtime()
+def handshake(app, rt, environ, start_response):
+    """Refuse (plain HTTP, JSON body) or upgrade and hand the socket to a Connection."""
+    started = time.perf_counter()
+    rt.start()
     settings = rt.settings
-    g.handshake_started = time.perf_counter()
     if rt.draining:
-        return json_error(503, "draining", reason="server is shutting down")
+        return _json(app, environ, start_response, 503, "draining", reason="server is shutting down")
+    request = Request(environ)             # werkzeug's parsing of the query and headers
     origin = request.headers.get("Origin")
     if origin is not None and not settings.all_origins_allowed and origin not in settings.allowed_origins:
         metrics.AUTH_FAILURES.labels("origin").inc()
-        return json_error(403, "forbidden", reason="origin_not_allowed")
-    ip = client_ip(request.environ, settings.trusted_proxies)
+        return _json(app, environ, start_response, 403, "forbidden", reason="origin_not_allowed")
+    ip = client_ip(environ, settings.trusted_proxies)
     if not rt.handshakes.allow(ip):
         metrics.AUTH_FAILURES.labels("handshake_rate").inc()
-        return json_error(429, "too_many_requests", reason="handshake_rate")
+        return _json(app, environ, start_response, 429, "too_many_requests", reason="handshake_rate")
     try:
-        identity = verify_token(request.args.get("token") or _bearer(), settings.jwt_secrets,
-                                settings.jwt_leeway_seconds)
+        identity = rt.tokens.verify(request.args.get("token") or _bearer(request.headers))
         if not rt.user_exists(identity.user_id):
             raise AuthError("unknown_user")
     except AuthError as exc:
         metrics.AUTH_FAILURES.labels(exc.reason).inc()
         log.info("handshake refused", extra={"event": "auth_failed", "reason": exc.reason, "ip": ip})
-        return json_error(401, "unauthorized", reason=exc.reason)
+        return _json(app, environ, start_response, 401, "unauthorized", reason=exc.reason)
     except StoreUnavailable:
         metrics.AUTH_FAILURES.labels("unavailable").inc()
-        return json_error(503, "unavailable", reason="database_unavailable")
+        return _json(app, environ, start_response, 503, "unavailable", reason="database_unavailable")
     if len(rt.hub.connections) >= settings.worker_connections:
-        return json_error(503, "unavailable", reason="worker_full")
+        return _json(app, environ, start_response, 503, "unavailable", reason="worker_full")
     if rt.hub.user_connection_count(identity.user_id) >= settings.max_connections_per_user:
         metrics.AUTH_FAILURES.labels("too_many_connections").inc()
-        return json_error(429, "too_many_requests", reason="too_many_connections")
-    g.identity = identity
-    g.client_ip = ip
-    # Never negotiate permessage-deflate. Our frames are pre-built, uncompressed, for every
-    # recipient, and client commands are a few bytes; but a browser that negotiated it
-    # compresses what it sends, and the inflate context we would keep for it costs ~40 KB
-    # per connection (measured: 52 KB vs 12 KB per idle client). Without the offer the
-    # handshake answers without the extension and clients send plain frames.
-    request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-    return None
+        return _json(app, environ, start_response, 429, "too_many_requests", reason="too_many_connections")
+    try:
+        key, subprotocol = upgrade.check(environ)
+    except upgrade.BadHandshake:
+        return _json(app, environ, start_response, 400, "bad_request", reason="not a valid WebSocket handshake")
+    raw = environ.get("gunicorn.socket")
+    if raw is None:
+        return _json(app, environ, start_response, 500, "internal_error",
+                     reason="the WebSocket upgrade needs gunicorn")
+    serve(rt, raw, key, subprotocol, identity, ip, started)
+    # gunicorn's gevent worker ends a request whose application raises StopIteration
+    # without writing anything (the signal flask-sock used), and closes its copy of
+    # the socket: ours is a dup.
+    raise StopIteration()
 
 
-def serve(ws):
-    """The handshake is done: take the socket over and let the request end.
+def serve(rt, raw, key, subprotocol, identity, ip, started):
+    """Every refusal has happened: upgrade, then let the request end.
 
     The client's life runs in a fresh, shallow greenlet holding only the socket, the
-    post-handshake wsproto state and a Connection. Keeping the request greenlet
-    instead would keep its whole stack alive per idle client (gunicorn's parser,
-    environ, Flask and werkzeug request objects, the handshake state): tens of KB each.
+    wsproto frame parser and a Connection. Keeping the request greenlet instead would
+    keep its whole stack alive per idle client (gunicorn's parser, environ, werkzeug
+    objects): tens of KB each.
     """
-    rt = runtime()
-    identity = g.identity
-    sock = ws.sock.dup()            # ours now; gunicorn closes its own copy when the request ends
+    sock = raw.dup()                # ours now; gunicorn closes its own copy when the request ends
     try:
         # Every write is a whole batch of frames, meant to leave now. With Nagle's algorithm a
         # small write that follows an unacknowledged one waits for the peer's delayed ACK (40 ms
@@ -128,17 +155,18 @@ def serve(ws):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass                        # not TCP (a unix socket behind a proxy)
-    proto = ws.ws.connection        # the frame protocol only; the handshake objects go away
-    ws.connected = False            # flask-sock must not write a close frame: we own the writes
-    conn = Connection(sock, proto, identity.user_id, identity.expires_at, g.client_ip, rt.settings)
-    conn.protocol = V2 if ws.subprotocol == V2 else None
+    conn = Connection(sock, upgrade.frame_protocol(), identity.user_id, identity.expires_at, ip,
+                      rt.settings, protocol=subprotocol)
+    # The 101 goes out through the one write path before the connection is known to the
+    # fanout: no event can be written ahead of it.
+    conn.send(upgrade.accept_head(key, subprotocol))
     if conn.protocol is None:
         conn.pacer = rt.pacer       # legacy: events paced for the Fonana client (PROTOCOL.md 8)
         if rt.resume is not None:
             rt.resume.arrive(conn)  # where its dropped connections left off (may ask Redis)
     rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
     metrics.CONNECTIONS.inc()
-    metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - g.handshake_started)
+    metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - started)
     log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
                                  "ip": conn.ip})
     welcome = {"userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
@@ -169,7 +197,3 @@ def _live(rt, conn):
         conn.sock.close()
         log.info("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
                                         "conn_id": conn.id})
-
-
-sock.route("/ws", bp=bp, endpoint="ws")(serve)
-sock.route("/", bp=bp, endpoint="ws_root")(serve)

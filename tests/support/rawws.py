@@ -43,7 +43,11 @@ class RawWebSocket:
                 raise ConnectionError(f"connection closed during the handshake: {self.buf!r}")
             self.buf += chunk
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        self.status_line = head.split(b"\r\n", 1)[0].decode()
+        self.status_line, _, header_lines = head.decode("latin-1").partition("\r\n")
+        self.headers = {}                 # the 101's headers, names lower-cased
+        for line in header_lines.split("\r\n"):
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
         if " 101 " not in self.status_line + " ":
             raise ConnectionError(f"handshake refused: {head!r}")
 

@@ -1,0 +1,108 @@
+"""What positions and history cost the fan-out, measured in process (issue 9: <= 15 %).
+
+    .venv/bin/python bench/inprocess_history_cost.py [--subscribers 1000] [--events 2000] [--reps 7]
+
+The real MemoryBroker + Fanout + Connection write path to `--subscribers` legacy
+connections over real socketpairs (the kernel `send` is most of a delivery, as in
+production), publishing `--events` events in batches of 1 and of 16. "history on" is the
+server as it runs (offsets per stream, the last 100 events kept, `Connection.marks`
+updated); "history off" is the same broker with WS_HISTORY_SIZE=0 and no positions (what
+a broker without history does). Repetitions alternate on/off; medians of the CPU time
+per delivery (time.process_time, this process only, the readers' draining excluded).
+Much steadier than deliveries/s on a shared machine, which bench/run measures.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gevent  # noqa: E402
+
+from fonana_realtime.broker.memory import MemoryBroker  # noqa: E402
+from fonana_realtime.connection import Connection  # noqa: E402
+from fonana_realtime.events import Route  # noqa: E402
+from fonana_realtime.fanout import Fanout  # noqa: E402
+from fonana_realtime.history import MemoryHistory  # noqa: E402
+from fonana_realtime.hub import Hub  # noqa: E402
+
+LIMITS = SimpleNamespace(ping_interval=3600.0, rate_burst=40, send_backlog_bytes=1 << 30,
+                         send_backlog_frames=1 << 30)
+PAYLOAD = b'{"type":"post_liked","postId":"bench-post","userId":"u1","likesCount":%d}'
+
+
+class NoPositions(MemoryBroker):
+    """History off: no offsets, nothing kept (the base Broker's answers)."""
+
+    def publish(self, route, payload):
+        from fonana_realtime.wire import Message, route_topics
+        self.on_message(Message(payload, route_topics(route), time.time()))
+        return {}
+
+
+def setup(n, history_on):
+    broker = MemoryBroker(MemoryHistory(100, 300, 86400)) if history_on else NoPositions(MemoryHistory(0))
+    fanout = Fanout(Hub(), broker)
+    readers = []
+    for i in range(n):
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        b.setblocking(False)
+        from gevent import socket as gsocket
+        conn = Connection(gsocket.socket(fileno=a.detach()), None, f"u{i}", 0.0, "127.0.0.1", LIMITS)
+        fanout.add(conn)
+        fanout.subscribe(conn, "post_bench-post")
+        readers.append(b)
+    return broker, fanout, readers
+
+
+def drain(readers):
+    for r in readers:
+        try:
+            while r.recv(1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def run_once(broker, fanout, readers, events, batch):
+    route = Route(channels=("post_bench-post",))
+    spent = 0.0
+    for start in range(0, events, batch):
+        t0 = time.process_time()
+        for n in range(start, min(events, start + batch)):
+            broker.publish(route, PAYLOAD % n)
+        fanout._write_pending()
+        spent += time.process_time() - t0
+        drain(readers)
+    return spent / (events * len(readers))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--subscribers", type=int, default=1000)
+    ap.add_argument("--events", type=int, default=2000)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--same", action="store_true", help="A/A check: history on in both setups")
+    args = ap.parse_args()
+    setups = {on: setup(args.subscribers, on if not args.same else True) for on in (False, True)}
+    gevent.sleep(0)
+    for batch in (1, 16):
+        runs = {True: [], False: []}
+        for rep in range(args.reps):
+            for on in ((True, False) if rep % 2 == 0 else (False, True)):
+                runs[on].append(run_once(*setups[on], args.events // (1 if batch > 1 else 4), batch))
+        on, off = statistics.median(runs[True]), statistics.median(runs[False])
+        print(f"batch {batch:2d}, {args.subscribers} subscribers: history on {on * 1e6:.3f} us/delivery, "
+              f"off {off * 1e6:.3f} us/delivery -> history costs {(on / off - 1) * 100:+.1f} % "
+              f"(runs on {[round(x * 1e6, 3) for x in runs[True]]}, off {[round(x * 1e6, 3) for x in runs[False]]})")
+
+
+if __name__ == "__main__":
+    main()
