@@ -14,9 +14,8 @@ Measured over the window, from the server's own counters (/metrics) and /proc:
 - frames written per connection per second: (events_delivered - legacy_frames_replaced) /
   clients / seconds (a held frame counts as delivered when a connection accepts it; one
   later replaced by a newer one is never written);
-- p99 (and max) of fonana_rt_legacy_hold_seconds: per turn of the pacing scheduler, the
-  longest wait of a held frame it wrote (so above the p99 over single frames; bucket
-  upper bounds);
+- p99 (and max) of fonana_rt_legacy_hold_seconds: how long each held frame waited
+  (bucket upper bounds);
 - server CPU seconds per second of the window (utime + stime of its processes);
 - OTHER LOAD: how busy the server's core was with other processes.
 Everything talks to 127.0.0.1 only; every loop is bounded in count and time.

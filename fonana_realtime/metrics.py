@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from bisect import bisect_left
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
@@ -53,13 +54,45 @@ LEGACY_RESUMES = Counter("fonana_rt_legacy_resumes",
 LEGACY_REPLAYED_EVENTS = Counter("fonana_rt_legacy_replayed_events",
                                  "Events replayed to legacy connections by an automatic resume")
 HOLD_SECONDS = Histogram("fonana_rt_legacy_hold_seconds",
-                         "Per turn of the pacing scheduler: the longest wait of a held frame it wrote (to any legacy connection)",
+                         "How long each held event frame to a legacy connection waited before it was written",
                          buckets=(.005, .01, .02, .05, .075, .1, .125, .15, .2, .3, .5, 1, 2, 4, 8))
 HANDSHAKE_SECONDS = Histogram("fonana_rt_handshake_seconds", "Handshake time (auth + upgrade)",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",
                              "From publish accepted to frames handed to sockets",
                              buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
+
+
+class BatchedHistogram:
+    """Observations of one Histogram counted in process and added in one go.
+
+    `Histogram.observe` costs ~4 us in multiprocess mode (an inc costs ~2.7): once per
+    held frame that was ~0.3 s of CPU a second for 5,000 clients of a hot post. `add`
+    costs a bisect; `flush` adds each bucket's count with one inc. It writes the
+    histogram's own per-bucket values (`_buckets`, `_sum`: prometheus-client 0.26,
+    pinned; tests/test_pacing_unit.py checks the exposition) exactly as `observe` would.
+    """
+
+    def __init__(self, histogram):
+        self.histogram = histogram
+        self.bounds = list(histogram._upper_bounds)     # ends with +Inf
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def add(self, value: float):
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self):
+        if not self.total and not any(self.counts):
+            return
+        h = self.histogram
+        for i, n in enumerate(self.counts):
+            if n:
+                h._buckets[i].inc(n)
+                self.counts[i] = 0
+        h._sum.inc(self.total)
+        self.total = 0.0
 
 
 def render() -> tuple[bytes, str]:

@@ -85,7 +85,7 @@ class Pacer:
         # clients of a hot post.
         self.replaced = 0                   # frames replaced since the last turn
         self.held = 0                       # held frames written since the last turn
-        self.longest_hold = 0.0             # the longest wait of those
+        self.waits = metrics.BatchedHistogram(metrics.HOLD_SECONDS)    # and how long each waited
         self._wake = None                   # gevent Event once started
         self._sleep_until = float("inf")
 
@@ -182,7 +182,7 @@ class Pacer:
         sent, gap = pace.sent, self.gap
         blocked: set = set()                 # streams with an earlier frame still waiting
         due = float("inf")
-        keys, outs, held, held_since = [], [], 0, now
+        keys, outs, held, waits = [], [], 0, self.waits
         for key, (out, offered_at) in pace.waiting.items():
             streams = out.streams
             if blocked and not blocked.isdisjoint(streams):
@@ -199,8 +199,7 @@ class Pacer:
             outs.append(out)
             if offered_at < now:
                 held += 1
-                if offered_at < held_since:
-                    held_since = offered_at
+                waits.add(now - offered_at)
         if outs:
             waiting = pace.waiting
             for key in keys:
@@ -208,8 +207,6 @@ class Pacer:
             pace.last = now
             if held:
                 self.held += held
-                if now - held_since > self.longest_hold:
-                    self.longest_hold = now - held_since
             if not conn.send(b"".join(o.legacy for o in outs), len(outs)):
                 self._drop(pace)
                 return -1
@@ -250,8 +247,8 @@ class Pacer:
             self.replaced = 0
         if self.held:
             metrics.FRAMES_HELD.inc(self.held)
-            metrics.HOLD_SECONDS.observe(self.longest_hold)
-            self.held, self.longest_hold = 0, 0.0
+            self.held = 0
+            self.waits.flush()
 
     def prune(self, now: float):
         quiet = [c for c in self.active

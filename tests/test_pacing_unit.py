@@ -310,3 +310,31 @@ def test_the_scheduler_greenlet_writes_held_frames_on_time_by_itself():
     assert [e["n"] for e in conn.events()] == [0, 1, 2]
     for a, b in zip(conn.writes, conn.writes[1:]):
         assert b[0] - a[0] >= 0.02
+
+
+def test_held_frames_waits_reach_the_histogram_once_per_turn():
+    """Counted in process (BatchedHistogram), exposed as if each had been observed."""
+    from prometheus_client import REGISTRY
+
+    def buckets():
+        out = {}
+        for family in REGISTRY.collect():
+            if family.name == "fonana_rt_legacy_hold_seconds":
+                for sample in family.samples:
+                    if sample.name.endswith("_bucket"):
+                        out[sample.labels["le"]] = sample.value
+        return out
+
+    def count():
+        return REGISTRY.get_sample_value("fonana_rt_legacy_hold_seconds_count") or 0.0
+
+    before, before_buckets = count(), buckets()
+    clock, pacer, conn = setup()
+    pacer.offer(conn, [notification("u", n) for n in range(3)])     # 2 held: 0.12 s and 0.24 s
+    run_until_idle(pacer, clock)
+    pacer._count()
+    after = buckets()
+    assert count() - before == 2
+    assert after["0.125"] - before_buckets["0.125"] == 1            # 0.12 ≤ 0.125
+    assert after["0.3"] - before_buckets["0.3"] == 2                # cumulative: 0.24 ≤ 0.3
+    assert after["0.1"] - before_buckets["0.1"] == 0
