@@ -53,7 +53,8 @@ class Connection:
         self.id = next(_ids)
         # Bytes that must precede anything written (the 101 head), joined to the first write,
         # whatever it is (the welcome, or a close frame if it is closed before): one send
-        # instead of two per connect, and nothing can ever be written ahead of them.
+        # instead of two per connect, and nothing can ever be written ahead of them. The
+        # check costs every later write ~5 ns (micro-benchmark), against a delivery's ~3 µs.
         self.head: bytes | None = None
         self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.proto = proto                # wsproto frame protocol: parses what the client sends
