@@ -39,9 +39,9 @@ ABUSE_QUIET_SECONDS = 1.0
 
 class Connection:
     """State of one WebSocket client. Created once the handshake passed every check; its
-    first write is the 101 answer with the welcome frame (web/websocket.serve)."""
+    first write is the 101 answer (`head`) with the welcome frame (web/websocket.serve)."""
 
-    __slots__ = ("id", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id",
+    __slots__ = ("id", "head", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id",
                  "expires_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "writer", "closing", "closed",
                  "close_deadline",
@@ -51,6 +51,11 @@ class Connection:
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
                  protocol: str | None = None):
         self.id = next(_ids)
+        # Bytes that must precede anything written (the 101 head), joined to the first write,
+        # whatever it is (the welcome, or a close frame if it is closed before): one send
+        # instead of two per connect, and nothing can ever be written ahead of them. The
+        # check costs every later write ~5 ns (micro-benchmark), against a delivery's ~3 µs.
+        self.head: bytes | None = None
         self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.proto = proto                # wsproto frame protocol: parses what the client sends
         self.protocol = protocol          # "fonana.v2" when the handshake negotiated it, else legacy
@@ -199,6 +204,8 @@ class Connection:
         return self._write(data, frames)
 
     def _write(self, data: bytes, frames: int = 1) -> bool:
+        if self.head is not None:
+            data, self.head = self.head + data, None
         if self.backlog is not None:
             return self._park(data, frames)
         try:

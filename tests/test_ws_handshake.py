@@ -396,3 +396,19 @@ def test_malformed_upgrade_with_a_valid_token_is_400_json_without_upgrading(serv
     assert r.status_code == 400, (r.status_code, r.text[:300])
     assert r.json().get("error") == "bad_request", r.text[:300]
     assert "sec-websocket-accept" not in {k.lower() for k in r.headers}
+
+
+def test_an_upgrade_is_routed_by_its_own_path_every_time(server, user):
+    """The upgrade routes are remembered per request shape (web/websocket.Upgrades.endpoint):
+    alternating paths must each keep their own answer, the first time and again."""
+    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+    token = server.token(user)
+    for _ in range(2):
+        for path, status in ((f"/ws?token={token}", 400), (f"/nope?token={token}", 404),
+                             (f"/?token={token}", 400), (f"/ws/nope?token={token}", 404)):
+            r = _raw_upgrade(server, path, headers)     # no Sec-WebSocket-Key: ours say 400
+            assert r.status_code == status, (path, r.status_code, r.text[:300])
+            if status == 400:
+                assert r.json().get("error") == "bad_request", r.text[:300]
+        with open_ws(f"{server.ws_url}?token={token}") as ws:
+            assert_welcome(ws.welcome, user)

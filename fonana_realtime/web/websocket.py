@@ -35,6 +35,9 @@ bp = Blueprint("websocket", __name__)
 
 WELCOME = "Successfully connected to WebSocket server"
 ENDPOINTS = frozenset({"websocket.ws", "websocket.ws_root"})
+# Distinct upgrade requests (path, host, ...) whose route is remembered; past it, matched
+# each time (the path and the headers are the client's to vary).
+ENDPOINT_MEMO = 256
 
 
 def _served_in_front_of_flask():
@@ -55,17 +58,36 @@ class Upgrades:
 
     def __init__(self, app, rt, flask_wsgi):
         self.app, self.rt, self.flask_wsgi = app, rt, flask_wsgi
+        self._endpoints: dict[tuple, str | None] = {}     # see `endpoint`
+
+    def endpoint(self, environ) -> str | None:
+        """The endpoint Flask's URL map gives this upgrade request, None if none.
+
+        Memoised on everything werkzeug's bind and match read from the environ (the URL
+        map is complete once app.create_app returns; no rule is added later). Matching it was ~8 % of a connect's CPU in the storm (werkzeug's
+        `bind_to_environ` + `match`, ~80 µs), for what is nearly always "/ws" or "/"."""
+        key = (environ.get("REQUEST_METHOD"), environ.get("SCRIPT_NAME"), environ.get("PATH_INFO"),
+               environ.get("HTTP_HOST"), environ.get("SERVER_NAME"), environ.get("SERVER_PORT"),
+               environ.get("wsgi.url_scheme"), environ.get("HTTP_CONNECTION"),
+               environ.get("HTTP_UPGRADE"))
+        try:
+            return self._endpoints[key]
+        except KeyError:
+            pass
+        try:
+            adapter = self.app.url_map.bind_to_environ(
+                environ, server_name=self.app.config["SERVER_NAME"],
+                subdomain=self.app.url_map.default_subdomain or None)
+            endpoint, _ = adapter.match()
+        except HTTPException:
+            endpoint = None                    # Flask answers it (404, 405, ...)
+        if len(self._endpoints) < ENDPOINT_MEMO:
+            self._endpoints[key] = endpoint
+        return endpoint
 
     def __call__(self, environ, start_response):
         if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
-            try:
-                adapter = self.app.url_map.bind_to_environ(
-                    environ, server_name=self.app.config["SERVER_NAME"],
-                    subdomain=self.app.url_map.default_subdomain or None)
-                endpoint, _ = adapter.match()
-            except HTTPException:
-                endpoint = None                # Flask answers it (404, 405, ...)
-            if endpoint in ENDPOINTS:
+            if self.endpoint(environ) in ENDPOINTS:
                 try:
                     return handshake(self.app, self.rt, environ, start_response)
                 except StopIteration:
@@ -157,9 +179,10 @@ def serve(rt, raw, key, subprotocol, identity, ip, started):
         pass                        # not TCP (a unix socket behind a proxy)
     conn = Connection(sock, upgrade.frame_protocol(), identity.user_id, identity.expires_at, ip,
                       rt.settings, protocol=subprotocol)
-    # The 101 goes out through the one write path before the connection is known to the
-    # fanout: no event can be written ahead of it.
-    conn.send(upgrade.accept_head(key, subprotocol))
+    # The 101 leads the connection's first write (the welcome, one send for both, or an
+    # event or close frame that gets there first while registering waits on Redis): nothing
+    # can be written ahead of it.
+    conn.head = upgrade.accept_head(key, subprotocol)
     if conn.protocol is None:
         conn.pacer = rt.pacer       # legacy: events paced for the Fonana client (PROTOCOL.md 8)
         if rt.resume is not None:
