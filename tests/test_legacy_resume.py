@@ -11,6 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from support.waiting import wait_until
+from support.hardening import metric_total
 from support.tcpproxy import TcpProxy
 from support.ws import open_ws
 
@@ -47,10 +48,6 @@ def connections(srv) -> float:
                if line.startswith("fonana_rt_connections"))
 
 
-def metric(srv, name, labels="") -> float:
-    text = srv.get("/metrics", headers={"Authorization": f"Bearer {srv.api_key}"}).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if (line.startswith(name + " ") or line.startswith(name + "{")) and labels in line)
 
 
 class Via:
@@ -81,7 +78,7 @@ def test_a_network_cut_replays_what_was_missed_right_after_welcome_and_subscribe
         srv.publish({"event": note(scene, 1)})
         ws.expect_event(note(scene, 1))
         before = connections(srv)
-        resumes = metric(srv, "fonana_rt_legacy_resumes_total", 'result="replayed"')
+        resumes = metric_total(srv, "fonana_rt_legacy_resumes_total", result="replayed")
         via.cut(before - 1)
         srv.publish({"events": [liked(scene, 2), liked(scene, 3)]})
         srv.publish({"event": note(scene, 2)})
@@ -95,7 +92,7 @@ def test_a_network_cut_replays_what_was_missed_right_after_welcome_and_subscribe
         srv.publish({"event": liked(scene, 4)})
         back.expect_event(liked(scene, 4))                   # then live
         back.barrier()
-        assert metric(srv, "fonana_rt_legacy_resumes_total", 'result="replayed"') == resumes + 2
+        assert metric_total(srv, "fonana_rt_legacy_resumes_total", result="replayed") == resumes + 2
         assert '"event": "resumed"' in srv.output()
     finally:
         via.proxy.down()
@@ -158,7 +155,7 @@ def test_nothing_recoverable_means_nothing_replayed(tmp_path_factory, pg_url, sc
         back.barrier()
         small.publish({"event": liked(scene, 4)})
         back.expect_event(liked(scene, 4))
-        assert metric(small, "fonana_rt_legacy_resumes_total", 'result="trimmed"') == 1
+        assert metric_total(small, "fonana_rt_legacy_resumes_total", result="trimmed") == 1
     finally:
         via.proxy.down()
         small.stop()

@@ -16,6 +16,7 @@ import pytest
 
 from fonana_realtime.publisher import RedisPublisher
 from support.waiting import wait_until
+from support.hardening import metric_total
 from support.redis_server import SPREAD_WORKER_CONNECTIONS, RedisServer, spread
 from support.server import Server
 
@@ -64,19 +65,10 @@ def ready(servers, n: int = 6) -> bool:
     return all(srv.get("/ready").status_code == 200 for srv in servers for _ in range(n))
 
 
-def metric(servers, name: str, labels: str = "") -> float:
-    total = 0.0
-    for srv in servers:
-        text = srv.get("/metrics", headers={"Authorization": f"Bearer {srv.api_key}"}).text
-        for line in text.splitlines():
-            head = line.split(" ", 1)[0]
-            if (head == name or head.startswith(name + "{")) and labels in head:
-                total += float(line.split()[-1])
-    return total
 
 
 def catchup_events(servers) -> float:
-    return metric(servers, "fonana_rt_broker_catchup_events_total")
+    return metric_total(servers, "fonana_rt_broker_catchup_events_total")
 
 
 def scene(seed, servers):
@@ -199,7 +191,7 @@ def test_missed_events_no_longer_in_history_are_not_replayed_and_live_ones_still
     assert r.client_kill_filter(_type="pubsub") == 2 * WORKERS
     for n in range(6):                                    # within a few ms: before any listener is back
         direct.post_liked(post, fan, 300 + n)
-    wait_until(lambda: metric(servers, "fonana_rt_broker_catchup_failed_total", 'reason="trimmed"')
+    wait_until(lambda: metric_total(servers, "fonana_rt_broker_catchup_failed_total", reason="trimmed")
                >= 2 * WORKERS, 15, "every worker giving up on the trimmed stream")
     wait_until(lambda: ready(servers), 15, "/ready 200 after the catch-up")
     after = publish_numbered(servers, fan, post, 4, start=500)

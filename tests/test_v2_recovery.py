@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from support.v2 import V2, expect_events, subscribe_v2, v2
+from support.hardening import metric_total
 from support.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
@@ -349,21 +350,12 @@ def test_a_restarted_in_process_server_has_a_new_epoch_and_says_so(server_factor
 
 # ---- metrics -----------------------------------------------------------------------------
 
-def _metric(srv, name, labels=""):
-    """The sum of a metric's samples whose line contains `labels` (all workers aggregated)."""
-    text = srv.get("/metrics", headers={"Authorization": f"Bearer {srv.api_key}"}).text
-    total = 0.0
-    for line in text.splitlines():
-        head = line.split(" ", 1)[0]
-        if (head == name or head.startswith(name + "{")) and labels in head:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_recoveries_and_replayed_events_are_counted(small, scene):
     names = ("fonana_rt_recoveries_total", "fonana_rt_replayed_events_total")
-    before = (_metric(small, names[0], 'result="succeeded"'), _metric(small, names[0], 'result="epoch"'),
-              _metric(small, names[1]))
+    before = (metric_total(small, names[0], result="succeeded"), metric_total(small, names[0], result="epoch"),
+              metric_total(small, names[1]))
     ws = v2(small, scene["fan"])
     sub = subscribe_v2(ws, post(scene))
     publish(small, [liked(scene, n) for n in range(2)])
@@ -371,8 +363,8 @@ def test_recoveries_and_replayed_events_are_counted(small, scene):
     assert subscribe_v2(back, post(scene), since={"offset": sub["offset"], "epoch": sub["epoch"]})["recovered"]
     expect_events(back, f"post_{scene['post']}", [sub["offset"] + 1, sub["offset"] + 2])
     assert not subscribe_v2(v2(small, scene["fan"]), post(scene), since={"offset": 0, "epoch": "x"})["recovered"]
-    after = (_metric(small, names[0], 'result="succeeded"'), _metric(small, names[0], 'result="epoch"'),
-             _metric(small, names[1]))
+    after = (metric_total(small, names[0], result="succeeded"), metric_total(small, names[0], result="epoch"),
+             metric_total(small, names[1]))
     assert [a - b for a, b in zip(after, before)] == [1, 1, 2]
     assert "fonana_rt_history_bytes" in small.get(
         "/metrics", headers={"Authorization": f"Bearer {small.api_key}"}).text

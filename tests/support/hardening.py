@@ -62,6 +62,15 @@ def metric(samples: dict, name: str, **labels) -> float:
     return samples.get((name, want), 0.0)
 
 
+def metric_total(servers, name: str, **labels) -> float:
+    """Scrape and add up: every sample of `name` whose labels include `labels`, over one
+    server or several (all workers of each aggregated by its /metrics)."""
+    servers = [servers] if hasattr(servers, "get") else servers
+    want = frozenset((k, str(v)) for k, v in labels.items())
+    return sum(value for srv in servers for (sample, got), value in scrape(srv).items()
+               if sample == name and want <= got)
+
+
 def metric_sum(samples: dict, name: str) -> float:
     """The sum of every labelled sample of `name` (all channel types, all reasons...)."""
     return sum(v for (n, _), v in samples.items() if n == name)
