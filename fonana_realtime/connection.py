@@ -22,6 +22,7 @@ import gevent
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import close_codes, error_codes, metrics
+from .wire import user_stream
 from .wsframes import close_frame, json_frame, loads, pong_frame
 
 log = logging.getLogger("fonana_realtime.connection")
@@ -64,7 +65,7 @@ class Connection:
         # (welcome, subscribed), and streams whose live events wait while a replay runs.
         self.joined_at: dict = {}
         self.buffers: dict = {}           # stream -> [Outgoing] (see fanout.Fanout.replay)
-        self.user_stream = "user_" + user_id
+        self.user_stream = user_stream(user_id)
         self.user_id = user_id
         self.expires_at = expires_at
         self.ip = ip

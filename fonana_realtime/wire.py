@@ -42,6 +42,11 @@ def user_topic(user_id: str) -> str:
     return "user:" + user_id
 
 
+def user_stream(user_id: str) -> str:
+    """The stream of events addressed to a user: `user_U`."""
+    return "user_" + user_id
+
+
 def route_topics(route) -> list[str]:
     """The topics of an `events.Route`, channels first, then users (the route's order)."""
     return [channel_topic(k) for k in route.channels] + [user_topic(u) for u in route.users]
@@ -51,7 +56,7 @@ def topic_stream(topic: str) -> str:
     """`channel:post_P` -> `post_P`; `user:U` -> `user_U`."""
     if topic.startswith("channel:"):
         return topic[8:]
-    return "user_" + topic[5:]
+    return user_stream(topic[5:])
 
 
 def stream_topic(stream: str) -> str:
