@@ -10,14 +10,14 @@ import { after, before, test } from "node:test";
 import { createClient } from "../src/index.js";
 import { startRedis } from "./support/redis.js";
 import { sqlite, startServer } from "./support/server.js";
-import { connect } from "./support/ws.js";
+import { SocketPool } from "./support/ws.js";
 
 const FAN = "demo-fan";
 const POST = "demo-open-post";
 
 let redis;
 let server;
-const sockets = [];
+const pool = new SocketPool();
 
 before(async () => {
   redis = await startRedis();
@@ -28,7 +28,7 @@ before(async () => {
 });
 
 after(async () => {
-  sockets.forEach((s) => s.close());
+  pool.closeAll();
   await server?.stop();
   await redis?.stop();
 });
@@ -59,8 +59,7 @@ test("Redis down: sendNotification gets the written row in the 503, does not ret
   assert.equal(row.title, title);
   assert.deepEqual(sqlite(server, 'SELECT "id" FROM "notifications" WHERE "title" = ?', [title]), [{ id: row.id }]);
   await redis.start();
-  const socket = await connect(server, FAN);
-  sockets.push(socket);
+  const socket = await pool.open(server, FAN);
   const unread = await socket.subscribe({ type: "notifications", userId: FAN });
   assert.deepEqual(unread.data.notifications[0], row);
 });

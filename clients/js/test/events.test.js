@@ -7,7 +7,7 @@ import { after, before, test } from "node:test";
 import * as realtime from "../src/index.js";
 import { CATALOGUE, createClient, RealtimeHttpError } from "../src/index.js";
 import { startServer } from "./support/server.js";
-import { connect } from "./support/ws.js";
+import { SocketPool } from "./support/ws.js";
 
 const CREATOR = "demo-creator";
 const FAN = "demo-fan";
@@ -19,7 +19,7 @@ let client;
 let fan;          // FAN's connection, no channel: gets the events routed to the user
 let watcher;      // STRANGER, holding post_demo-open-post and creator_demo-creator
 let author;       // CREATOR, holding feed_demo-creator
-const sockets = [];
+const pool = new SocketPool();
 
 before(async () => {
   server = await startServer({ name: "events" });
@@ -33,14 +33,12 @@ before(async () => {
 });
 
 after(async () => {
-  sockets.forEach((s) => s.close());
+  pool.closeAll();
   await server?.stop();
 });
 
-async function open(userId) {
-  const socket = await connect(server, userId);
-  sockets.push(socket);
-  return socket;
+function open(userId) {
+  return pool.open(server, userId);
 }
 
 /** The event reached `target` and no other connection got anything. */

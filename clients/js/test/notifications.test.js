@@ -6,14 +6,14 @@ import { after, before, test } from "node:test";
 
 import { createClient, RealtimeHttpError } from "../src/index.js";
 import { sqlite, startServer } from "./support/server.js";
-import { connect } from "./support/ws.js";
+import { SocketPool } from "./support/ws.js";
 
 const FAN = "demo-fan";               // a demo user of the embedded default
 const ISO_MS_Z = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
 let server;
 let client;
-const sockets = [];
+const pool = new SocketPool();
 
 before(async () => {
   server = await startServer({ name: "notifications" });
@@ -21,14 +21,12 @@ before(async () => {
 });
 
 after(async () => {
-  sockets.forEach((s) => s.close());
+  pool.closeAll();
   await server?.stop();
 });
 
-async function open(userId) {
-  const socket = await connect(server, userId);
-  sockets.push(socket);
-  return socket;
+function open(userId) {
+  return pool.open(server, userId);
 }
 
 function dbRow(id) {

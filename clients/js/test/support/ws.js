@@ -97,3 +97,22 @@ export async function connect(server, userId) {
   assert.equal(welcome.data.userId, userId);
   return socket;
 }
+
+/** The connections one test file opens, closed together when it ends. */
+export class SocketPool {
+  constructor() {
+    this.sockets = [];
+  }
+
+  /** `connect(server, userId)`, remembered for `closeAll`. */
+  async open(server, userId) {
+    const socket = await connect(server, userId);
+    this.sockets.push(socket);
+    return socket;
+  }
+
+  closeAll() {
+    this.sockets.forEach((s) => s.close());
+    this.sockets.length = 0;
+  }
+}
