@@ -639,7 +639,7 @@ def start_profile(ctx, srv, name):
     worker = [pid for pid in srv.refresh_pids() if pid != srv.proc.pid and pid not in ctx.extra_server_pids]
     out = Path(ctx.args.profile) / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [str(VENV / "bin" / "py-spy"), "record", "--pid", str(worker[-1]), "--rate", "250", "--nonblocking",
+    cmd = [str(VENV / "bin" / "py-spy"), "record", "--pid", str(worker[-1]), "--rate", "1000", "--nonblocking",
            "--format", "raw", "--output", str(out), "--duration", "60"]
     proc = subprocess.Popen(["taskset", "-c", str(GEN_CPU)] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)

@@ -45,7 +45,7 @@ class Commands:
         self.rt = runtime
 
     def handle(self, conn, text: str):
-        metrics.FRAMES_IN.inc()
+        metrics.step(metrics.FRAMES_IN)
         now = time.monotonic()
         if not conn.take_token(now):
             metrics.RATE_LIMITED.inc()
@@ -116,7 +116,7 @@ class Commands:
     def _join(self, conn, channel):
         if channel.key not in conn.channels:
             self.rt.fanout.subscribe(conn, channel.key)     # waits (bounded) until the broker listens
-            metrics.SUBSCRIPTIONS.labels(channel.kind).inc()
+            metrics.step(metrics.SUBSCRIPTIONS.labels(channel.kind))
 
     def _subscribe_v2(self, conn, obj, channel, raw):
         """`subscribed` adds the stream's position; with `since`, replay then live."""
@@ -179,7 +179,7 @@ class Commands:
     def _leave(self, conn, key: str):
         if key in conn.channels:
             self.rt.fanout.unsubscribe(conn, key)
-            metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]).dec()
+            metrics.step(metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]), -1)
         self.rt.access_expiry.forget(conn, key)
 
     # ---- access that lapses (access_expiry.py calls these at the moment it ends) ----

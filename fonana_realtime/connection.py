@@ -331,7 +331,7 @@ class Connection:
 
     def send_json(self, obj) -> bool:
         if self.send(json_frame(obj)):
-            metrics.FRAMES_OUT.inc()
+            metrics.step(metrics.FRAMES_OUT)
             return True
         return False
 

@@ -189,14 +189,14 @@ class Fanout:
             return
         delivered, dropped = self.deliver_batch(batch)
         if delivered:
-            metrics.EVENTS_DELIVERED.inc(delivered)
-            metrics.FRAMES_OUT.inc(delivered)
+            metrics.step(metrics.EVENTS_DELIVERED, delivered)
+            metrics.step(metrics.FRAMES_OUT, delivered)
         if dropped:
-            metrics.DELIVERIES_DROPPED.inc(dropped)
+            metrics.step(metrics.DELIVERIES_DROPPED, dropped)
         now = time.time()
         for out in batch:
             if out.published_at is not None:
-                metrics.DELIVERY_SECONDS.observe(max(0.0, now - out.published_at))
+                metrics.observe(metrics.DELIVERY_SECONDS, max(0.0, now - out.published_at))
 
     def deliver_batch(self, batch: list[Outgoing]) -> tuple[int, int]:
         """Deliver Outgoings in order, one `Connection.deliver` per connection.

@@ -14,6 +14,7 @@ from gunicorn import util
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.ggevent import GeventWorker
 
+from . import turn_end
 from .drain import drain
 
 # What the handshake answers for a token over auth.MAX_TOKEN_BYTES (PROTOCOL.md 2.1).
@@ -25,6 +26,10 @@ _TOKEN_TOO_LONG_RESPONSE = (b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n
 
 class DrainingGeventWorker(GeventWorker):
     _draining = None
+
+    def run(self):
+        turn_end.start()            # the hub runs from here on: per-turn work may be put off
+        super().run()
 
     def handle_exit(self, sig, frame):
         if self._draining is None:

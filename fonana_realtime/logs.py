@@ -14,6 +14,8 @@ import re
 import sys
 import time
 
+from . import turn_end
+
 _SECRETS = re.compile(
     r"(eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*)"       # JWTs
     r"|((?<=token=)[^&\s\"']+)"                                        # ?token=...
@@ -49,17 +51,17 @@ class JsonFormatter(logging.Formatter):
         cached = getattr(record, "_json_line", None)
         if cached is not None:
             return cached
+        fields = record.__dict__          # the record's attributes, `extra` included
         out = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                    + f".{int(record.msecs):03d}Z",
+            "time": f"{self._second(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": getattr(record, "event", None) or "log",
+            "event": fields.get("event") or "log",
             "message": record.getMessage(),
             "pid": record.process,
         }
         for name in _FIELDS[1:]:
-            value = getattr(record, name, None)
+            value = fields.get(name)
             if value is not None:
                 out[name] = value
         if record.exc_text:
@@ -67,12 +69,28 @@ class JsonFormatter(logging.Formatter):
         record._json_line = line = json_line(out)
         return line
 
+    _last = (None, "")
+
+    def _second(self, created: float) -> str:
+        """`YYYY-MM-DDTHH:MM:SS` of a time, formatted once per second (records come in
+        bursts: a reconnect storm logs two a connect)."""
+        second = int(created)
+        last, text = self._last
+        if second != last:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._last = (second, text)
+        return text
+
+
+# json.dumps with arguments builds an encoder per call; this one is made once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False)
+
 
 def json_line(out: dict) -> str:
     """Standard JSON, always: NaN/Infinity (Python's default output) become strings, and a
     lone surrogate, which no UTF-8 log file can hold, is written escaped."""
     try:
-        line = json.dumps(out, ensure_ascii=False, default=str, allow_nan=False)
+        line = _ENCODER.encode(out)
         if not line.isascii():
             line.encode("utf-8")
         return line
@@ -118,15 +136,33 @@ class JsonLinesHandler(logging.Handler):
             for name, level in FILES:
                 self.outputs.append((open(os.path.join(log_dir, name), "a", encoding="utf-8"), level, True))
 
+    _flush_pending = False
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + "\n"
             for stream, level, _ in self.outputs:
                 if record.levelno >= level:
                     stream.write(line)
-                    stream.flush()
+            # Flushed at the end of the worker's loop turn, once for every line the turn
+            # wrote (turn_end; three write syscalls a record otherwise); errors, and every
+            # line outside a gevent worker, at once.
+            if record.levelno >= logging.ERROR:
+                self.flush()
+            elif not self._flush_pending:
+                self._flush_pending = turn_end.later(self.flush)
+                if not self._flush_pending:
+                    self.flush()
         except Exception:
             self.handleError(record)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        for stream, _, _ in self.outputs:
+            try:
+                stream.flush()
+            except (OSError, ValueError):      # a closed stream (at exit): nothing to lose
+                pass
 
     def close(self) -> None:
         for stream, _, owned in self.outputs:

@@ -3,7 +3,8 @@
 gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a fresh directory before any
 worker starts, so prometheus-client keeps each worker's values in files there and
 `/metrics` sums them. Counters on the delivery path are bumped once per event with
-the recipient count, never once per recipient.
+the recipient count, never once per recipient; values stepped per connection or per batch
+go through `step`/`observe`, which add them up per loop turn (`Tally`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from bisect import bisect_left
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
 from prometheus_client import multiprocess
+
+from . import turn_end
 
 CONNECTIONS = Gauge("fonana_rt_connections", "Open WebSocket connections",
                     multiprocess_mode="livesum")
@@ -93,6 +96,54 @@ class BatchedHistogram:
                 self.counts[i] = 0
         h._sum.inc(self.total)
         self.total = 0.0
+
+
+class Tally:
+    """Steps of counters and gauges (or their labelled children) and observations of
+    histograms, added up in process and written together at the end of the loop turn
+    (turn_end): one write per value per turn instead of one per step. The exposition is
+    the same as with each step written at once, a turn later at most.
+
+    `step(metric, amount)`: a counter's amount must not be negative (as with `inc`); a
+    gauge's may (a `dec`)."""
+
+    def __init__(self):
+        self.steps: dict = {}
+        self.histograms: dict = {}        # Histogram -> BatchedHistogram
+        self.pending = False
+
+    def step(self, metric, amount: float = 1) -> None:
+        steps = self.steps
+        steps[metric] = steps.get(metric, 0) + amount
+        if not self.pending:
+            self._schedule()
+
+    def observe(self, histogram, value: float) -> None:
+        batch = self.histograms.get(histogram)
+        if batch is None:
+            batch = self.histograms[histogram] = BatchedHistogram(histogram)
+        batch.add(value)
+        if not self.pending:
+            self._schedule()
+
+    def _schedule(self):
+        self.pending = turn_end.later(self.flush)
+        if not self.pending:
+            self.flush()
+
+    def flush(self) -> None:
+        self.pending = False
+        steps, self.steps = self.steps, {}
+        for metric, amount in steps.items():
+            if amount:
+                metric.inc(amount)
+        for batch in self.histograms.values():
+            batch.flush()
+
+
+_TALLY = Tally()
+step = _TALLY.step            # metrics.step(metrics.CONNECTIONS), metrics.step(metrics.CONNECTIONS, -1)
+observe = _TALLY.observe      # metrics.observe(metrics.HANDSHAKE_SECONDS, seconds)
 
 
 def render() -> tuple[bytes, str]:

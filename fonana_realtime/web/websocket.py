@@ -203,8 +203,8 @@ def serve(rt, raw, key, subprotocol, identity, ip, started):
         if rt.resume is not None:
             rt.resume.arrive(conn)  # where its dropped connections left off (may ask Redis)
     rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
-    metrics.CONNECTIONS.inc()
-    metrics.HANDSHAKE_SECONDS.observe(time.perf_counter() - started)
+    metrics.step(metrics.CONNECTIONS)
+    metrics.observe(metrics.HANDSHAKE_SECONDS, time.perf_counter() - started)
     log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
                                  "ip": conn.ip})
     welcome = {"userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
@@ -228,9 +228,9 @@ def _live(rt, conn):
         if conn.protocol is None and rt.resume is not None:
             rt.resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
         for key in conn.channels:
-            metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]).dec()
+            metrics.step(metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]), -1)
         rt.fanout.remove(conn)
-        metrics.CONNECTIONS.dec()
+        metrics.step(metrics.CONNECTIONS, -1)
         conn.abort()
         conn.sock.close()
         log.info("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
