@@ -55,7 +55,7 @@ else:
 
 # Logs: JSON lines to stdout and LOG_DIR; the access log shows the path only (%(U)s),
 # never the query string, which carries the browser's token.
-logconfig_dict = logging_config(_settings.log_dir or None)
+logconfig_dict = logging_config(_settings.log_dir or None, _settings.log_level)
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
 

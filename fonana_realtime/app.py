@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not logging.getLogger("gunicorn.error").handlers:
         # Outside gunicorn (tests, `flask run`) configure logging ourselves;
         # under gunicorn, gunicorn.conf.py has applied the same config already.
-        logging.config.dictConfig(logging_config(settings.log_dir))
+        logging.config.dictConfig(logging_config(settings.log_dir, settings.log_level))
     for line in settings.warnings:
         log.warning(line, extra={"event": "config_warning"})
 

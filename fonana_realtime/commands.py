@@ -116,7 +116,7 @@ class Commands:
     def _join(self, conn, channel):
         if channel.key not in conn.channels:
             self.rt.fanout.subscribe(conn, channel.key)     # waits (bounded) until the broker listens
-            metrics.step(metrics.SUBSCRIPTIONS.labels(channel.kind))
+            metrics.step(metrics.subscriptions(channel.kind))
 
     def _subscribe_v2(self, conn, obj, channel, raw):
         """`subscribed` adds the stream's position; with `since`, replay then live."""
@@ -179,7 +179,7 @@ class Commands:
     def _leave(self, conn, key: str):
         if key in conn.channels:
             self.rt.fanout.unsubscribe(conn, key)
-            metrics.step(metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]), -1)
+            metrics.step(metrics.subscriptions(key.partition("_")[0]), -1)
         self.rt.access_expiry.forget(conn, key)
 
     # ---- access that lapses (access_expiry.py calls these at the moment it ends) ----

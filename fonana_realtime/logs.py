@@ -179,7 +179,8 @@ FILES = (("ws-out.log", logging.INFO), ("ws-error.log", logging.ERROR), ("ws-com
 
 
 def logging_config(log_dir: str | None, level: str = "INFO") -> dict:
-    """A dictConfig for the app and for gunicorn's own loggers alike."""
+    """A dictConfig for the app and for gunicorn's own loggers alike (`level`: LOG_LEVEL)."""
+    level = level.upper()
     handler = {"()": JsonLinesHandler, "log_dir": log_dir or None, "stream": "ext://sys.stdout",
                "formatter": "json", "filters": ["redact"]}
     return {

@@ -66,6 +66,18 @@ DELIVERY_SECONDS = Histogram("fonana_rt_publish_to_delivery_seconds",
                              buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
 
 
+_subscriptions_by_kind: dict = {}
+
+
+def subscriptions(kind: str):
+    """SUBSCRIPTIONS' value for one channel kind (a fixed, small set), looked up once:
+    `labels` takes a lock and hashes its arguments on every call."""
+    child = _subscriptions_by_kind.get(kind)
+    if child is None:
+        child = _subscriptions_by_kind[kind] = SUBSCRIPTIONS.labels(kind)
+    return child
+
+
 class BatchedHistogram:
     """Observations of one Histogram counted in process and added in one go.
 

@@ -70,6 +70,15 @@ def flag(name: str, raw: str) -> bool:
     raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
 
 
+def one_of(*names: str):
+    """A parser for one of a few words, case-insensitive; the word in lower case."""
+    def parse(name: str, raw: str) -> str:
+        if raw.lower() not in names:
+            raise SettingsError(f"{name} must be one of {', '.join(names)}, got {raw!r}")
+        return raw.lower()
+    return parse
+
+
 def between(low, high, parse=whole):
     """A parser that also refuses values outside [low, high]."""
     def bounded(name: str, raw: str):
@@ -96,6 +105,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), comma_list)     # empty = all
     data_dir: str = setting("DATA_DIR", "data")
     log_dir: str = setting("LOG_DIR", "logs", blank_is_value=True)
+    log_level: str = setting("LOG_LEVEL", "info", one_of("debug", "info", "warning", "error"))
     workers: int | None = setting("WS_WORKERS", None, whole)
     worker_connections: int = setting("WS_WORKER_CONNECTIONS", 10000, whole)
     ping_interval: float = setting("WS_PING_INTERVAL", 25.0, number)

@@ -54,7 +54,9 @@ def _parts(token: str) -> list[str]:
 
 @pytest.mark.postgres
 def test_tokens_and_keys_stay_out_of_the_logs(server_factory, pg_url, seed):
-    srv = server_factory.start("log-secrets", database_url=pg_url)
+    # LOG_LEVEL=debug: every line the server can write is scanned, and `disconnected`
+    # (debug) tells when a client's last line is out.
+    srv = server_factory.start("log-secrets", database_url=pg_url, env={"LOG_LEVEL": "debug"})
     user = seed.user()
     stranger = "u-nobody-" + secrets.token_hex(6)
 

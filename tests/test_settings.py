@@ -193,3 +193,11 @@ def test_the_escape_hatch_warns_at_every_start(server_factory, pg_url, seed):
         srv.stop()
         warnings = [line for line in srv.output().splitlines() if "WS_ALLOW_WEAK_JWT_SECRET=1" in line]
         assert warnings, f"start {n} did not warn:\n{srv.output_tail()}"
+
+
+def test_log_level_is_one_of_four_words(tmp_path):
+    assert load_settings(base(tmp_path)).log_level == "info"
+    assert load_settings({**base(tmp_path), "LOG_LEVEL": "DEBUG"}).log_level == "debug"
+    with pytest.raises(SettingsError) as err:
+        load_settings({**base(tmp_path), "LOG_LEVEL": "verbose"})
+    assert "LOG_LEVEL" in str(err.value) and "\n" not in str(err.value)

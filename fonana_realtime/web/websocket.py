@@ -182,7 +182,9 @@ def serve(rt, raw, key, subprotocol, identity, ip, started):
     keep its whole stack alive per idle client (gunicorn's parser, environ, werkzeug
     objects): tens of KB each.
     """
-    sock = raw.dup()                # ours now; gunicorn closes its own copy when the request ends
+    # Ours now: gunicorn's socket object lets go of the descriptor, so its close when the
+    # request ends does nothing (a dup cost a dup and a close syscall per connect).
+    sock = type(raw)(raw.family, raw.type, raw.proto, fileno=raw.detach())
     try:
         # Every write is a whole batch of frames, meant to leave now. With Nagle's algorithm a
         # small write that follows an unacknowledged one waits for the peer's delayed ACK (40 ms
@@ -228,10 +230,13 @@ def _live(rt, conn):
         if conn.protocol is None and rt.resume is not None:
             rt.resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
         for key in conn.channels:
-            metrics.step(metrics.SUBSCRIPTIONS.labels(key.partition("_")[0]), -1)
+            metrics.step(metrics.subscriptions(key.partition("_")[0]), -1)
         rt.fanout.remove(conn)
         metrics.step(metrics.CONNECTIONS, -1)
         conn.abort()
         conn.sock.close()
-        log.info("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
-                                        "conn_id": conn.id})
+        # At debug level (LOG_LEVEL=DEBUG): the `connected` line is the one record of a
+        # connection at info; a second per client was ~2.5 % of a connect in a reconnect
+        # storm (issue 11). Server-side closes have their own lines (slow_client, ...).
+        log.debug("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
+                                         "conn_id": conn.id})
