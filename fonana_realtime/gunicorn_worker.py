@@ -1,5 +1,6 @@
-"""gunicorn's gevent worker, with a drain on SIGTERM instead of an abrupt stop, and the
-contract's JSON refusal for a token too long for gunicorn's request limits.
+"""gunicorn's gevent worker, with a drain on SIGTERM instead of an abrupt stop, the
+contract's JSON refusal for a token too long for gunicorn's request limits, and a
+per-connection path with what a plain HTTP/1 listener never needs decided once.
 
 The stock worker stops accepting as soon as SIGTERM arrives; ours first runs
 `drain.drain` (ready 503, 1001 closes spread over WS_DRAIN_SECONDS) while still
@@ -7,10 +8,12 @@ serving HTTP, and only then lets the stock shutdown proceed.
 """
 from __future__ import annotations
 
+import errno
 import json
 
 import gevent
-from gunicorn import util
+from gunicorn import http, util
+from gunicorn.config import Config
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -24,12 +27,95 @@ _TOKEN_TOO_LONG_RESPONSE = (b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n
                             b"Content-Length: %d\r\n\r\n" % len(_TOKEN_TOO_LONG)) + _TOKEN_TOO_LONG
 
 
+# `DrainingGeventWorker.handle` is gunicorn's `AsyncWorker.handle` of this release with its
+# TLS and HTTP/2 branches folded away; tests/test_gunicorn_worker.py fails on another one,
+# so that the two are compared again before an upgrade.
+MIRRORS_GUNICORN = "27.0.1"
+
+
+class ConfigReadOnce(Config):
+    """gunicorn's Config, each setting's value kept after its first read.
+
+    gunicorn reads a dozen settings per request through `Config.__getattr__` (a dict
+    lookup and the setting's `get`, each call). A worker's configuration never changes:
+    a reload forks new workers, and nothing in a worker calls `Config.set`."""
+
+    def __getattr__(self, name):
+        value = super().__getattr__(name)
+        self.__dict__[name] = value          # found by plain attribute lookup from now on
+        return value
+
+
 class DrainingGeventWorker(GeventWorker):
     _draining = None
+
+    plain_http1 = False
+
+    def init_process(self):
+        # In the worker, after the fork (the master built this object, and keeps its Config).
+        self.cfg.__class__ = ConfigReadOnce
+        # No TLS and no cleartext HTTP/2 (gunicorn.conf.py configures neither): gunicorn's
+        # per-connection checks for both would answer the same every time.
+        self.plain_http1 = (not self.cfg.is_ssl and self.cfg.http2_cleartext == "off"
+                            and bool(self.cfg.keepalive))
+        self._listener_names: dict = {}
+        super().init_process()
 
     def run(self):
         turn_end.start()            # the hub runs from here on: per-turn work may be put off
         super().run()
+
+    def handle(self, listener, client, addr):
+        """One accepted connection: its HTTP/1 requests until it closes or is upgraded.
+
+        gunicorn's own `handle` (MIRRORS_GUNICORN), less what a plain HTTP/1 listener
+        never needs per connection: the TLS and HTTP/2 negotiation checks (decided once,
+        `plain_http1`) and asking the kernel for the listener's address (it does not
+        change). In the reconnect storm those were ~3 % of a connect (issue 11). Same
+        parser, timeouts, hooks, errors and logs; any other listener takes gunicorn's."""
+        if not self.plain_http1:
+            return super().handle(listener, client, addr)
+        client.setblocking(1)               # as GeventWorker.handle
+        req = None
+        try:
+            parser = http.get_parser(self.cfg, client, addr)
+            try:
+                listener_name = self._listener_names.get(listener)
+                if listener_name is None:
+                    listener_name = self._listener_names[listener] = listener.getsockname()
+                proxy_protocol_info = {}
+                while True:
+                    req = None
+                    with self.timeout_ctx():
+                        req = next(parser)
+                    if not req:
+                        break
+                    if req.proxy_protocol_info:
+                        proxy_protocol_info = req.proxy_protocol_info
+                    else:
+                        req.proxy_protocol_info = proxy_protocol_info
+                    self.handle_request(listener_name, req, client, addr)
+            except http.errors.NoMoreData as e:
+                self.log.debug("Ignored premature client disconnection. %s", e)
+            except StopIteration as e:
+                self.log.debug("Closing connection. %s", e)
+            except OSError:
+                raise
+            except Exception as e:
+                self.handle_error(req, client, addr, e)
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+            elif e.errno == errno.ECONNRESET:
+                self.log.debug("Ignoring connection reset")
+            elif e.errno == errno.ENOTCONN:
+                self.log.debug("Ignoring socket not connected")
+            else:
+                self.log.debug("Ignoring EPIPE")
+        except BaseException as e:
+            self.handle_error(req, client, addr, e)
+        finally:
+            util.close(client)
 
     def handle_exit(self, sig, frame):
         if self._draining is None:
