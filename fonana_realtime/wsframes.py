@@ -28,11 +28,16 @@ def text_frame(payload: bytes) -> bytes:
     return _frame(OP_TEXT, payload)
 
 
+# json.dumps with arguments builds an encoder per call (~0.85 of its 3 µs for a welcome
+# frame); this one is made once and encodes exactly as json.dumps(obj, **the same) does.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(obj) -> bytes:
     """JSON as the old server sent it (compact, UTF-8), and standard JSON only (RFC 8259):
     NaN and Infinity, which Python writes by default and a browser's JSON.parse rejects,
     raise ValueError, and so does a lone surrogate (UnicodeEncodeError is a ValueError)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 # Deepest nesting accepted from a client or publisher. Far beyond any real command or
