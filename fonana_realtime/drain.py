@@ -4,11 +4,17 @@
 the listener stays open so HTTP event injection keeps working; connections are
 closed with 1001 spread evenly over WS_DRAIN_SECONDS so clients do not all come
 back at the same instant; then the worker lets gunicorn finish the exit.
+
+On a reload (HUP) or when the master lowers the worker count (TTOU), other workers
+accept on the same socket: the draining one then stops accepting instead
+(`replaced_by_siblings`, gunicorn_worker), so reconnecting clients reach a live worker
+at the first try instead of a 503.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 
 import gevent
@@ -19,6 +25,32 @@ log = logging.getLogger("fonana_realtime.drain")
 
 TICK = 0.05          # seconds between batches of closes
 LINGER = 6.0         # after the last 1001, how long clients get to answer before we stop
+
+
+def replaced_by_siblings(listeners) -> bool:
+    """Whether gunicorn's master still holds these listening sockets and has another
+    worker: then new connections have somewhere to go. On a stop the master closes its
+    listeners before it sends SIGTERM (gunicorn's `Arbiter.stop`); a worker killed on its
+    own has no sibling. Read from /proc (Linux); anything unreadable answers False, and
+    the worker goes on accepting and refusing handshakes with 503."""
+    try:
+        ours = {os.fstat(s.fileno()).st_ino for s in listeners}
+        master = os.getppid()
+        held = set()
+        for fd in os.listdir(f"/proc/{master}/fd"):
+            try:
+                target = os.readlink(f"/proc/{master}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                held.add(int(target[8:-1]))
+        children = set()
+        for task in os.listdir(f"/proc/{master}/task"):
+            with open(f"/proc/{master}/task/{task}/children") as f:
+                children.update(int(pid) for pid in f.read().split())
+    except (OSError, ValueError):
+        return False
+    return bool(ours) and ours <= held and bool(children - {os.getpid()})
 
 
 def drain(runtime):

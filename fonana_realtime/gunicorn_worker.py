@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import time
+from functools import partial
 
 import gevent
+from gevent.pool import Pool
+from gevent.server import StreamServer
 from gunicorn import http, util
 from gunicorn.config import Config
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.ggevent import GeventWorker
 
 from . import turn_end
-from .drain import drain
+from .drain import drain, replaced_by_siblings
+
+log = logging.getLogger("fonana_realtime.drain")
 
 # What the handshake answers for a token over auth.MAX_TOKEN_BYTES (PROTOCOL.md 2.1).
 _TOKEN_TOO_LONG = json.dumps({"error": "unauthorized", "reason": "invalid_token"}, separators=(",", ":")).encode()
@@ -27,9 +34,10 @@ _TOKEN_TOO_LONG_RESPONSE = (b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n
                             b"Content-Length: %d\r\n\r\n" % len(_TOKEN_TOO_LONG)) + _TOKEN_TOO_LONG
 
 
-# `DrainingGeventWorker.handle` is gunicorn's `AsyncWorker.handle` of this release with its
-# TLS and HTTP/2 branches folded away; tests/test_gunicorn_worker.py fails on another one,
-# so that the two are compared again before an upgrade.
+# `DrainingGeventWorker.handle` and `.run` are gunicorn's `AsyncWorker.handle` and
+# `GeventWorker.run` of this release with their TLS, HTTP/2 and pywsgi branches folded
+# away; tests/test_gunicorn_worker.py fails on another one, so that they are compared again
+# before an upgrade.
 MIRRORS_GUNICORN = "27.0.1"
 
 
@@ -50,6 +58,7 @@ class DrainingGeventWorker(GeventWorker):
     _draining = None
 
     plain_http1 = False
+    servers: list = []
 
     def init_process(self):
         # In the worker, after the fork (the master built this object, and keeps its Config).
@@ -62,8 +71,36 @@ class DrainingGeventWorker(GeventWorker):
         super().init_process()
 
     def run(self):
+        """gunicorn's GeventWorker.run (MIRRORS_GUNICORN) for a plain HTTP/1 listener, with
+        its servers kept (`servers`), so that a drain can stop accepting (`_drain_then_stop`)."""
         turn_end.start()            # the hub runs from here on: per-turn work may be put off
-        super().run()
+        if not self.plain_http1 or self.server_class is not None:
+            return super().run()
+        servers = self.servers = []
+        for s in self.sockets:
+            s.setblocking(1)
+            server = StreamServer(s, handle=partial(self.handle, s), spawn=Pool(self.worker_connections))
+            if self.cfg.workers > 1:
+                server.max_accept = 1
+            server.start()
+            servers.append(server)
+        while self.alive:
+            self.notify()
+            gevent.sleep(1.0)
+        try:
+            for server in servers:                  # stop accepting
+                server.close()
+            started = time.time()                   # finish current requests until graceful_timeout
+            while time.time() - started <= self.cfg.graceful_timeout:
+                if all(server.pool.free_count() == server.pool.size for server in servers):
+                    return
+                self.notify()
+                gevent.sleep(1.0)
+            self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
+            for server in servers:
+                server.stop(timeout=1)
+        except Exception:
+            pass
 
     def handle(self, listener, client, addr):
         """One accepted connection: its HTTP/1 requests until it closes or is upgraded.
@@ -124,6 +161,16 @@ class DrainingGeventWorker(GeventWorker):
 
     def _drain_then_stop(self):
         try:
+            if self.servers and replaced_by_siblings(self.sockets):
+                # A reload (HUP) or fewer workers (TTOU): the master still listens and other
+                # workers accept, so this one stops taking connections rather than refusing
+                # each new handshake with 503 while it drains (a 10,000-client reconnect
+                # storm retried ~11,000 of them). Its open connections, keep-alive API
+                # connections included, are served until they are closed.
+                for server in self.servers:
+                    server.stop_accepting()
+                log.info("draining: new connections go to the other workers",
+                         extra={"event": "drain_handover"})
             runtime = self.wsgi.extensions.get("fonana_realtime")
             if runtime is not None:
                 drain(runtime)

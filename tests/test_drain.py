@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 
+from support.rawws import RawWebSocket
 from support.ws import refused_handshake
 
 
@@ -83,3 +84,33 @@ def test_hup_reload_moves_clients_to_a_new_worker(server_factory):
     assert fresh is not None, "no connection reached a new worker after HUP"
     fresh.ping()
     assert srv.proc.poll() is None            # the master lives on
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_on_a_reload_the_draining_worker_leaves_new_connections_to_the_new_one(server_factory):
+    srv = server_factory.start("reload-handover", env={"WS_DRAIN_SECONDS": "1"})
+    old = srv.connect("demo-fan")
+    old_pid = old.welcome["data"]["worker"]
+    # Never answers the 1001: the old worker stays, draining, until the close deadline
+    # (connection.CLOSE_GRACE_SECONDS) cuts it, long after the handshakes below.
+    stuck = RawWebSocket(srv.host, srv.port, f"/ws?token={srv.token('demo-fan')}")
+    threads, results = _watch_closes([old])
+
+    os.kill(srv.proc.pid, signal.SIGHUP)
+    threads[0].join(timeout=30)
+    assert results[0] is not None and results[0][0] == 1001      # the old worker is draining
+    workers = []
+    for _ in range(12):
+        client = srv.connect("demo-fan")        # a 503 `draining` would raise here
+        workers.append(client.welcome["data"]["worker"])
+        client.close()
+    assert old_pid not in workers, workers
+    assert _alive(old_pid), "the old worker was gone before the handshakes: nothing was shown"
+    stuck.sock.close()
