@@ -9,7 +9,7 @@ buffer is full is the rest parked in a bounded backlog, drained by a writer
 greenlet that exists only for that moment. A backlog over its limits closes that
 one client with 4009 (`overflow`). Writes are all-or-backlog, so a slow reader can
 never get a torn frame. While the read loop handles one read's frames the
-connection is corked: what that brings about leaves as one write (`cork`).
+connection is corked: the replies that brings about leave as one write (`cork`).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import time
 from collections import deque
 
 import gevent
+from gevent import getcurrent
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import close_codes, error_codes, metrics
@@ -51,7 +52,7 @@ class Connection:
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
                  "limits", "pacer", "pace", "resume", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_binary",
-                 "corked", "corked_frames", "corked_bytes")
+                 "corked")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
                  protocol: str | None = None):
@@ -98,9 +99,7 @@ class Connection:
         self._in_parts: list = []
         self._in_size = 0
         self._in_binary = False
-        self.corked: list | None = None   # writes held while one read's frames are handled
-        self.corked_frames = 0
-        self.corked_bytes = 0
+        self.corked: Cork | None = None   # replies held while one read's frames are handled
 
     # ---- events in -----------------------------------------------------------
 
@@ -212,15 +211,20 @@ class Connection:
         return self._write(data, frames)
 
     def _write(self, data: bytes, frames: int = 1) -> bool:
-        held = self.corked
-        if held is not None:
-            held.append(data)
-            self.corked_frames += frames
-            self.corked_bytes += len(data)
-            if self.corked_bytes >= CORK_MAX_BYTES:
-                self.uncork()
-                self.cork()
-            return not self.closed
+        cork = self.corked
+        if cork is not None:
+            if getcurrent() is cork.owner:
+                cork.parts.append(data)
+                cork.frames += frames
+                cork.size += len(data)
+                if cork.size >= CORK_MAX_BYTES:
+                    self.uncork()
+                    self.cork()
+                return not self.closed
+            self.corked = None               # an event: the replies held before it go with it
+            if cork.parts:
+                cork.parts.append(data)
+                data, frames = b"".join(cork.parts), frames + cork.frames
         if self.head is not None:
             data, self.head = self.head + data, None
         if self.backlog is not None:
@@ -243,26 +247,29 @@ class Connection:
         return True
 
     def cork(self):
-        """Hold every write until `uncork`, then write them as one, in the same order.
+        """Hold the writes of this greenlet until `uncork`, then write them as one.
 
         The read loop corks while it handles what one read brought: a `subscribe` answers
-        `subscribed` and then `unread_notifications` (and a legacy resume's replay), and a
-        close is echoed; events that arrive meanwhile fall in between, as they would have
-        on the wire. One send instead of two or three, each of which on loopback also paid
-        the receiver's TCP input (~2 % of a connect in a reconnect storm, issue 11). Events
-        wait at most as long as the command's own work (a database query, a Redis read),
-        and never for more than CORK_MAX_BYTES."""
+        `subscribed` and then `unread_notifications` (and a replay), a ping its pong, a
+        close its echo. One send instead of two or three, each of which on loopback also
+        paid the receiver's TCP input (~2 % of a connect in a reconnect storm, issue 11).
+        Writes from other greenlets (events, paced frames, pings) are never held: one that
+        comes while replies are held writes them first, then itself, so the order on the
+        wire is the order things were written and no event waits on a command's database
+        query, nor pacing's spacing on a cork."""
         if self.corked is None:
-            self.corked = []
-            self.corked_frames = self.corked_bytes = 0
+            self.corked = Cork(getcurrent())
 
     def uncork(self):
-        held = self.corked
-        if held is None:
-            return
+        cork = self.corked
+        if cork is not None:
+            self._flush_cork(cork)
+
+    def _flush_cork(self, cork):
         self.corked = None
-        if held and not self.closed:
-            self._write(held[0] if len(held) == 1 else b"".join(held), self.corked_frames)
+        if cork.parts and not self.closed:
+            parts = cork.parts
+            self._write(parts[0] if len(parts) == 1 else b"".join(parts), cork.frames)
 
     def _start_writer(self):
         if self.writer is None:
@@ -464,6 +471,18 @@ class Connection:
                 self.closing = True
             return False
         return True
+
+
+class Cork:
+    """The replies a corked connection holds (Connection.cork), and whose they are."""
+
+    __slots__ = ("owner", "parts", "frames", "size")
+
+    def __init__(self, owner):
+        self.owner = owner           # the greenlet that corked (the read loop's)
+        self.parts: list = []
+        self.frames = 0
+        self.size = 0
 
 
 def merged_positions(outgoings) -> dict:

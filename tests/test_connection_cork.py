@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import gevent
 import gevent.socket
 import pytest
 
@@ -82,3 +83,16 @@ def test_an_aborted_connection_drops_what_it_held(conn_and_peer):
     conn.abort()
     conn.uncork()
     assert sock.sends == 0 and conn.corked is None
+
+
+def test_a_write_from_another_greenlet_is_not_held_and_follows_the_held_replies(conn_and_peer):
+    conn, sock, peer = conn_and_peer
+    reply, event, later = text_frame(b"subscribed"), text_frame(b"an event"), text_frame(b"unread")
+    conn.cork()
+    conn.send(reply)
+    gevent.spawn(conn.send, event).join()        # fanout or the pacer, in its own greenlet
+    assert sock.sends == 1                       # the held reply, then the event, at once
+    assert _read_all(peer, len(reply) + len(event)) == reply + event
+    conn.send(later)
+    conn.uncork()
+    assert _read_all(peer, len(later)) == later
