@@ -592,7 +592,8 @@ def socket_fds(pid) -> int:
 def run_storm_workers(ctx, rep):
     """The connect storm against ours with REDIS_URL, one worker and then two (the
     generator shares the two cores: the workers are not pinned to one core here, the
-    generator is, on core 1). Records connects/s and how the connections split."""
+    generator is, on core 1). Records connects/s and how the connections split. With
+    --profile, the one-worker storm runs under py-spy (storm2-1w-REP.txt)."""
     if not ctx.redis_url:
         ctx.skips.add("storm2: no private redis-server could be started")
         return
@@ -618,8 +619,12 @@ def run_storm_workers(ctx, rep):
                 return "NEXT"
 
             time.sleep(1.0)
-            steps, _ = loadgen(ctx, srv, f"c{p['storm_n']},w", tokens=ctx.tokens_storm, channel="notifications",
-                               deadline=90, inflight=p["storm_inflight"], on_wait=at_wait)
+            spy = start_profile(ctx, srv, f"storm2-{workers}w-{rep + 1}") if ctx.args.profile and workers == 1 else None
+            try:
+                steps, _ = loadgen(ctx, srv, f"c{p['storm_n']},w", tokens=ctx.tokens_storm, channel="notifications",
+                                   deadline=90, inflight=p["storm_inflight"], on_wait=at_wait)
+            finally:
+                stop_profile(spy)
             st = steps[0]
             shares = sorted((n / max(1, sum(split.values())) for n in split.values()), reverse=True)
             ctx.record(f"storm_{workers}w", "ours", rep, {
@@ -1110,10 +1115,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one repetition, smaller sizes, shorter windows")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     ap.add_argument("--servers", default="ours,reference", help="which servers (ours,reference)")
-    ap.add_argument("--only", default="idle,fanout,redis", help="scenario groups: idle,fanout,redis,storm "
+    ap.add_argument("--only", default="idle,fanout,redis,storm,storm2,reconnect",
+                    help="scenario groups (default: all of them): idle,fanout,redis,storm,storm2,reconnect "
                     "(fanout includes the fixed load, the sweep and the connect storm, unless storm is "
                     "given: then the storm runs alone on a fresh server)")
-    ap.add_argument("--profile", metavar="DIR", help="py-spy the worker during the storm group (raw "
+    ap.add_argument("--profile", metavar="DIR", help="py-spy the worker during the storm group and storm2's one-worker storm (raw "
                     "collapsed stacks into DIR; py-spy must be in .venv)")
     ap.add_argument("--docs", dest="docs", action="store_true", default=None,
                     help="write docs/BENCHMARKS.md (default for a full run)")
