@@ -16,8 +16,11 @@ legacy connection of that user then gets the events it missed:
   expired, too many, history unreachable) → nothing replayed.
 
 To know where a connection stood on a stream that sent it nothing yet, the stream's
-position is read when the connection joins it (before it is registered, so a mark never
-claims an event that was not written). Only legacy connections with resume on pay that.
+position is taken when the connection joins it (before it is registered, so a mark never
+claims an event that was not written; or, with Redis, the position the worker read right
+before its first SUBSCRIBE of the stream: nothing at or before it can arrive on that
+subscription). Only legacy connections with resume on pay that, and with Redis only
+when the worker hears the stream without knowing its position (Broker.peek_before_join).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import logging
 import time
 
 from . import metrics
+from .broker import AFTER_JOIN
 from .outgoing import Outgoing
 
 log = logging.getLogger("fonana_realtime.resume")
@@ -33,6 +37,9 @@ log = logging.getLogger("fonana_realtime.resume")
 # it (in-process broker only, see Broker.peek): every event it holds now came later.
 FRESH = ""
 FRESH_MARK = (FRESH, 0)          # one shared tuple, not one per idle connection
+# The mark of a stream whose start the broker gives once the join is done (after_join);
+# an epoch of None, so a connection that ends before then leaves no mark for it.
+AWAITING_MARK = (None, 0)
 
 
 class Pending:
@@ -79,17 +86,25 @@ class Resume:
             return
         if stream not in conn.marks:
             try:
-                position = self.broker.peek(stream)
+                position = self.broker.peek_before_join(stream)
             except Exception:
                 return
             if position is None:
                 conn.marks[stream] = FRESH_MARK
+            elif position is AFTER_JOIN:
+                conn.marks[stream] = AWAITING_MARK
             elif position[0] is not None:
                 conn.marks[stream] = position
 
     def after_join(self, conn, stream: str):
         """Right after the welcome (user stream) or `subscribed`: the missed events, then
         the live ones that waited, then live."""
+        if conn.marks.get(stream) is AWAITING_MARK:       # nothing written to it since the join
+            position = self.broker.peek_after_join(stream)
+            if position is not None and position[0] is not None:
+                conn.marks[stream] = position
+            else:
+                del conn.marks[stream]
         if stream not in conn.buffers:
             return
         pending = conn.resume

@@ -2,16 +2,20 @@
 
 These servers run with resume on (WS_RESUME_SECONDS at its default) and pacing off
 (WS_LEGACY_TYPE_GAP_MS=0) so every frame's place can be asserted exactly; the browser
-tests (test_browser_legacy.py) run both at their defaults.
+tests (test_browser_legacy.py) run both at their defaults. The tests taking `srv` run
+twice: in process, and with the history and marks in a private redis-server (one worker,
+so which streams that worker already hears is up to the test).
 """
 from __future__ import annotations
 
+import secrets
 from urllib.parse import quote
 
 import pytest
 
 from support.waiting import wait_until
 from support.hardening import metric_total
+from support.redis_server import RedisServer
 from support.tcpproxy import TcpProxy
 from support.ws import open_ws
 
@@ -21,9 +25,22 @@ RESUME = {"WS_RESUME_SECONDS": None}
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory, pg_url):
+def private_redis(tmp_path_factory):
+    rs = RedisServer(tmp_path_factory.mktemp("resume-redis")).start()
+    yield rs
+    rs.stop()
+
+
+@pytest.fixture(scope="module", params=["in_process", "redis"])
+def srv(request, tmp_path_factory, pg_url):
     from support.server import Server
-    s = Server(tmp_path_factory.mktemp("resume"), name="resume", database_url=pg_url, env=RESUME).start()
+    env = dict(RESUME)
+    if request.param == "redis":
+        rs = request.getfixturevalue("private_redis")
+        env.update(REDIS_URL=rs.url, REDIS_PREFIX=f"resume-{secrets.token_hex(3)}:", WS_WORKERS=1)
+    s = Server(tmp_path_factory.mktemp("resume"), name=f"resume-{request.param}", database_url=pg_url,
+               env=env).start()
+    s.redis = request.getfixturevalue("private_redis") if request.param == "redis" else None
     yield s
     s.stop()
 
@@ -186,3 +203,88 @@ def test_one_tab_dropped_twice_sees_each_event_once(srv, scene):
         third.barrier()
     finally:
         via.proxy.down()
+
+
+def test_a_connection_cut_before_any_event_gets_what_it_missed(srv, scene):
+    """Nothing was ever written to it: its marks are where it joined each stream (the
+    first to hear them on its worker: with Redis, the position read before SUBSCRIBE)."""
+    channel = {"type": "post", "postId": scene["post"]}
+    via = Via(srv)
+    try:
+        ws = via.connect(scene["fan"])
+        ws.subscribe(channel)
+        ws.barrier()
+        via.cut(connections(srv) - 1)
+        srv.publish({"event": liked(scene, 1)})
+        srv.publish({"event": note(scene, 1)})
+        via.proxy.up()
+        back = via.connect(scene["fan"])
+        back.expect_event(note(scene, 1))                    # user stream, after the welcome
+        back.subscribe(channel)
+        back.expect_event(liked(scene, 1))                   # the post, after `subscribed`
+        back.barrier()
+    finally:
+        via.proxy.down()
+
+
+def test_a_connection_that_joined_streams_already_heard_gets_what_it_missed(srv, scene, seed):
+    """Its user stream and the post are heard on its worker before it joins (another tab
+    of the fan, another fan of the post): its marks are what the worker had handed on."""
+    channel = {"type": "post", "postId": scene["post"]}
+    other_fan = srv.connect(seed.user())
+    other_fan.subscribe(channel)
+    other_tab = srv.connect(scene["fan"])                    # not through the proxy: stays
+    srv.publish({"event": liked(scene, 1)})
+    other_fan.expect_event(liked(scene, 1))
+    srv.publish({"event": note(scene, 1)})
+    other_tab.expect_event(note(scene, 1))
+    via = Via(srv)
+    try:
+        ws = via.connect(scene["fan"])
+        ws.subscribe(channel)
+        ws.barrier()
+        via.cut(connections(srv) - 1)
+        srv.publish({"event": liked(scene, 2)})
+        srv.publish({"event": note(scene, 2)})
+        other_tab.expect_event(note(scene, 2))
+        via.proxy.up()
+        back = via.connect(scene["fan"])
+        back.expect_event(note(scene, 2))                    # not note 1: before it joined
+        back.subscribe(channel)
+        back.expect_event(liked(scene, 2))
+        back.barrier()
+    finally:
+        via.proxy.down()
+        other_fan.close()
+        other_tab.close()
+
+
+def position_reads(rs) -> int:
+    """Calls of Redis scripts so far (the stream position script is the only one a
+    connect runs; publishes and marks run theirs too, and this test does neither)."""
+    stats = rs.client().info("commandstats")
+    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def test_with_redis_a_legacy_connect_reads_each_position_once(srv, seed):
+    """Where a legacy connection joins its streams costs no round trip of its own: the
+    worker's listener reads a stream's position before its first SUBSCRIBE anyway, and
+    a stream it already hears is where the worker's handing-on stands (issue 11: the two
+    extra reads were ~30 % of a connect's CPU with Redis)."""
+    if srv.redis is None:
+        pytest.skip("positions are read from Redis only with REDIS_URL")
+    creator = seed.user(is_creator=True)
+    post = seed.post(creator)
+    channel = {"type": "post", "postId": post}
+    warm = srv.connect(seed.user())                          # scripts loaded, the post heard
+    warm.subscribe(channel)
+    warm.barrier()
+    before = position_reads(srv.redis)
+    user = seed.user()
+    first = srv.connect(user)                                # its user stream: new here
+    first.subscribe({"type": "notifications", "userId": user})   # new here too
+    first.subscribe(channel)                                 # heard already
+    first.barrier()
+    assert position_reads(srv.redis) - before == 2           # one per new stream, none per join
+    warm.close()
+    first.close()

@@ -15,6 +15,10 @@ from __future__ import annotations
 from ..history import UNAVAILABLE, Recovery
 
 
+# `Broker.peek_before_join`: the position is known once the join is done (`peek_after_join`).
+AFTER_JOIN = object()
+
+
 class BrokerUnavailable(Exception):
     """The event could not be handed to the cross-worker transport."""
 
@@ -45,6 +49,19 @@ class Broker:
         yet *anywhere* (only a broker that sees every publication can say so: the
         in-process one). Others answer `position`."""
         return self.position(stream)
+
+    def peek_before_join(self, stream: str):
+        """`peek`, asked right before a connection joins `stream` (nothing yields between
+        the two): where that connection starts in it. A broker that can tell from what it
+        already holds answers without a round trip; one whose join will read the position
+        anyway (Redis: before its first SUBSCRIBE of the stream) answers AFTER_JOIN, and
+        `peek_after_join` gives that position once the join is done."""
+        return self.peek(stream)
+
+    def peek_after_join(self, stream: str):
+        """For a join `peek_before_join` answered AFTER_JOIN: the position read before this
+        worker began hearing the stream, or None if none was read."""
+        return None
 
     def history(self, stream: str, epoch, since: int, limit: int) -> Recovery:
         """The events (wire.Message, positions filled) of `stream` after offset `since`
