@@ -283,6 +283,39 @@ def test_redis_losing_its_data_gives_a_new_epoch(tmp_path):
         srv.stop()
 
 
+def script_exists_calls(r) -> int:
+    return r.info("commandstats").get("cmdstat_script|exists", {}).get("calls", 0)
+
+
+def test_pipelined_reads_cost_one_round_trip_and_survive_a_script_flush(tmp_path):
+    """positions and since_many, the reads a worker makes for many streams at once (before
+    SUBSCRIBE, catching up), send one pipeline: no `SCRIPT EXISTS` round trip first, as a
+    pipeline of redis-py Scripts would. A Redis that lost its scripts gets them again."""
+    srv = RedisServer(tmp_path).start()
+    try:
+        r = srv.client()
+        h = RedisHistory(r, "fonana:rt:")
+        h.publish(["channel:post_a"], event(1))
+        h.publish(["channel:post_a", "channel:post_b"], event(2))
+        exists = script_exists_calls(r)
+        positions = h.positions(["post_a", "post_b", "post_new"])
+        assert positions == [h.position("post_a"), h.position("post_b"), h.position("post_new")]
+        assert [top for _, top in positions] == [2, 1, 0]
+        epoch_a = positions[0][0]
+        recs = h.since_many([("post_a", epoch_a, 0), ("post_b", positions[1][0], 1)], 300)
+        assert [rec.ok for rec in recs] == [True, True]
+        assert [json.loads(e)["event"]["n"] for e in recs[0].entries] == [1, 2] and recs[1].entries == []
+        assert script_exists_calls(r) == exists
+        r.script_flush()
+        assert h.positions(["post_a"]) == [(epoch_a, 2)]
+        r.script_flush()
+        (rec,) = h.since_many([("post_a", epoch_a, 1)], 300)
+        assert rec.ok and [json.loads(e)["event"]["n"] for e in rec.entries] == [2]
+        r.close()
+    finally:
+        srv.stop()
+
+
 def test_redis_cli_eval_of_the_shipped_script(rds):
     """docs/PUBLISHING.md: an outside process publishes with positions by running the
     shipped file (here redis-cli --eval; ioredis's defineCommand/EVALSHA is the same)."""
