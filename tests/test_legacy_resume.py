@@ -205,9 +205,10 @@ def test_one_tab_dropped_twice_sees_each_event_once(srv, scene):
         via.proxy.down()
 
 
-def test_a_connection_cut_before_any_event_gets_what_it_missed(srv, scene):
-    """Nothing was ever written to it: its marks are where it joined each stream (the
-    first to hear them on its worker: with Redis, the position read before SUBSCRIBE)."""
+def cut_before_any_event_then_back(srv, scene, n: int):
+    """A tab of the fan joins its user stream and the post (through a proxy), is cut
+    before anything is written to it, like `n` and note `n` are published, and it comes
+    back: each is replayed once, right after the welcome and `subscribed`."""
     channel = {"type": "post", "postId": scene["post"]}
     via = Via(srv)
     try:
@@ -215,46 +216,40 @@ def test_a_connection_cut_before_any_event_gets_what_it_missed(srv, scene):
         ws.subscribe(channel)
         ws.barrier()
         via.cut(connections(srv) - 1)
-        srv.publish({"event": liked(scene, 1)})
-        srv.publish({"event": note(scene, 1)})
+        srv.publish({"event": liked(scene, n)})
+        srv.publish({"event": note(scene, n)})
         via.proxy.up()
         back = via.connect(scene["fan"])
-        back.expect_event(note(scene, 1))                    # user stream, after the welcome
+        back.expect_event(note(scene, n))                    # user stream, after the welcome
         back.subscribe(channel)
-        back.expect_event(liked(scene, 1))                   # the post, after `subscribed`
+        back.expect_event(liked(scene, n))                   # the post, after `subscribed`
         back.barrier()
     finally:
         via.proxy.down()
 
 
+def test_a_connection_cut_before_any_event_gets_what_it_missed(srv, scene):
+    """Its marks are where it joined each stream, the first to hear them on its worker
+    (with Redis: the position read before the worker's SUBSCRIBE)."""
+    cut_before_any_event_then_back(srv, scene, 1)
+
+
 def test_a_connection_that_joined_streams_already_heard_gets_what_it_missed(srv, scene, seed):
     """Its user stream and the post are heard on its worker before it joins (another tab
-    of the fan, another fan of the post): its marks are what the worker had handed on."""
-    channel = {"type": "post", "postId": scene["post"]}
+    of the fan, another fan of the post): its marks are what the worker had handed on, so
+    like 1 and note 1, from before it joined, are not replayed."""
     other_fan = srv.connect(seed.user())
-    other_fan.subscribe(channel)
+    other_fan.subscribe({"type": "post", "postId": scene["post"]})
     other_tab = srv.connect(scene["fan"])                    # not through the proxy: stays
     srv.publish({"event": liked(scene, 1)})
     other_fan.expect_event(liked(scene, 1))
     srv.publish({"event": note(scene, 1)})
     other_tab.expect_event(note(scene, 1))
-    via = Via(srv)
     try:
-        ws = via.connect(scene["fan"])
-        ws.subscribe(channel)
-        ws.barrier()
-        via.cut(connections(srv) - 1)
-        srv.publish({"event": liked(scene, 2)})
-        srv.publish({"event": note(scene, 2)})
-        other_tab.expect_event(note(scene, 2))
-        via.proxy.up()
-        back = via.connect(scene["fan"])
-        back.expect_event(note(scene, 2))                    # not note 1: before it joined
-        back.subscribe(channel)
-        back.expect_event(liked(scene, 2))
-        back.barrier()
+        cut_before_any_event_then_back(srv, scene, 2)
+        other_tab.expect_event(note(scene, 2))               # live all along
+        other_fan.expect_event(liked(scene, 2))
     finally:
-        via.proxy.down()
         other_fan.close()
         other_tab.close()
 
