@@ -261,13 +261,12 @@ def position_reads(rs) -> int:
     return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
+@pytest.mark.parametrize("srv", ["redis"], indirect=True)
 def test_with_redis_a_legacy_connect_reads_each_position_once(srv, seed):
     """Where a legacy connection joins its streams costs no round trip of its own: the
     worker's listener reads a stream's position before its first SUBSCRIBE anyway, and
     a stream it already hears is where the worker's handing-on stands (issue 11: the two
     extra reads were ~30 % of a connect's CPU with Redis)."""
-    if srv.redis is None:
-        pytest.skip("positions are read from Redis only with REDIS_URL")
     creator = seed.user(is_creator=True)
     post = seed.post(creator)
     channel = {"type": "post", "postId": post}
