@@ -28,22 +28,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_LOW, EVENTS_HIGH = 20, 220
 
-# Runs inside valgrind: argv = tree, subscribers, events, batch.
+# Runs inside valgrind: argv = tree, bench dir, subscribers, events, batch.
 HARNESS = r'''
-import socket, sys
-tree, n, events, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-sys.path.insert(0, tree)
+import sys
+tree, bench, n, events, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+sys.path[:0] = [tree, bench]
 from gevent import monkey; monkey.patch_all()
 import gevent
 from types import SimpleNamespace
-from gevent import socket as gsocket
 from fonana_realtime.broker.memory import MemoryBroker
 from fonana_realtime.connection import Connection
 from fonana_realtime.events import Route
 from fonana_realtime.hub import Hub
-LIMITS = SimpleNamespace(ping_interval=3600.0, rate_burst=40, send_backlog_bytes=1 << 30,
-                         send_backlog_frames=1 << 30)
-PAYLOAD = b'{"type":"post_liked","postId":"bench-post","userId":"u1","likesCount":%d}'
+from socketpair_subscribers import CHANNEL, PAYLOAD, drain, subscribe
 try:                                  # since issue 9: fanout joins hub and broker, history kept
     from fonana_realtime.fanout import Fanout
     from fonana_realtime.history import MemoryHistory
@@ -55,27 +52,14 @@ except ImportError:                   # before: the broker holds the hub and wri
     broker = MemoryBroker(hub)
     joiner = SimpleNamespace(add=hub.add, subscribe=hub.subscribe)
     write = broker._write_pending
-readers = []
-for i in range(n):
-    a, b = socket.socketpair()
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    b.setblocking(False)
-    conn = Connection(gsocket.socket(fileno=a.detach()), None, f"u{i}", 0.0, "127.0.0.1", LIMITS)
-    joiner.add(conn)
-    joiner.subscribe(conn, "post_bench-post")
-    readers.append(b)
+readers = subscribe(n, joiner, Connection)
 gevent.sleep(0)
-route = Route(channels=("post_bench-post",))
+route = Route(channels=(CHANNEL,))
 for start in range(0, events, batch):
     for k in range(start, start + batch):
         broker.publish(route, PAYLOAD % k)
     write()
-    for r in readers:
-        try:
-            while r.recv(1 << 20):
-                pass
-        except BlockingIOError:
-            pass
+    drain(readers)
 '''
 
 
@@ -92,7 +76,7 @@ def tree_of(commit: str, work: Path) -> Path:
 
 def instructions(harness: Path, tree: Path, subscribers: int, events: int, batch: int) -> int:
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                          str(harness), str(tree), str(subscribers), str(events), str(batch)],
+                          str(harness), str(tree), str(ROOT / "bench"), str(subscribers), str(events), str(batch)],
                          capture_output=True, text=True)
     found = re.search(r"Collected : (\d+)", out.stderr)
     if out.returncode != 0 or not found:

@@ -14,12 +14,10 @@ Much steadier than deliveries/s on a shared machine, which bench/run measures.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,9 +30,7 @@ from fonana_realtime.fanout import Fanout  # noqa: E402
 from fonana_realtime.history import MemoryHistory  # noqa: E402
 from fonana_realtime.hub import Hub  # noqa: E402
 
-LIMITS = SimpleNamespace(ping_interval=3600.0, rate_burst=40, send_backlog_bytes=1 << 30,
-                         send_backlog_frames=1 << 30)
-PAYLOAD = b'{"type":"post_liked","postId":"bench-post","userId":"u1","likesCount":%d}'
+from socketpair_subscribers import CHANNEL, PAYLOAD, drain, subscribe  # noqa: E402  (bench/)
 
 
 class NoPositions(MemoryBroker):
@@ -49,30 +45,11 @@ class NoPositions(MemoryBroker):
 def setup(n, history_on):
     broker = MemoryBroker(MemoryHistory(100, 300, 86400)) if history_on else NoPositions(MemoryHistory(0))
     fanout = Fanout(Hub(), broker)
-    readers = []
-    for i in range(n):
-        a, b = socket.socketpair()
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        b.setblocking(False)
-        from gevent import socket as gsocket
-        conn = Connection(gsocket.socket(fileno=a.detach()), None, f"u{i}", 0.0, "127.0.0.1", LIMITS)
-        fanout.add(conn)
-        fanout.subscribe(conn, "post_bench-post")
-        readers.append(b)
-    return broker, fanout, readers
-
-
-def drain(readers):
-    for r in readers:
-        try:
-            while r.recv(1 << 20):
-                pass
-        except BlockingIOError:
-            pass
+    return broker, fanout, subscribe(n, fanout, Connection)
 
 
 def run_once(broker, fanout, readers, events, batch):
-    route = Route(channels=("post_bench-post",))
+    route = Route(channels=(CHANNEL,))
     spent = 0.0
     for start in range(0, events, batch):
         t0 = time.process_time()
