@@ -628,6 +628,7 @@ def run_storm_workers(ctx, rep):
                 stop_profile(spy)
             after = cpu_split(worker_pids)
             user, system = after[0] - before[0], after[1] - before[1]
+            kernel = system / (user + system) if user + system > 0 else None
             st = steps[0]
             shares = sorted((n / max(1, sum(split.values())) for n in split.values()), reverse=True)
             # Both cores' busy shares in the window: the two-worker storm is bound by the
@@ -637,12 +638,12 @@ def run_storm_workers(ctx, rep):
                 "server_us_per_connect": st["server_us_per_connect"],
                 "largest_share": shares[0] if shares else None, "split": list(split.values()),
                 "core0_busy": st.get("server_core_busy"), "core1_busy": st.get("gen_core_busy"),
-                "kernel_share": system / (user + system) if user + system > 0 else None,
+                "kernel_share": kernel,
             })
             log(f"  storm {p['storm_n']}/{p['storm_inflight']}, {workers} worker(s) with REDIS_URL: "
                 f"{st['per_sec']:.0f} connects/s, p99 {st['p99_ms']:.1f} ms, connections per worker "
                 f"{sorted(split.values(), reverse=True)}; workers {st['server_us_per_connect']:.0f} us per "
-                f"connect ({system / max(1e-9, user + system):.0%} kernel), cores busy "
+                f"connect ({kernel or 0:.0%} kernel), cores busy "
                 f"{st.get('server_core_busy', -1):.0%} / {st.get('gen_core_busy', -1):.0%}")
         finally:
             srv.stop()

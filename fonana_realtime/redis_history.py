@@ -214,10 +214,10 @@ class RedisHistory:
 
         By EVALSHA queued on the pipeline, not through redis-py's Script: a pipeline
         holding Scripts first asks Redis `SCRIPT EXISTS` in a round trip of its own, on
-        every execute (~80 us of a worker's CPU each, half the cost of the baseline read
-        before a SUBSCRIBE in a reconnect storm, issue 11). On NOSCRIPT (a Redis
-        restarted or SCRIPT FLUSHed: nothing ran) the script is loaded and the reads,
-        which change nothing a second run would not, are sent again once."""
+        every execute (one round trip costs a worker ~80 us of CPU with redis-py under
+        gevent, issue 11). On NOSCRIPT (a Redis restarted or SCRIPT FLUSHed: nothing ran)
+        the script is loaded and the reads, which change nothing a second run would not,
+        are sent again once."""
         try:
             return self._evalsha_pipelined(script.sha, calls)
         except NoScriptError:

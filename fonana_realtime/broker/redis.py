@@ -213,7 +213,7 @@ class RedisBroker(Broker):
     def peek_before_join(self, stream: str):
         """Where a connection joining `stream` now starts, without a round trip when this
         worker can tell (a legacy connection's resume mark, resume.py; two reads of Redis
-        per legacy connect otherwise, ~30 % of its CPU in a reconnect storm, issue 11):
+        per legacy connect otherwise, a quarter of its CPU in a reconnect storm, issue 11):
 
         - the stream's topic is heard here (its SUBSCRIBE acknowledged on this link): the
           position this worker has handed on up to. Every later event of the stream comes
