@@ -20,6 +20,9 @@ log = logging.getLogger("fonana_realtime.commands")
 
 UNREAD_ON_SUBSCRIBE = 20
 MAX_EPOCH_LENGTH = 128
+# The `reason` of an `invalid_message` error for a v2 command missing a part (PROTOCOL.md 7).
+SINCE_SHAPE = '"since" must be {"offset": N, "epoch": E}: N a whole number >= 0, E the epoch you were given'
+STREAM_SHAPE = 'recover needs "stream": this connection\'s user stream, "user_<userId>" (the welcome\'s data.user.stream)'
 
 
 def parse_since(value):
@@ -32,6 +35,14 @@ def parse_since(value):
     if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
         return None
     return epoch, offset
+
+
+def recovered_fields(recovery) -> dict:
+    """`recovered`, and when false why (`epoch`, `trimmed`, `expired`, `too_many`, `ahead`,
+    `unavailable`: history.py's reasons, the metric's labels)."""
+    if recovery.ok:
+        return {"recovered": True}
+    return {"recovered": False, "reason": recovery.reason}
 
 
 def iso_utc(ts: float) -> str:
@@ -122,10 +133,10 @@ class Commands:
         """`subscribed` adds the stream's position; with `since`, replay then live."""
         key = channel.key
 
-        def subscribed(epoch, top, recovered=None):
+        def subscribed(epoch, top, recovery=None):
             data = {"channel": raw, "channelKey": key, "stream": key, "offset": top, "epoch": epoch}
-            if recovered is not None:
-                data["recovered"] = recovered
+            if recovery is not None:
+                data.update(recovered_fields(recovery))
             conn.send_json({"type": "subscribed", "data": data})
 
         if obj.get("since") is None:
@@ -134,10 +145,10 @@ class Commands:
             return
         since = parse_since(obj["since"])
         if since is None:
-            conn.send_error(error_codes.INVALID_MESSAGE, raw)
+            conn.send_error(error_codes.INVALID_MESSAGE, raw, SINCE_SHAPE)
             return
         self.rt.fanout.recover(conn, key, since,
-                               reply=lambda rec: subscribed(rec.epoch, rec.top, rec.ok),
+                               reply=lambda rec: subscribed(rec.epoch, rec.top, rec),
                                join=lambda: self._join(conn, channel))
 
     def recover(self, conn, obj):
@@ -146,17 +157,22 @@ class Commands:
             conn.send_error(error_codes.UNKNOWN_TYPE)
             return
         stream = obj.get("stream")
+        if not isinstance(stream, str):
+            # A malformed command, not a refusal: access_denied here sent people looking
+            # for a permission problem they did not have.
+            conn.send_error(error_codes.INVALID_MESSAGE, reason=STREAM_SHAPE)
+            return
         if stream != conn.user_stream:
             conn.send_error(error_codes.ACCESS_DENIED)
             return
         since = parse_since(obj.get("since"))
         if since is None:
-            conn.send_error(error_codes.INVALID_MESSAGE)
+            conn.send_error(error_codes.INVALID_MESSAGE, reason=SINCE_SHAPE)
             return
 
         def recovered(rec):
             conn.send_json({"type": "recovered", "data": {
-                "stream": stream, "offset": rec.top, "epoch": rec.epoch, "recovered": rec.ok}})
+                "stream": stream, "offset": rec.top, "epoch": rec.epoch, **recovered_fields(rec)}})
 
         self.rt.fanout.recover(conn, stream, since, reply=recovered)
 

@@ -381,8 +381,8 @@ class Connection:
             return True
         return False
 
-    def send_error(self, code: str, channel=None) -> bool:
-        return self.send_json(error_codes.error_payload(code, channel))
+    def send_error(self, code: str, channel=None, reason: str | None = None) -> bool:
+        return self.send_json(error_codes.error_payload(code, channel, reason))
 
     # ---- rate limit (token bucket) -------------------------------------------
 

@@ -28,8 +28,12 @@ MESSAGES = {
 }
 
 
-def error_payload(code: str, channel=None) -> dict:
+def error_payload(code: str, channel=None, reason: str | None = None) -> dict:
+    """`reason` (optional, additive): what exactly was wrong, in words for the developer
+    reading the frame; clients match on `code`, never on it."""
     data = {"message": MESSAGES[code], "code": code}
     if channel is not None:
         data["channel"] = channel
+    if reason is not None:
+        data["reason"] = reason
     return {"type": "error", "data": data}

@@ -63,3 +63,29 @@ def test_the_close_echo_is_what_connection_py_says(server, seed, payload, echo):
         assert raw.close_code() == echo
     finally:
         raw.close()
+
+
+# ---- docs/PROTOCOL.md stands on its own (issue 24) ---------------------------------------------
+
+PROTOCOL = REPO / "docs" / "PROTOCOL.md"
+
+
+def test_protocol_md_points_at_nothing_outside_the_repository_and_talks_to_its_reader():
+    text = PROTOCOL.read_text()
+    outside = [p for p in re.findall(r"\.\./[\w./-]+|/work/[\w./-]+|shared/PROTOCOL\.md", text)
+               if p != "../.env"]           # the server reads ../.env (section 1): a setting, not a pointer
+    assert not outside, f"docs/PROTOCOL.md points outside the repository: {outside}"
+    # Sentences addressed to whoever implements the server, not to a user of it.
+    for phrase in ("issue note", "ours to design", "keep them byte", "the contract", "write it into"):
+        assert phrase not in text, f"docs/PROTOCOL.md still says {phrase!r}"
+
+
+def test_protocol_md_shows_the_recover_command_and_every_reason_recovery_can_fail():
+    from fonana_realtime import history
+    text = PROTOCOL.read_text()
+    assert re.search(r'`\{"type":"recover","stream":"user_U","since":\{"offset":N,"epoch":E\}\}`', text)
+    assert re.search(r'`\{"type":"recovered","data":\{[^`]*"recovered":true\}\}`, or `"recovered":false,"reason":WHY`',
+                     text)
+    reasons = {history.EPOCH, history.TRIMMED, history.EXPIRED, history.TOO_MANY, history.AHEAD, history.UNAVAILABLE}
+    why = re.search(r"`WHY` is one of ([^;]*);", text)
+    assert why and set(re.findall(r"`(\w+)`", why.group(1))) == reasons, why and why.group(1)

@@ -155,6 +155,7 @@ def test_another_epoch_is_not_recovered_and_nothing_is_replayed(server, scene):
     ws = v2(server, scene["fan"])
     data = subscribe_v2(ws, post(scene), since={"offset": 1, "epoch": "an-old-epoch"})
     assert data["recovered"] is False and data["offset"] == 3 and data["epoch"] != "an-old-epoch"
+    assert data["reason"] == "epoch"
     ws.barrier()                                                # nothing replayed
     publish(server, liked(scene, 9))
     expect_events(ws, f"post_{scene['post']}", [4])             # live from TOP on
@@ -166,7 +167,7 @@ def test_trimmed_history_is_not_recovered(small, scene):
     publish(small, [liked(scene, n) for n in range(7)])         # WS_HISTORY_SIZE=5 keeps 3..7
     back = v2(small, scene["fan"])
     data = subscribe_v2(back, post(scene), since={"offset": 1, "epoch": sub["epoch"]})
-    assert data["recovered"] is False and data["offset"] == 7
+    assert data["recovered"] is False and data["offset"] == 7 and data["reason"] == "trimmed"
     back.barrier()
     ok = subscribe_v2(v2(small, scene["fan"]), post(scene), since={"offset": 2, "epoch": sub["epoch"]})
     assert ok["recovered"] is True                              # 3..7 are all still there
@@ -178,7 +179,7 @@ def test_more_missed_than_the_recovery_limit_is_not_recovered(small, scene):
     publish(small, [liked(scene, n) for n in range(9)])         # WS_RECOVERY_MAX=8
     back = v2(small, scene["fan"])
     data = subscribe_v2(back, post(scene), since={"offset": 0, "epoch": sub["epoch"]})
-    assert data["recovered"] is False
+    assert data["recovered"] is False and data["reason"] == "too_many"
     back.barrier()
 
 
@@ -190,7 +191,7 @@ def test_expired_history_is_not_recovered(server_factory, pg_url, scene):
     publish(srv, [liked(scene, n) for n in range(2)])
     time.sleep(0.5)      # age is the input here: the events must be older than WS_HISTORY_SECONDS
     data = subscribe_v2(v2(srv, scene["fan"]), post(scene), since={"offset": 0, "epoch": sub["epoch"]})
-    assert data["recovered"] is False and data["offset"] == 2
+    assert data["recovered"] is False and data["offset"] == 2 and data["reason"] == "expired"
     fresh = subscribe_v2(v2(srv, scene["fan"]), post(scene), since={"offset": 2, "epoch": sub["epoch"]})
     assert fresh["recovered"] is True                           # nothing missed: nothing needed
 
@@ -200,7 +201,7 @@ def test_expired_history_is_not_recovered(server_factory, pg_url, scene):
 def test_a_malformed_since_is_an_error_and_the_connection_lives(server, scene, since):
     ws = v2(server, scene["fan"])
     ws.send_json({"type": "subscribe", "channel": post(scene), "since": since})
-    ws.expect_error("invalid_message")
+    assert '"since"' in ws.expect_error("invalid_message")["data"]["reason"]
     ws.ping()
 
 
@@ -257,8 +258,44 @@ def test_recover_of_another_users_stream_is_access_denied(server, scene):
     ws.send_json({"type": "recover", "stream": f"post_{scene['post']}", "since": {"offset": 0, "epoch": "e"}})
     ws.expect_error("access_denied")
     ws.send_json({"type": "recover", "stream": f"user_{scene['fan']}"})
-    ws.expect_error("invalid_message")
+    assert "since" in ws.expect_error("invalid_message")["data"]["reason"]
     ws.ping()
+
+
+@pytest.mark.parametrize("stream", [None, 7, ["user_x"]], ids=["missing", "number", "list"])
+def test_recover_without_a_stream_is_invalid_message_with_a_reason(server, scene, stream):
+    """Not access_denied: nothing was refused, the command lacks a part (PROTOCOL.md 7)."""
+    ws = v2(server, scene["fan"])
+    cmd = {"type": "recover", "since": {"offset": 0, "epoch": "e"}}
+    if stream is not None:
+        cmd["stream"] = stream
+    ws.send_json(cmd)
+    data = ws.expect_error("invalid_message", "Invalid message format")["data"]
+    assert '"stream"' in data["reason"] and "user_" in data["reason"], data
+    ws.ping()                                                   # the connection lives
+
+
+def test_an_offset_beyond_the_top_is_not_recovered_and_says_ahead(server, scene):
+    publish(server, [liked(scene, n) for n in range(2)])
+    ws = v2(server, scene["fan"])
+    sub = subscribe_v2(ws, post(scene))
+    data = subscribe_v2(v2(server, scene["fan"]), post(scene),
+                        since={"offset": sub["offset"] + 5, "epoch": sub["epoch"]})
+    assert (data["recovered"], data["reason"], data["offset"]) == (False, "ahead", sub["offset"])
+    user = ws.welcome["data"]["user"]
+    ws.send_json({"type": "recover", "stream": user["stream"],
+                  "since": {"offset": user["offset"] + 1, "epoch": user["epoch"]}})
+    reply = ws.expect_type("recovered")["data"]
+    assert (reply["recovered"], reply["reason"]) == (False, "ahead")
+    ws.barrier()
+
+
+def test_a_recovered_frame_that_succeeds_carries_no_reason(server, scene):
+    ws = v2(server, scene["fan"])
+    user = ws.welcome["data"]["user"]
+    ws.send_json({"type": "recover", "stream": user["stream"],
+                  "since": {"offset": user["offset"], "epoch": user["epoch"]}})
+    assert ws.expect_type("recovered")["data"] == {**user, "recovered": True}
 
 
 def test_recover_with_another_epoch_is_not_recovered(server, scene):
@@ -266,6 +303,7 @@ def test_recover_with_another_epoch_is_not_recovered(server, scene):
     ws.send_json({"type": "recover", "stream": f"user_{scene['fan']}", "since": {"offset": 0, "epoch": "gone"}})
     reply = ws.expect_type("recovered")["data"]
     assert reply["recovered"] is False and reply["epoch"] == ws.welcome["data"]["user"]["epoch"]
+    assert reply["reason"] == "epoch"
     ws.barrier()
 
 
@@ -345,6 +383,7 @@ def test_a_restarted_in_process_server_has_a_new_epoch_and_says_so(server_factor
     back = v2(srv, scene["fan"])
     data = subscribe_v2(back, post(scene), since={"offset": 1, "epoch": sub["epoch"]})
     assert data["recovered"] is False and data["epoch"] != sub["epoch"]   # never wrong events
+    assert data["reason"] == "epoch"
     back.barrier()
 
 

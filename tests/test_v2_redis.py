@@ -161,7 +161,7 @@ def test_a_redis_that_lost_its_data_is_never_recovered_from(hosts, scene):
     wait_until(lambda: ready([a, b]), 15, "both hosts ready after the Redis restart")
     back = v2(b, scene["fan"])
     data = subscribe_v2(back, post(scene), since={"offset": 1, "epoch": sub["epoch"]})
-    assert data["recovered"] is False and data["epoch"] != sub["epoch"]
+    assert data["recovered"] is False and data["epoch"] != sub["epoch"] and data["reason"] == "epoch"
     back.barrier()                                           # nothing replayed
     publish(a, liked(scene, 4))
     frame = expect_events(back, key, [data["offset"] + 1], epoch=data["epoch"])[0]
