@@ -13,8 +13,11 @@ nowhere else. Only the secrets are derived by hand (`_secrets`).
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,9 +52,12 @@ def whole(name: str, raw: str) -> int:
 
 def number(name: str, raw: str) -> float:
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):          # float() reads "nan" and "inf"
+        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
+    return value
 
 
 def text(name: str, raw: str) -> str:
@@ -86,7 +92,79 @@ def between(low, high, parse=whole):
         if not low <= value <= high:
             raise SettingsError(f"{name} must be between {low} and {high}, got {raw}")
         return value
+    bounded.parses = parse          # what it reads before the range (tests: malformed numbers)
     return bounded
+
+
+def url(*schemes: str):
+    """A parser for a URL whose scheme is one of `schemes` (what the client library
+    connecting with it understands); anything else would end in a traceback per worker."""
+    def parse(name: str, raw: str) -> str:
+        scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
+        if scheme not in schemes:
+            raise SettingsError(f"{name} must start with {' or '.join(s + '://' for s in schemes)}, "
+                                f"got {(scheme + '://') if scheme else 'no scheme'}")
+        if not raw.split("://", 1)[1].strip("/"):
+            raise SettingsError(f"{name} names no server after {scheme}://")
+        return raw
+    return parse
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def host(name: str, raw: str) -> str:
+    """An IP address or a host name to bind (gunicorn would fail on anything else)."""
+    try:
+        ipaddress.ip_address(raw.strip("[]"))
+        return raw
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(raw):
+        raise SettingsError(f"{name} must be an IP address or a host name, got {raw!r}")
+    return raw
+
+
+def networks(name: str, raw: str) -> tuple[str, ...]:
+    """A comma list of addresses or networks (`10.0.0.0/8`)."""
+    items = comma_list(name, raw)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(f"{name}: {item!r} is not an address or a network") from None
+    return items
+
+
+_ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+$")
+
+
+def origins(name: str, raw: str) -> tuple[str, ...]:
+    """A comma list of browser origins (`https://fonana.me`, no path: a browser's
+    `Origin` never has one, so `https://fonana.me/` would match nothing), or `*`."""
+    items = comma_list(name, raw)
+    for item in items:
+        if item != "*" and not _ORIGIN.match(item):
+            raise SettingsError(f"{name}: {item!r} is not an origin like https://example.com (no path)")
+    return items
+
+
+# Redis keys are `<prefix>{<stream>}:m`: a brace in the prefix would move the hash tag
+# (Redis Cluster slots), a space or control character breaks redis-cli and log lines.
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
+
+
+def redis_prefix(name: str, raw: str) -> str:
+    if not _PREFIX.match(raw):
+        raise SettingsError(f"{name} must be 1-100 of A-Z a-z 0-9 _ . : / -, got {raw!r}")
+    return raw
+
+
+def path(name: str, raw: str) -> str:
+    if "\0" in raw:
+        raise SettingsError(f"{name} must be a path")
+    return raw
 
 
 def setting(env: str, default, parse=text, *, blank_is_value: bool = False):
@@ -97,46 +175,53 @@ def setting(env: str, default, parse=text, *, blank_is_value: bool = False):
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = setting("WS_HOST", "0.0.0.0")
-    port: int = setting("WS_PORT", 3002, whole)
-    database_url: str | None = setting("DATABASE_URL", None)
-    redis_url: str | None = setting("REDIS_URL", None)
-    redis_prefix: str = setting("REDIS_PREFIX", DEFAULT_PREFIX)
-    allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), comma_list)     # empty = all
-    data_dir: str = setting("DATA_DIR", "data")
-    log_dir: str = setting("LOG_DIR", "logs", blank_is_value=True)
+    # Every knob is checked here, before gunicorn forks a worker (gunicorn.conf.py): a value out
+    # of range is one line and exit 1, never a traceback per worker or a worker that spins
+    # (WS_PING_INTERVAL=-5 dropped every connection right after its welcome).
+    host: str = setting("WS_HOST", "0.0.0.0", host)
+    port: int = setting("WS_PORT", 3002, between(1, 65535))
+    database_url: str | None = setting("DATABASE_URL", None, url("postgresql", "postgres"))
+    # PROTOCOL.md 10: one Redis (redis, rediss, unix), Sentinel, Cluster
+    redis_url: str | None = setting("REDIS_URL", None, url("redis", "rediss", "unix", "redis+sentinel",
+                                                           "redis+cluster"))
+    redis_prefix: str = setting("REDIS_PREFIX", DEFAULT_PREFIX, redis_prefix)
+    allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), origins)     # empty = all
+    data_dir: str = setting("DATA_DIR", "data", path)
+    log_dir: str = setting("LOG_DIR", "logs", path, blank_is_value=True)
     log_level: str = setting("LOG_LEVEL", "info", one_of("debug", "info", "warning", "error"))
-    workers: int | None = setting("WS_WORKERS", None, whole)
-    worker_connections: int = setting("WS_WORKER_CONNECTIONS", 10000, whole)
-    ping_interval: float = setting("WS_PING_INTERVAL", 25.0, number)
-    max_message_bytes: int = setting("WS_MAX_MESSAGE_BYTES", 65536, whole)
-    rate_per_sec: float = setting("WS_RATE_PER_SEC", 20.0, number)
-    rate_burst: int = setting("WS_RATE_BURST", 40, whole)
-    rate_abuse_seconds: float = setting("WS_RATE_ABUSE_SECONDS", 5.0, number)
-    max_subscriptions: int = setting("WS_MAX_SUBSCRIPTIONS", 200, whole)
-    max_connections_per_user: int = setting("WS_MAX_CONNECTIONS_PER_USER", 20, whole)
-    handshakes_per_ip_per_sec: float = setting("WS_HANDSHAKES_PER_IP_PER_SEC", 20.0, number)
-    handshakes_per_ip_burst: int = setting("WS_HANDSHAKES_PER_IP_BURST", 50, whole)
-    trusted_proxies: tuple[str, ...] = setting("TRUSTED_PROXIES", (), comma_list)
-    send_backlog_bytes: int = setting("WS_SEND_BACKLOG_BYTES", 1048576, whole)
-    send_backlog_frames: int = setting("WS_SEND_BACKLOG_FRAMES", 1000, whole)
-    drain_seconds: float = setting("WS_DRAIN_SECONDS", 10.0, number)
-    api_max_body_bytes: int = setting("API_MAX_BODY_BYTES", 1048576, whole)
-    api_max_events: int = setting("API_MAX_EVENTS", 1000, whole)
+    workers: int | None = setting("WS_WORKERS", None, between(1, 256))
+    worker_connections: int = setting("WS_WORKER_CONNECTIONS", 10000, between(1, 1_000_000))
+    ping_interval: float = setting("WS_PING_INTERVAL", 25.0, between(0.1, 3600, number))
+    max_message_bytes: int = setting("WS_MAX_MESSAGE_BYTES", 65536, between(256, 16 * 1024 * 1024))
+    rate_per_sec: float = setting("WS_RATE_PER_SEC", 20.0, between(0.01, 1_000_000, number))
+    rate_burst: int = setting("WS_RATE_BURST", 40, between(1, 1_000_000))
+    rate_abuse_seconds: float = setting("WS_RATE_ABUSE_SECONDS", 5.0, between(0.1, 3600, number))
+    max_subscriptions: int = setting("WS_MAX_SUBSCRIPTIONS", 200, between(1, 100_000))
+    max_connections_per_user: int = setting("WS_MAX_CONNECTIONS_PER_USER", 20, between(1, 1_000_000))
+    # 0 disables the handshake limit per IP
+    handshakes_per_ip_per_sec: float = setting("WS_HANDSHAKES_PER_IP_PER_SEC", 20.0,
+                                               between(0, 1_000_000, number))
+    handshakes_per_ip_burst: int = setting("WS_HANDSHAKES_PER_IP_BURST", 50, between(0, 1_000_000))
+    trusted_proxies: tuple[str, ...] = setting("TRUSTED_PROXIES", (), networks)
+    send_backlog_bytes: int = setting("WS_SEND_BACKLOG_BYTES", 1048576, between(1024, 1024 ** 3))
+    send_backlog_frames: int = setting("WS_SEND_BACKLOG_FRAMES", 1000, between(1, 1_000_000))
+    drain_seconds: float = setting("WS_DRAIN_SECONDS", 10.0, between(0, 3600, number))
+    api_max_body_bytes: int = setting("API_MAX_BODY_BYTES", 1048576, between(1024, 64 * 1024 * 1024))
+    api_max_events: int = setting("API_MAX_EVENTS", 1000, between(1, 100_000))
     metrics_public: bool = setting("METRICS_PUBLIC", False, flag)
-    db_pool_size: int = setting("DB_POOL_SIZE", 10, whole)
-    user_cache_seconds: float = setting("WS_USER_CACHE_SECONDS", 5.0, number)
+    db_pool_size: int = setting("DB_POOL_SIZE", 10, between(1, 1000))
+    user_cache_seconds: float = setting("WS_USER_CACHE_SECONDS", 5.0, between(0, 3600, number))
     # clock skew allowed on `exp`; PROTOCOL.md 2.1 caps it at 30 s
     jwt_leeway_seconds: int = setting("WS_JWT_LEEWAY_SECONDS", 10, between(0, 30))
     # legacy connections: least ms between two event frames of one type (PROTOCOL.md 8); 0 = off
     legacy_type_gap_ms: int = setting("WS_LEGACY_TYPE_GAP_MS", 120, between(0, 10_000))
     # legacy connections that dropped: how long where they left off is kept (PROTOCOL.md 8); 0 = off
-    resume_seconds: float = setting("WS_RESUME_SECONDS", 120.0, number)
+    resume_seconds: float = setting("WS_RESUME_SECONDS", 120.0, between(0, 3600, number))
     # positions, history and recovery (PROTOCOL.md 7)
-    history_size: int = setting("WS_HISTORY_SIZE", 100, whole)
-    history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, number)
-    history_meta_seconds: float = setting("WS_HISTORY_META_SECONDS", 86400.0, number)
-    recovery_max: int = setting("WS_RECOVERY_MAX", 300, whole)
+    history_size: int = setting("WS_HISTORY_SIZE", 100, between(0, 10_000))
+    history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, between(0.1, 86400, number))
+    history_meta_seconds: float = setting("WS_HISTORY_META_SECONDS", 86400.0, between(60, 30 * 86400, number))
+    recovery_max: int = setting("WS_RECOVERY_MAX", 300, between(0, 100_000))
     # derived by `_secrets` (several variables, dev defaults), not read one to one
     jwt_secrets: tuple[str, ...] = ()
     api_secret: str | None = None
@@ -245,6 +330,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     malformed or the production launch lacks what it needs."""
     env = _load_env() if env is None else env
     values = {knob.name: _read(knob, env) for knob in KNOBS}
+    if values["history_meta_seconds"] < values["history_seconds"]:
+        raise SettingsError("WS_HISTORY_META_SECONDS must be at least WS_HISTORY_SECONDS "
+                            "(a stream's epoch and top must outlive its events)")
     production = _is_production(env, values["database_url"])
     warnings: list[str] = []
     jwt_secrets, api_secret = _secrets(env, production, values["data_dir"], warnings)

@@ -25,7 +25,8 @@ def base(tmp_path) -> dict:
     return {"DATA_DIR": str(tmp_path), **STRONG}
 
 
-@pytest.mark.parametrize("knob", [k for k in KNOBS if k.metadata["parse"] in (whole, number, flag)],
+@pytest.mark.parametrize("knob", [k for k in KNOBS if getattr(k.metadata["parse"], "parses", k.metadata["parse"])
+                                  in (whole, number, flag)],
                          ids=lambda k: k.metadata["env"])
 def test_a_malformed_value_is_a_one_line_refusal_naming_the_variable(tmp_path, knob):
     name = knob.metadata["env"]
@@ -201,3 +202,75 @@ def test_log_level_is_one_of_four_words(tmp_path):
     with pytest.raises(SettingsError) as err:
         load_settings({**base(tmp_path), "LOG_LEVEL": "verbose"})
     assert "LOG_LEVEL" in str(err.value) and "\n" not in str(err.value)
+
+
+# -- every setting's range and scheme (issue 18.9) ------------------------------------------------
+
+# One value out of range (or of a scheme nobody reads) per setting; flags and word lists are
+# exhaustive already (test above, test_log_level_is_one_of_four_words).
+OUT_OF_RANGE = {
+    "WS_HOST": "not a host!", "WS_PORT": "99999", "DATABASE_URL": "mysql://u@db/fonana",
+    "REDIS_URL": "http://127.0.0.1:6379", "REDIS_PREFIX": "fonana:{rt}:", "ALLOWED_ORIGINS": "https://fonana.me/",
+    "DATA_DIR": "a\0b", "LOG_DIR": "a\0b", "WS_WORKERS": "0", "WS_WORKER_CONNECTIONS": "0",
+    "WS_PING_INTERVAL": "-5", "WS_MAX_MESSAGE_BYTES": "10", "WS_RATE_PER_SEC": "0", "WS_RATE_BURST": "0",
+    "WS_RATE_ABUSE_SECONDS": "-1", "WS_MAX_SUBSCRIPTIONS": "0", "WS_MAX_CONNECTIONS_PER_USER": "-3",
+    "WS_HANDSHAKES_PER_IP_PER_SEC": "-1", "WS_HANDSHAKES_PER_IP_BURST": "-1", "TRUSTED_PROXIES": "10.0.0.0/33",
+    "WS_SEND_BACKLOG_BYTES": "0", "WS_SEND_BACKLOG_FRAMES": "0", "WS_DRAIN_SECONDS": "nan",
+    "API_MAX_BODY_BYTES": "-1", "API_MAX_EVENTS": "0", "DB_POOL_SIZE": "0", "WS_USER_CACHE_SECONDS": "inf",
+    "WS_JWT_LEEWAY_SECONDS": "31", "WS_LEGACY_TYPE_GAP_MS": "-1", "WS_RESUME_SECONDS": "-120",
+    "WS_HISTORY_SIZE": "-1", "WS_HISTORY_SECONDS": "0", "WS_HISTORY_META_SECONDS": "1",
+    "WS_RECOVERY_MAX": "-1",
+}
+EXHAUSTIVE = (flag,)
+
+
+def test_every_setting_has_a_value_it_refuses():
+    """A new knob needs its range: add it to OUT_OF_RANGE (and give it a bounded parser)."""
+    checked = {k.metadata["env"] for k in KNOBS
+               if k.metadata["parse"] not in EXHAUSTIVE and k.metadata["env"] != "LOG_LEVEL"}
+    assert checked == set(OUT_OF_RANGE), checked ^ set(OUT_OF_RANGE)
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_RANGE))
+def test_a_value_out_of_range_is_a_one_line_refusal(tmp_path, name):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**base(tmp_path), name: OUT_OF_RANGE[name]})
+    message = str(caught.value)
+    assert message.startswith(name) and "\n" not in message, message
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///run/redis.sock",
+                                 "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
+                                 "redis+cluster://h1:7000,h2:7001"])
+def test_every_redis_topology_scheme_is_accepted(tmp_path, url):
+    assert load_settings({**base(tmp_path), "REDIS_URL": url}).redis_url == url
+
+
+def test_the_edges_of_the_ranges_are_accepted(tmp_path):
+    loaded = load_settings({**base(tmp_path), "WS_PORT": "65535", "WS_PING_INTERVAL": "0.5",
+                            "WS_HANDSHAKES_PER_IP_PER_SEC": "0", "WS_RESUME_SECONDS": "0",
+                            "WS_HISTORY_SIZE": "0", "ALLOWED_ORIGINS": "https://fonana.me, http://localhost:3000",
+                            "TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8, ::1", "WS_HOST": "::",
+                            "DATABASE_URL": "postgres://u@127.0.0.1/db"})
+    assert (loaded.port, loaded.ping_interval, loaded.trusted_proxies[1]) == (65535, 0.5, "10.0.0.0/8")
+
+
+def test_history_meta_must_outlive_the_history(tmp_path):
+    with pytest.raises(SettingsError, match="WS_HISTORY_META_SECONDS must be at least WS_HISTORY_SECONDS"):
+        load_settings({**base(tmp_path), "WS_HISTORY_SECONDS": "600", "WS_HISTORY_META_SECONDS": "300"})
+
+
+@pytest.mark.parametrize("name,value,said", [
+    ("WS_PING_INTERVAL", "-5", "WS_PING_INTERVAL must be between 0.1 and 3600, got -5"),
+    ("DATABASE_URL", "mysql://root@127.0.0.1/fonana", "DATABASE_URL must start with postgresql:// or postgres://"),
+    ("REDIS_URL", "http://127.0.0.1:6379", "REDIS_URL must start with redis://"),
+    ("WS_PORT", "99999", "WS_PORT must be between 1 and 65535, got 99999"),
+])
+def test_the_launch_refuses_a_bad_setting_with_one_line_before_any_worker(server_factory, name, value, said):
+    srv = server_factory.create(f"bad-{name.lower()}", env={name: value})
+    srv.start(wait=False)
+    rc = srv.wait_exit(30)
+    out = srv.output()
+    assert rc is not None and rc != 0, f"started with {name}={value}"
+    assert f"refusing to start: {said}" in out, out[-2000:]
+    assert "Traceback" not in out and "Booting worker" not in out, out[-3000:]
