@@ -80,7 +80,8 @@ def _open_resume(settings, broker) -> Resume:
     them), else in process."""
     client = getattr(broker, "client", None)
     if settings.redis_url and client is not None:
-        store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds)
+        store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
+                           max_marks=settings.resume_max_marks)
     else:
-        store = MemoryMarks(settings.resume_seconds)
+        store = MemoryMarks(settings.resume_seconds, max_marks=settings.resume_max_marks)
     return Resume(store, broker, settings.resume_seconds, settings.recovery_max)

@@ -217,6 +217,8 @@ class Settings:
     legacy_type_gap_ms: int = setting("WS_LEGACY_TYPE_GAP_MS", 120, between(0, 10_000))
     # legacy connections that dropped: how long where they left off is kept (PROTOCOL.md 8); 0 = off
     resume_seconds: float = setting("WS_RESUME_SECONDS", 120.0, between(0, 3600, number))
+    # ... and at most this many streams' marks per user (resume_marks.py)
+    resume_max_marks: int = setting("WS_RESUME_MAX_MARKS", 256, between(1, 100_000))
     # positions, history and recovery (PROTOCOL.md 7)
     history_size: int = setting("WS_HISTORY_SIZE", 100, between(0, 10_000))
     history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, between(0.1, 86400, number))

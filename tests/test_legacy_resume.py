@@ -282,3 +282,34 @@ def test_with_redis_a_legacy_connect_reads_each_position_once(srv, seed):
     assert position_reads(srv.redis) - before == 2           # one per new stream, none per join
     warm.close()
     first.close()
+
+
+def drop(ws):
+    """The client's network goes: no close frame (the server keeps its marks)."""
+    import socket
+    ws.conn.socket.shutdown(socket.SHUT_RDWR)
+    ws.close()
+
+
+def test_with_redis_a_user_dropping_ever_new_channels_keeps_at_most_max_marks(server_factory, private_redis,
+                                                                               pg_url, seed):
+    """Issue 18.4: the marks hash of a user who keeps dropping connections subscribed to
+    new channels stays at WS_RESUME_MAX_MARKS fields, the last drop's all kept."""
+    prefix = f"marks-{secrets.token_hex(3)}:"
+    srv = server_factory.start("marks-bound", database_url=pg_url, env={
+        **RESUME, "REDIS_URL": private_redis.url, "REDIS_PREFIX": prefix, "WS_RESUME_MAX_MARKS": 20})
+    user = seed.user()
+    key = f"{prefix}resume:{{{user}}}"
+    client = private_redis.client()
+    for round_ in range(3):
+        ws = srv.connect(user)
+        channels = [f"creator_x{round_}n{i}" for i in range(15)]
+        for name in channels:
+            ws.subscribe({"type": "creator", "id": name.split("_", 1)[1]})
+        ws.barrier()
+        left = connections(srv) - 1
+        drop(ws)
+        wait_until(lambda: connections(srv) <= left, 10, "the server saw the drop")
+        wait_until(lambda: set(channels) <= {f.decode() for f in client.hkeys(key)}, 10, "the marks written")
+        assert client.hlen(key) <= 20
+    assert client.hlen(key) == 20

@@ -83,3 +83,57 @@ def test_redis_keeps_one_hash_per_user_that_expires_with_the_window():
         assert client.hget(key, "post_p").startswith(b"e1|7|")
     finally:
         client.delete(store.key("u1"))
+
+
+# -- bounded per user (issue 18.4) --------------------------------------------------------------
+
+def bounded(kind: str, clock, max_marks: int):
+    if kind == "memory":
+        return MemoryMarks(WINDOW, clock=clock, max_marks=max_marks), None
+    client = shared_redis()
+    return RedisMarks(client, f"test-resume-{secrets.token_hex(6)}:", WINDOW, clock=clock,
+                      max_marks=max_marks), client
+
+
+def stored_fields(store, client, user) -> int:
+    if client is None:
+        return len(store._users.get(user, {}))
+    return client.hlen(store.key(user))
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_user_keeps_at_most_max_marks_the_newest_written(kind):
+    """One user's tabs dropping while subscribed to ever new channels: the marks stay at
+    the bound and the last drop's are all kept."""
+    clock = Clock()
+    store, client = bounded(kind, clock, 50)
+    try:
+        for drop in range(6):
+            clock.now += 1
+            store.remember("u1", {f"post_{drop}_{i}": ("e1", i) for i in range(30)}, started_at=clock.now - 1)
+            assert stored_fields(store, client, "u1") <= 50
+        got = store.recall("u1")
+        assert len(got) == 50
+        assert {f"post_5_{i}" for i in range(30)} <= set(got)             # the newest drop, whole
+        assert {f"post_4_{i}" for i in range(30)} & set(got)               # then the one before
+        assert not {f"post_3_{i}" for i in range(30)} & set(got)
+    finally:
+        if client is not None:
+            client.delete(store.key("u1"))
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_expired_marks_are_removed_not_only_ignored(kind):
+    """The hash's EXPIRE is refreshed by every write: without pruning, stale fields of
+    a user who keeps dropping would stay for ever (20,296 fields in 60 s, issue 18)."""
+    clock = Clock()
+    store, client = bounded(kind, clock, 10)
+    try:
+        store.remember("u1", {f"post_old{i}": ("e1", i) for i in range(8)}, started_at=clock.now - 1)
+        clock.now += WINDOW + 1
+        store.remember("u1", {f"post_new{i}": ("e1", i) for i in range(5)}, started_at=clock.now - 1)
+        assert stored_fields(store, client, "u1") == 5
+        assert set(store.recall("u1")) == {f"post_new{i}" for i in range(5)}
+    finally:
+        if client is not None:
+            client.delete(store.key("u1"))
