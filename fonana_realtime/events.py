@@ -53,6 +53,14 @@ CATALOGUE: dict[str, EventType] = {
     "creator_updated": EventType(("creatorId", "data"), ("creatorId",), _channel("creator", "creatorId")),
     "new_subscription": EventType(("creatorId", "userId"), ("creatorId",), _channel("creator", "creatorId")),
     "feed_update": EventType(("userId", "posts"), ("userId",), _user("userId")),
+    # The Fonana web app listens for these six already (CreatorContext, useRealtimePosts).
+    "subscription_cancelled": EventType(("creatorId", "userId"), ("creatorId",),
+                                        _channel("creator", "creatorId")),
+    "earnings_updated": EventType(("creatorId", "earnings"), ("creatorId",), _channel("creator", "creatorId")),
+    "flash_sale_created": EventType(("creatorId", "flashSale"), ("creatorId",), _channel("creator", "creatorId")),
+    "flash_sale_ended": EventType(("creatorId", "flashSaleId"), ("creatorId",), _channel("creator", "creatorId")),
+    "post_purchased": EventType(("postId", "userId"), ("userId",), _user("userId")),              # userId: the buyer
+    "subscription_updated": EventType(("creatorId", "userId", "tier"), ("userId",), _user("userId")),  # the subscriber
 }
 
 

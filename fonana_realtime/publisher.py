@@ -130,6 +130,30 @@ class _Helpers:
     def feed_update(self, user_id: str, posts: list):
         return self.publish({"type": "feed_update", "userId": user_id, "posts": posts})
 
+    def subscription_cancelled(self, creator_id: str, user_id: str):
+        return self.publish({"type": "subscription_cancelled", "creatorId": creator_id, "userId": user_id})
+
+    def earnings_updated(self, creator_id: str, earnings):
+        return self.publish({"type": "earnings_updated", "creatorId": creator_id, "earnings": earnings})
+
+    def flash_sale_created(self, creator_id: str, flash_sale: dict):
+        return self.publish({"type": "flash_sale_created", "creatorId": creator_id, "flashSale": flash_sale})
+
+    def flash_sale_ended(self, creator_id: str, flash_sale_id: str):
+        return self.publish({"type": "flash_sale_ended", "creatorId": creator_id, "flashSaleId": flash_sale_id})
+
+    def post_purchased(self, post_id: str, user_id: str, amount=None):
+        """`user_id` is the buyer; goes to every tab of the buyer."""
+        event = {"type": "post_purchased", "postId": post_id, "userId": user_id}
+        if amount is not None:
+            event["amount"] = amount
+        return self.publish(event)
+
+    def subscription_updated(self, creator_id: str, user_id: str, tier: str):
+        """`user_id` is the subscriber; goes to every tab of the subscriber."""
+        return self.publish({"type": "subscription_updated", "creatorId": creator_id, "userId": user_id,
+                             "tier": tier})
+
 
 class RedisPublisher(_Helpers):
     """Publishes straight to Redis, exactly as the server's own API does: with positions,

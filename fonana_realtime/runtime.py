@@ -18,7 +18,9 @@ from .connection import Connection
 from .fanout import Fanout
 from .handshake_limits import HandshakeRate
 from .hub import Hub
+from .notification_push import NotificationPush
 from .pacing import Pacer
+from .push_claims import open_claims
 from .resume import Resume
 from .resume_marks import MemoryMarks, RedisMarks
 from .store import open_store
@@ -38,6 +40,9 @@ class Runtime:
         self.pacer = Pacer(gap, on_written=Connection.written) if gap > 0 else None
         # automatic resume of legacy connections (PROTOCOL.md 8), None when turned off
         self.resume = _open_resume(settings, self.broker) if settings.resume_seconds > 0 else None
+        # which row a push of the app names (PROTOCOL.md 4.1)
+        self.pushes = NotificationPush(self.store, open_claims(settings, self.broker),
+                                       settings.push_match_seconds)
         self.commands = Commands(self)
         # one schedule per worker for access that lapses while connected
         self.access_expiry = AccessExpiry(self.commands.access_until, self.commands.revoke)

@@ -219,6 +219,9 @@ class Settings:
     resume_seconds: float = setting("WS_RESUME_SECONDS", 120.0, between(0, 3600, number))
     # ... and at most this many streams' marks per user (resume_marks.py)
     resume_max_marks: int = setting("WS_RESUME_MAX_MARKS", 256, between(1, 100_000))
+    # POST /api/notifications/push: how old a row the app wrote may be to be the one a push
+    # names by its content (PROTOCOL.md 4.1); the routes push well within a second of writing
+    push_match_seconds: float = setting("WS_PUSH_MATCH_SECONDS", 10.0, between(0, 3600, number))
     # positions, history and recovery (PROTOCOL.md 7)
     history_size: int = setting("WS_HISTORY_SIZE", 100, between(0, 10_000))
     history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, between(0.1, 86400, number))

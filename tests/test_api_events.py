@@ -50,12 +50,26 @@ def catalogue(i):
         "new_subscription": ({"type": "new_subscription", "creatorId": C, "userId": L},
                              ("channel", {"type": "creator", "id": C}, F)),
         "feed_update": ({"type": "feed_update", "userId": F, "posts": [{"id": P, "title": "Hello"}]}, ("user", F)),
+        # the six the Fonana web app listens for (CreatorContext, useRealtimePosts): issue 19
+        "subscription_cancelled": ({"type": "subscription_cancelled", "creatorId": C, "userId": L},
+                                   ("channel", {"type": "creator", "id": C}, F)),
+        "earnings_updated": ({"type": "earnings_updated", "creatorId": C, "earnings": {"total": 12.5}},
+                             ("channel", {"type": "creator", "id": C}, F)),
+        "flash_sale_created": ({"type": "flash_sale_created", "creatorId": C,
+                                "flashSale": {"id": "fs-1", "discount": 20}},
+                               ("channel", {"type": "creator", "id": C}, F)),
+        "flash_sale_ended": ({"type": "flash_sale_ended", "creatorId": C, "flashSaleId": "fs-1"},
+                             ("channel", {"type": "creator", "id": C}, F)),
+        "post_purchased": ({"type": "post_purchased", "postId": P, "userId": F, "amount": 0.5}, ("user", F)),
+        "subscription_updated": ({"type": "subscription_updated", "creatorId": C, "userId": F, "tier": "premium"},
+                                 ("user", F)),
     }
 
 
 ROUTED_TYPES = ["notification", "notification_read", "notifications_cleared", "post_liked", "post_unliked",
                 "post_created", "post_deleted", "comment_added", "comment_deleted", "creator_updated",
-                "new_subscription", "feed_update"]
+                "new_subscription", "feed_update", "subscription_cancelled", "earnings_updated",
+                "flash_sale_created", "flash_sale_ended", "post_purchased", "subscription_updated"]
 
 
 @pytest.mark.parametrize("type_", ROUTED_TYPES)

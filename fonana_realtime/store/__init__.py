@@ -132,6 +132,19 @@ class Store:
         check_text("message", message)
         return dump_metadata(metadata)
 
+    def notification_of(self, user_id: str, notification_id: str) -> dict | None:
+        """One of the user's notifications as a ROW; None if missing or not theirs."""
+        raise NotImplementedError
+
+    def recent_notifications(self, user_id: str, type: str, since: datetime) -> list[dict]:
+        """The user's notifications of ``type`` written at or after ``since`` (naive UTC),
+        oldest first, at most 50."""
+        raise NotImplementedError
+
+    def post_likes(self, post_id: str) -> int | None:
+        """The post's ``likesCount``; None if there is no such post."""
+        raise NotImplementedError
+
     def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
         """Mark one of the user's notifications read: (its ROW, whether this call changed
         it), or None if missing / not theirs. Of concurrent calls on an unread row exactly

@@ -78,6 +78,9 @@ def _close_quietly(conn: Any) -> None:
 
 
 _POST_ACCESS = queries.in_style(queries.POST_ACCESS, "%({})s")
+_NOTIFICATION_OF = queries.in_style(queries.NOTIFICATION_OF, "%({})s")
+_RECENT_NOTIFICATIONS = queries.in_style(queries.RECENT_NOTIFICATIONS, "%({})s")
+_POST_LIKES = queries.in_style(queries.POST_LIKES, "%({})s")
 
 
 class _Pool:
@@ -335,6 +338,28 @@ class PostgresStore(Store):
             read_only=False,
         )
         return None if row is None else notification_row(*row)
+
+    def notification_of(self, user_id: str, notification_id: str) -> dict | None:
+        if not (is_key(user_id) and is_key(notification_id)):
+            return None
+        row = self._fetchone(_NOTIFICATION_OF, {"id": notification_id, "user": user_id})
+        return None if row is None else notification_row(*row)
+
+    def recent_notifications(self, user_id: str, type: str, since: datetime) -> list[dict]:
+        if not (is_key(user_id) and is_key(type)):
+            return []
+
+        def work(cur: Any) -> list[dict]:
+            cur.execute(_RECENT_NOTIFICATIONS, {"user": user_id, "type": type, "since": since})
+            return [notification_row(*r) for r in cur.fetchall()]
+
+        return self._run(work, read_only=True)
+
+    def post_likes(self, post_id: str) -> int | None:
+        if not is_key(post_id):
+            return None
+        row = self._fetchone(_POST_LIKES, {"post": post_id})
+        return None if row is None else int(row[0])
 
     def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
         if not (is_key(user_id) and is_key(notification_id)):

@@ -23,7 +23,28 @@ WHERE p."id" = {post}
 """
 
 
+# One of the user's notifications by id (a row the app wrote and now pushes).
+NOTIFICATION_OF = """
+SELECT "id", "userId", "type", "title", "message", "isRead", "metadata", "createdAt"
+FROM "notifications" WHERE "id" = {id} AND "userId" = {user}
+"""
+
+# The user's notifications of one type written at or after {since} (naive UTC), oldest
+# first: the candidates a push without an id may name (PROTOCOL.md 4.1). CAST: the
+# column is an enum on PostgreSQL, TEXT on SQLite; the (userId, createdAt) walk is short.
+RECENT_NOTIFICATIONS = """
+SELECT "id", "userId", "type", "title", "message", "isRead", "metadata", "createdAt"
+FROM "notifications"
+WHERE "userId" = {user} AND CAST("type" AS TEXT) = {type} AND "createdAt" >= {since}
+ORDER BY "createdAt", "id"
+LIMIT 50
+"""
+
+# A post's like count as the app keeps it (the seed's updatePostLikes read it the same way).
+POST_LIKES = 'SELECT "likesCount" FROM "posts" WHERE "id" = {post}'
+
+
 def in_style(sql: str, style: str) -> str:
     """`sql` with each `{name}` written as a `style` placeholder, e.g. style=':{}'."""
-    names = ("post", "user", "now")
+    names = ("post", "user", "now", "id", "type", "since")
     return sql.format(**{n: style.format(n) for n in names})

@@ -64,6 +64,9 @@ def _to_sqlite(value: Any) -> Any:
 
 
 _POST_ACCESS = queries.in_style(queries.POST_ACCESS, ":{}")
+_NOTIFICATION_OF = queries.in_style(queries.NOTIFICATION_OF, ":{}")
+_RECENT_NOTIFICATIONS = queries.in_style(queries.RECENT_NOTIFICATIONS, ":{}")
+_POST_LIKES = queries.in_style(queries.POST_LIKES, ":{}")
 
 
 class SqliteStore(Store):
@@ -202,6 +205,26 @@ class SqliteStore(Store):
         return notification_row(
             notification_id, user_id, type, title, message, False, load_metadata(metadata_json), created_at
         )
+
+    def notification_of(self, user_id: str, notification_id: str) -> dict | None:
+        if not (is_key(user_id) and is_key(notification_id)):
+            return None
+        row = self._fetchone(_NOTIFICATION_OF, {"id": notification_id, "user": user_id})
+        return None if row is None else _to_row(row)
+
+    def recent_notifications(self, user_id: str, type: str, since: datetime) -> list[dict]:
+        if not (is_key(user_id) and is_key(type)):
+            return []
+        with self._cursor() as cur:
+            found = cur.execute(_RECENT_NOTIFICATIONS,
+                                {"user": user_id, "type": type, "since": sqlite_ts(since)}).fetchall()
+        return [_to_row(r) for r in found]
+
+    def post_likes(self, post_id: str) -> int | None:
+        if not is_key(post_id):
+            return None
+        row = self._fetchone(_POST_LIKES, {"post": post_id})
+        return None if row is None else int(row[0])
 
     def read_notification(self, user_id: str, notification_id: str) -> tuple[dict, bool] | None:
         if not (is_key(user_id) and is_key(notification_id)):

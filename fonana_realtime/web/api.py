@@ -14,6 +14,7 @@ from .. import metrics
 from ..broker import BrokerUnavailable
 from ..channels import InvalidChannel, parse_channel_any, valid_id
 from ..events import Route, route_event
+from ..notification_push import NotFound
 from ..store import StoreUnavailable, UnknownNotificationType
 from ..wsframes import dumps, loads
 from . import json_error, runtime
@@ -142,14 +143,32 @@ def post_events():
         items = [body["event"]]
     else:
         raise BadRequest("body needs `event` or `events`")
+    listed = "events" in body
     routed = []
-    for index, event in enumerate(items):       # all checked and serialised before any is published
+    for index, item in enumerate(items):        # all checked and serialised before any is published
+        where = {"index": index} if listed else {}
         try:
-            routed.append((route_event(event, channels, users), dumps(event)))
+            event, address = _list_item(item, (channels, users)) if listed else (item, (channels, users))
+            routed.append((route_event(event, *address), dumps(event)))
+        except BadRequest as exc:               # a list item's own address
+            raise BadRequest(exc.fields["reason"], **where) from None
         except ValueError as exc:               # InvalidEvent, or not writable as standard JSON
-            raise BadRequest(str(exc), **({"index": index} if "events" in body else {})) from None
+            raise BadRequest(str(exc), **where) from None
     positions = [publish(route, payload) for route, payload in routed]
     return jsonify({"published": len(routed), "positions": positions}), 202
+
+
+def _list_item(item, default_address):
+    """A list item is a bare event (it has `type`; the top-level address applies) or
+    `{"event": E, "channel"?, "userId"?}` with its own address, which replaces the
+    top-level one: `notifyNewPost` sends one event to each subscriber in one request."""
+    if isinstance(item, dict) and "type" not in item and "event" in item:
+        extra = set(item) - {"event", "channel", "userId"}
+        if extra:
+            raise BadRequest(f"an addressed list item has only event, channel, userId; not {sorted(extra)}")
+        address = _address(item)
+        return item["event"], (address if any(address) else default_address)
+    return item, default_address
 
 
 @bp.post("/notifications")
@@ -174,6 +193,58 @@ def post_notification():
         # The row is written: it is the source of truth and arrives as unread later.
         return json_error(503, "broker_unavailable", notification=row)
     return jsonify(row), 201
+
+
+@bp.post("/notifications/push")
+def post_notification_push():
+    """The app's sendNotification after its route wrote the row (PROTOCOL.md 4.1): push
+    that row, found by `metadata.id` or by its content; create one only when none is
+    there. 200 with the row pushed, 201 when it was created."""
+    body = json_body()
+    user_id = _user_id(body)
+    kind, title, message = _text(body, "type"), _text(body, "title"), _text(body, "message")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadRequest("metadata must be a JSON object")
+    try:
+        answer = runtime().pushes.row_for(user_id, kind, title, message, metadata)
+    except NotFound:
+        return json_error(404, "not_found", reason="metadata.id names no notification of this user")
+    except UnknownNotificationType:
+        raise BadRequest(f"type {kind!r} is not a NotificationType") from None
+    except ValueError as exc:      # text or metadata the database cannot store (NUL, bad JSON)
+        raise BadRequest(str(exc)) from None
+    if answer is None:
+        return json_error(404, "not_found", reason="unknown_user")
+    row, created = answer
+    try:
+        publish(Route(users=(user_id,)), dumps({"type": "notification", "userId": user_id, "notification": row}))
+    except BrokerUnavailable:
+        return json_error(503, "broker_unavailable", notification=row)
+    return jsonify({"notification": row, "created": created}), 201 if created else 200
+
+
+@bp.post("/likes")
+def post_likes():
+    """`post_liked` (or `post_unliked` with `isLiked: false`) to `post_<postId>`; the
+    seed's updatePostLikes(postId, userId, isLiked): without `likesCount` in the body the
+    count is the post's `likesCount` in the database, as the seed read it."""
+    body = json_body()
+    post_id, user_id = _user_id(body, "postId"), _user_id(body)
+    liked = body.get("isLiked", True)
+    if not isinstance(liked, bool):
+        raise BadRequest("isLiked must be true or false")
+    count = body.get("likesCount")
+    if count is None:
+        count = runtime().store.post_likes(post_id)
+        if count is None:
+            return json_error(404, "not_found", reason="unknown_post")
+    elif isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise BadRequest("likesCount must be a whole number >= 0")
+    event = {"type": "post_liked" if liked else "post_unliked", "postId": post_id, "userId": user_id,
+             "likesCount": count}
+    positions = publish(route_event(event), dumps(event))
+    return jsonify({"published": 1, "positions": [positions], "likesCount": count}), 202
 
 
 @bp.post("/notifications/read")

@@ -15,7 +15,13 @@ export type CatalogueEventType =
   | "comment_deleted"
   | "creator_updated"
   | "new_subscription"
-  | "feed_update";
+  | "feed_update"
+  | "subscription_cancelled"
+  | "earnings_updated"
+  | "flash_sale_created"
+  | "flash_sale_ended"
+  | "post_purchased"
+  | "subscription_updated";
 
 export type NotificationType =
   | "COMMENT_POST"

@@ -23,6 +23,12 @@ export const CATALOGUE = freeze({
   "creator_updated": {"required": ["creatorId", "data"], "idFields": ["creatorId"], "route": {"channel": "creator", "field": "creatorId"}},
   "new_subscription": {"required": ["creatorId", "userId"], "idFields": ["creatorId"], "route": {"channel": "creator", "field": "creatorId"}},
   "feed_update": {"required": ["userId", "posts"], "idFields": ["userId"], "route": {"user": "userId"}},
+  "subscription_cancelled": {"required": ["creatorId", "userId"], "idFields": ["creatorId"], "route": {"channel": "creator", "field": "creatorId"}},
+  "earnings_updated": {"required": ["creatorId", "earnings"], "idFields": ["creatorId"], "route": {"channel": "creator", "field": "creatorId"}},
+  "flash_sale_created": {"required": ["creatorId", "flashSale"], "idFields": ["creatorId"], "route": {"channel": "creator", "field": "creatorId"}},
+  "flash_sale_ended": {"required": ["creatorId", "flashSaleId"], "idFields": ["creatorId"], "route": {"channel": "creator", "field": "creatorId"}},
+  "post_purchased": {"required": ["postId", "userId"], "idFields": ["userId"], "route": {"user": "userId"}},
+  "subscription_updated": {"required": ["creatorId", "userId", "tier"], "idFields": ["userId"], "route": {"user": "userId"}},
 });
 
 /** The values of Fonana's NotificationType enum (POST /api/notifications `type`). */

@@ -28,6 +28,16 @@ export function catalogueHelpers(publish) {
     creatorUpdated: (creatorId, data) => publish({ type: "creator_updated", creatorId, data }),
     newSubscription: (creatorId, userId) => publish({ type: "new_subscription", creatorId, userId }),
     feedUpdate: (userId, posts) => publish({ type: "feed_update", userId, posts }),
+    subscriptionCancelled: (creatorId, userId) => publish({ type: "subscription_cancelled", creatorId, userId }),
+    earningsUpdated: (creatorId, earnings) => publish({ type: "earnings_updated", creatorId, earnings }),
+    flashSaleCreated: (creatorId, flashSale) => publish({ type: "flash_sale_created", creatorId, flashSale }),
+    flashSaleEnded: (creatorId, flashSaleId) => publish({ type: "flash_sale_ended", creatorId, flashSaleId }),
+    /** `userId` is the buyer; goes to every tab of the buyer. `amount` is optional. */
+    postPurchased: (postId, userId, amount) =>
+      publish({ type: "post_purchased", postId, userId, ...(amount === undefined ? {} : { amount }) }),
+    /** `userId` is the subscriber; goes to every tab of the subscriber. */
+    subscriptionUpdated: (creatorId, userId, tier) =>
+      publish({ type: "subscription_updated", creatorId, userId, tier }),
   };
 }
 

@@ -140,6 +140,18 @@ export interface RealtimeClient {
   newSubscription(creatorId: string, userId: string): Promise<PublishResult>;
   /** → every tab of `userId` */
   feedUpdate(userId: string, posts: unknown[]): Promise<PublishResult>;
+  /** → `creator_<creatorId>` */
+  subscriptionCancelled(creatorId: string, userId: string): Promise<PublishResult>;
+  /** → `creator_<creatorId>` */
+  earningsUpdated(creatorId: string, earnings: unknown): Promise<PublishResult>;
+  /** → `creator_<creatorId>` */
+  flashSaleCreated(creatorId: string, flashSale: Record<string, unknown>): Promise<PublishResult>;
+  /** → `creator_<creatorId>` */
+  flashSaleEnded(creatorId: string, flashSaleId: string): Promise<PublishResult>;
+  /** → every tab of `userId` (the buyer) */
+  postPurchased(postId: string, userId: string, amount?: number): Promise<PublishResult>;
+  /** → every tab of `userId` (the subscriber) */
+  subscriptionUpdated(creatorId: string, userId: string, tier: string): Promise<PublishResult>;
 }
 
 /** @throws TypeError for a bad url or timeoutMs, or when there is no API key. */
@@ -186,3 +198,9 @@ export declare const commentDeleted: RealtimeClient["commentDeleted"];
 export declare const creatorUpdated: RealtimeClient["creatorUpdated"];
 export declare const newSubscription: RealtimeClient["newSubscription"];
 export declare const feedUpdate: RealtimeClient["feedUpdate"];
+export declare const subscriptionCancelled: RealtimeClient["subscriptionCancelled"];
+export declare const earningsUpdated: RealtimeClient["earningsUpdated"];
+export declare const flashSaleCreated: RealtimeClient["flashSaleCreated"];
+export declare const flashSaleEnded: RealtimeClient["flashSaleEnded"];
+export declare const postPurchased: RealtimeClient["postPurchased"];
+export declare const subscriptionUpdated: RealtimeClient["subscriptionUpdated"];

@@ -84,6 +84,18 @@ const CASES = {
   new_subscription: [(c) => c.newSubscription(CREATOR, FAN),
     { type: "new_subscription", creatorId: CREATOR, userId: FAN }, () => watcher],
   feed_update: [(c) => c.feedUpdate(FAN, [post]), { type: "feed_update", userId: FAN, posts: [post] }, () => fan],
+  subscription_cancelled: [(c) => c.subscriptionCancelled(CREATOR, FAN),
+    { type: "subscription_cancelled", creatorId: CREATOR, userId: FAN }, () => watcher],
+  earnings_updated: [(c) => c.earningsUpdated(CREATOR, { total: 12.5, currency: "SOL" }),
+    { type: "earnings_updated", creatorId: CREATOR, earnings: { total: 12.5, currency: "SOL" } }, () => watcher],
+  flash_sale_created: [(c) => c.flashSaleCreated(CREATOR, { id: "fs-1", discount: 20 }),
+    { type: "flash_sale_created", creatorId: CREATOR, flashSale: { id: "fs-1", discount: 20 } }, () => watcher],
+  flash_sale_ended: [(c) => c.flashSaleEnded(CREATOR, "fs-1"),
+    { type: "flash_sale_ended", creatorId: CREATOR, flashSaleId: "fs-1" }, () => watcher],
+  post_purchased: [(c) => c.postPurchased(POST, FAN, 0.5),
+    { type: "post_purchased", postId: POST, userId: FAN, amount: 0.5 }, () => fan],
+  subscription_updated: [(c) => c.subscriptionUpdated(CREATOR, FAN, "premium"),
+    { type: "subscription_updated", creatorId: CREATOR, userId: FAN, tier: "premium" }, () => fan],
 };
 
 test("this file has a case for every catalogue type", () => {
