@@ -233,6 +233,10 @@ def test_likes_with_a_count_uses_it_and_an_unknown_post_is_404(server, seed):
     r = server.api("/api/likes", {"postId": post, "userId": liker, "likesCount": 3})
     assert r.status_code == 202, r.text
     watcher.expect_event({"type": "post_liked", "postId": post, "userId": liker, "likesCount": 3})
+    # the app's updatePostLikes(postId, likesCount, userId?) may leave the liker out
+    r = server.api("/api/likes", {"postId": post, "likesCount": 2})
+    assert r.status_code == 202, r.text
+    watcher.expect_event({"type": "post_liked", "postId": post, "userId": None, "likesCount": 2})
     r = server.api("/api/likes", {"postId": "p-missing-" + secrets.token_hex(3), "userId": liker})
     assert r.status_code == 404 and r.json()["reason"] == "unknown_post", r.text
     for bad in ({"isLiked": "yes"}, {"likesCount": -1}, {"likesCount": 1.5}, {"likesCount": True}):

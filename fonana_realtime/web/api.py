@@ -226,11 +226,14 @@ def post_notification_push():
 
 @bp.post("/likes")
 def post_likes():
-    """`post_liked` (or `post_unliked` with `isLiked: false`) to `post_<postId>`; the
-    seed's updatePostLikes(postId, userId, isLiked): without `likesCount` in the body the
-    count is the post's `likesCount` in the database, as the seed read it."""
+    """`post_liked` (or `post_unliked` with `isLiked: false`) to `post_<postId>`: the
+    app's updatePostLikes(postId, likesCount, userId?) and the seed's
+    updatePostLikes(postId, userId, isLiked), which read the count from the database:
+    without `likesCount` in the body it is the post's `likesCount` there."""
     body = json_body()
-    post_id, user_id = _user_id(body, "postId"), _user_id(body)
+    post_id = _user_id(body, "postId")
+    # the app's updatePostLikes(postId, likesCount, userId?) may not name the liker
+    user_id = None if body.get("userId") is None else _user_id(body)
     liked = body.get("isLiked", True)
     if not isinstance(liked, bool):
         raise BadRequest("isLiked must be true or false")

@@ -164,6 +164,25 @@ export function createClient(options = {}) {
       return post("/api/notifications/clear", { userId });
     },
 
+    /** The row the app's route just wrote, pushed (found by `metadata.id`, else by its
+     *  content); written only when the route wrote none. Resolves to
+     *  `{notification: ROW, created}`; when only the push failed (503 with the row), to
+     *  `{notification: ROW, created: false, pushed: false}` (a retry could write it twice). */
+    async pushNotification(userId, { type, title, message, metadata } = {}) {
+      const body = { userId, type, title, message };
+      if (metadata !== undefined) body.metadata = metadata;
+      return post("/api/notifications/push", body,
+        (answer) => (answer?.notification ? { notification: answer.notification, created: false, pushed: false } : undefined));
+    },
+
+    /** `post_liked` (or `post_unliked` with `isLiked: false`) to `post_<postId>`, with
+     *  `likesCount`, or without it the post's count read from the database by the server. */
+    async likesChanged(postId, userId, { isLiked = true, likesCount } = {}) {
+      const body = { postId, userId: userId ?? null, isLiked };
+      if (likesCount !== undefined) body.likesCount = likesCount;
+      return post("/api/likes", body);
+    },
+
     publish,
     publishMany,
     ...catalogueHelpers(publish),

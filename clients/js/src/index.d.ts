@@ -82,6 +82,26 @@ export interface PublishResult {
   [field: string]: unknown;
 }
 
+/** A list item with its own address (replaces the list's address for this event). */
+export interface AddressedEvent extends Address {
+  event: RealtimeEvent;
+}
+
+/** POST /api/notifications/push: the row pushed, and whether it was written now (no row
+ *  of the route's was found). `pushed: false` when it is stored but the push failed. */
+export interface PushResult {
+  notification: NotificationRow;
+  created: boolean;
+  pushed?: false;
+}
+
+export interface LikesChange {
+  /** false → `post_unliked`. Default true. */
+  isLiked?: boolean;
+  /** Default: the post's `likesCount` in the database. */
+  likesCount?: number;
+}
+
 export interface Comment {
   id: string;
   userId: string;
@@ -112,9 +132,16 @@ export interface RealtimeClient {
   /** Marks all read and pushes `notifications_cleared`. */
   clearNotifications(userId: string): Promise<{ cleared: number }>;
 
+  /** Push the notification ROW the app's route already wrote (by `metadata.id`, else by
+   *  type and metadata within a few seconds); writes one only when none is found. */
+  pushNotification(userId: string, notification: NewNotification): Promise<PushResult>;
+  /** `post_liked` / `post_unliked` to `post_<postId>`; 404 for an unknown post without `likesCount`. */
+  likesChanged(postId: string, userId: string | null | undefined, change?: LikesChange): Promise<PublishResult & { likesCount: number }>;
+
   publish(event: RealtimeEvent, address?: Address): Promise<PublishResult>;
-  /** All or nothing: an invalid event is a 400 whose `index` names it, and none is published. */
-  publishMany(events: RealtimeEvent[], address?: Address): Promise<PublishResult>;
+  /** All or nothing: an invalid event is a 400 whose `index` names it, and none is published.
+   *  An item `{event, userId?, channel?}` carries its own address. */
+  publishMany(events: Array<RealtimeEvent | AddressedEvent>, address?: Address): Promise<PublishResult>;
 
   /** Push a ROW already in the database to every tab of `userId`. */
   notification(userId: string, notification: NotificationRow): Promise<PublishResult>;
@@ -183,6 +210,8 @@ export declare class RealtimeConnectionError extends RealtimeError {}
 export declare const sendNotification: RealtimeClient["sendNotification"];
 export declare const markNotificationRead: RealtimeClient["markNotificationRead"];
 export declare const clearNotifications: RealtimeClient["clearNotifications"];
+export declare const pushNotification: RealtimeClient["pushNotification"];
+export declare const likesChanged: RealtimeClient["likesChanged"];
 export declare const publish: RealtimeClient["publish"];
 export declare const publishMany: RealtimeClient["publishMany"];
 export declare const notification: RealtimeClient["notification"];

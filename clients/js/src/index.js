@@ -27,6 +27,8 @@ const call = (name) => async (...args) => getDefaultClient()[name](...args);
 export const sendNotification = call("sendNotification");
 export const markNotificationRead = call("markNotificationRead");
 export const clearNotifications = call("clearNotifications");
+export const pushNotification = call("pushNotification");
+export const likesChanged = call("likesChanged");
 export const publish = call("publish");
 export const publishMany = call("publishMany");
 

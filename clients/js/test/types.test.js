@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
-test("index.d.ts and catalogue.d.ts type-check a route's usage (tsc --strict)", () => {
+test("index.d.ts, catalogue.d.ts and the two switch-over entry points type-check the usage of a route and of the app (tsc --strict)", () => {
   const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
   const run = spawnSync(process.execPath, [tsc, "-p", join(HERE, "types", "tsconfig.json")], { encoding: "utf8" });
   assert.equal(run.status, 0, `tsc failed:\n${run.stdout}${run.stderr}`);
