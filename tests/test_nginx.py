@@ -17,9 +17,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import ssl
 from dotenv import dotenv_values
 
-from support.nginx import SITE_CONF, Nginx, nginx_binary
+from support.nginx import SITE_CONF, WS_SNIPPET, Nginx, nginx_binary
 from support.waiting import wait_until
 from support.server import REPO, Server, clean_env, free_port
 from support.ws import open_ws
@@ -109,6 +110,35 @@ def test_websocket_session_through_nginx(stack, seed):
         client.ping()
     finally:
         client.close()
+
+
+@pytest.mark.postgres
+@needs_nginx
+def test_the_apps_own_url_wss_host_3002_ws(stack, seed):
+    """The Fonana app's browser client connects to wss://<page host>:3002/ws
+    (lib/services/websocket.ts): the site file's second server block takes TLS on port 3002
+    of the public address (here a free port on 127.0.0.1, with a certificate made for the run)
+    and serves /ws there, and only /ws."""
+    server, nginx = stack
+    user = seed.user()
+    creator = seed.user(is_creator=True)
+    post = seed.post(creator)
+    tls = ssl.create_default_context(cafile=str(nginx.cert))
+    client = open_ws(f"{nginx.wss_base}/ws?token={quote(server.token(user), safe='')}", ssl=tls)
+    try:
+        assert client.welcome["data"]["userId"] == user, client.welcome
+        client.subscribe({"type": "post", "postId": post}, key=f"post_{post}")
+        event = {"type": "post_liked", "postId": post, "userId": creator, "likesCount": 9}
+        r = nginx.post("/api/events", json={"event": event}, headers={"Authorization": f"Bearer {server.api_key}"})
+        assert r.status_code == 202, (r.status_code, r.text[:300])
+        client.expect_event(event)
+    finally:
+        client.close()
+    # the API, metrics and the rest stay on the internal side
+    for path in ("/api/events", "/metrics", "/health", "/"):
+        r = nginx.http.get(f"https://127.0.0.1:{nginx.tls_port}{path}", verify=str(nginx.cert), timeout=15,
+                           headers={"Authorization": f"Bearer {server.api_key}"})
+        assert r.status_code == 404, (path, r.status_code)
 
 
 @pytest.mark.postgres
@@ -238,8 +268,9 @@ def _seconds(value: str) -> float:
 
 def test_nginx_site_file_keeps_websockets_alive_and_tokens_out():
     from fonana_realtime.settings import Settings
-    conf = SITE_CONF.read_text()
+    conf = SITE_CONF.read_text().replace(f"include snippets/{WS_SNIPPET.name};", WS_SNIPPET.read_text())
     code = "\n".join(l.split("#", 1)[0] for l in conf.splitlines())   # directives only
+    assert code.count("location = /ws") == 2, "both layouts serve /ws"
     ws = _location_block(code, "location = /ws")
     timeout = re.search(r"proxy_read_timeout\s+(\w+);", ws)
     assert timeout and _seconds(timeout.group(1)) > Settings().ping_interval, ws

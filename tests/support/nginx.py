@@ -1,9 +1,12 @@
 """Run the project's nginx site file (config/nginx/fonana-realtime.conf) for real.
 
-The site file is used as it ships: only its upstream port, its listen lines and its
-log paths are swapped (each swap must match, so a renamed directive fails loudly),
-and it is included into a minimal nginx.conf under a temporary prefix. nginx runs in
-the foreground (`daemon off`), as a child of the test, on a free 127.0.0.1 port.
+The site file is used as it ships: only its upstream port, its listen lines, its
+certificate and its log paths are swapped (each swap must match, so a renamed directive
+fails loudly), and it is included into a minimal nginx.conf under a temporary prefix,
+with its snippet (config/nginx/snippets/) where its `include` finds it. nginx runs in the
+foreground (`daemon off`), as a child of the test, on free 127.0.0.1 ports: one for the
+first server block, one (TLS, a self-signed certificate made for the run) for the
+app's port-3002 block.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import requests
 from .server import REPO, free_port
 
 SITE_CONF = REPO / "config" / "nginx" / "fonana-realtime.conf"
+WS_SNIPPET = REPO / "config" / "nginx" / "snippets" / "fonana-realtime-ws.conf"
 
 
 def nginx_binary() -> str | None:
@@ -39,18 +43,45 @@ def _sub(pattern: str, repl, text: str, what: str, *, at_least: int = 1) -> str:
     return new
 
 
-def render_site(site_text: str, *, upstream_port: int, listen_port: int, log_dir: Path) -> str:
-    """The site file with the test's ports and log paths; everything else untouched."""
+def render_site(site_text: str, *, upstream_port: int, listen_port: int, log_dir: Path,
+                tls_port: int, cert: Path, key: Path) -> str:
+    """The site file with the test's ports, certificate and log paths; everything else untouched.
+
+    The first plain `listen` becomes the test's HTTP port, the first `listen …:3002 ssl`
+    (the app's layout) its TLS port; other listen lines (IPv6, the commented TLS ones)
+    are dropped."""
     text = _sub(r"^(\s*server\s+127\.0\.0\.1:)3002(\s*;)", rf"\g<1>{upstream_port}\2", site_text,
                 "the upstream `server 127.0.0.1:3002;`")
-    # the first listen line becomes the test's; other listen lines (IPv6, TLS) are dropped
-    listens = iter(range(1000))
-    text = _sub(r"^(\s*)listen\s+[^;]+;",
-                lambda m: f"{m.group(1)}listen 127.0.0.1:{listen_port};" if next(listens) == 0
-                else f"{m.group(1)}# (test) dropped: {m.group(0).strip()}", text, "a `listen` line")
-    text = _sub(r"(\b(?:access|error)_log\s+)/var/log/nginx/([^\s;]+)", rf"\g<1>{log_dir}/\2", text,
-                "log paths under /var/log/nginx", at_least=2)
-    return text
+    taken = {"plain": False, "tls": False}
+
+    def listen(m):
+        tls = re.search(r":3002\s+ssl\b", m.group(0)) is not None
+        kind = "tls" if tls else "plain"
+        if taken[kind]:
+            return f"{m.group(1)}# (test) dropped: {m.group(0).strip()}"
+        taken[kind] = True
+        return f"{m.group(1)}listen 127.0.0.1:{tls_port} ssl;" if tls else f"{m.group(1)}listen 127.0.0.1:{listen_port};"
+
+    text = _sub(r"^(\s*)listen\s+[^;]+;", listen, text, "a `listen` line")
+    if not taken["tls"]:
+        raise AssertionError(f"{SITE_CONF.name}: no `listen …:3002 ssl;` (the Fonana app's wss://<host>:3002/ws)")
+    text = _sub(r"^(\s*ssl_certificate\s+)[^;\s]+;", rf"\g<1>{cert};", text, "an `ssl_certificate` line")
+    text = _sub(r"^(\s*ssl_certificate_key\s+)[^;\s]+;", rf"\g<1>{key};", text, "an `ssl_certificate_key` line")
+    return render_logs(text, log_dir, at_least=2)
+
+
+def render_logs(text: str, log_dir: Path, *, at_least: int = 1) -> str:
+    return _sub(r"(\b(?:access|error)_log\s+)/var/log/nginx/([^\s;]+)", rf"\g<1>{log_dir}/\2", text,
+                "log paths under /var/log/nginx", at_least=at_least)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl for this run."""
+    cert, key = directory / "test-cert.pem", directory / "test-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    return cert, key
 
 
 class Nginx:
@@ -61,13 +92,18 @@ class Nginx:
         self.prefix = Path(prefix)
         self.log_dir = self.prefix / "logs"
         self.port = free_port()
+        self.tls_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_base = f"ws://127.0.0.1:{self.port}"
-        for d in ("logs", "tmp", "conf"):
+        self.wss_base = f"wss://127.0.0.1:{self.tls_port}"        # the app's wss://<host>:3002
+        for d in ("logs", "tmp", "conf", "conf/snippets"):
             (self.prefix / d).mkdir(parents=True, exist_ok=True)
+        self.cert, key = self_signed(self.prefix / "conf")
+        (self.prefix / "conf" / "snippets" / WS_SNIPPET.name).write_text(render_logs(WS_SNIPPET.read_text(), self.log_dir))
         self.site_path = self.prefix / "conf" / "fonana-realtime.conf"
         self.site_path.write_text(render_site(site_conf.read_text(), upstream_port=upstream_port,
-                                              listen_port=self.port, log_dir=self.log_dir))
+                                              listen_port=self.port, log_dir=self.log_dir,
+                                              tls_port=self.tls_port, cert=self.cert, key=key))
         tmp = self.prefix / "tmp"
         user = "user root;\n" if os.geteuid() == 0 else ""
         self.conf_path = self.prefix / "conf" / "nginx.conf"
