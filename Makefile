@@ -2,24 +2,36 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: run test venv
+.PHONY: run test venv venv-runtime
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+# `make run` needs the runtime set only (what production installs); `make test` the whole
+# dev set (pytest, playwright, ...). pip shows what it fetches: a first install takes a while.
+$(VENV)/.runtime-installed: requirements.txt | $(PY)
+	@echo "make: installing the pinned runtime requirements (requirements.txt) into $(VENV)/"
+	$(PIP) -r requirements.txt
 	touch $@
 
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(PY)
+	@echo "make: installing the pinned runtime and test requirements (requirements-dev.txt) into $(VENV)/"
+	$(PIP) -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime-installed
+
+venv-runtime: $(VENV)/.runtime-installed
 venv: $(VENV)/.installed
 
-# The server on the embedded default: SQLite file under data/, in-process broker.
-run: venv
+# The server on the embedded default: SQLite file under data/, in-process broker, 127.0.0.1.
+run: venv-runtime
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
-# The whole test suite against real gunicorn, PostgreSQL and Redis; then the Node client's
-# (clients/js, `node --test` against a real server), installing Node and npm if missing.
+# The whole test suite against real gunicorn, PostgreSQL and Redis, then the Node client's
+# (clients/js, `node --test` against a real server); the second runs even when the first
+# failed, and scripts/run-tests reports both (README "Testing").
+# PYTEST_ARGS and JS_TESTS (from the command line or the environment) reach the script.
+export PYTEST_ARGS JS_TESTS
 test: venv
-	bash scripts/ensure-services
-	$(PY) -m pytest -q $(PYTEST_ARGS)
-	command -v node >/dev/null && command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
-	cd clients/js && npm ci --no-audit --no-fund && npm test
+	PY=$(PY) bash scripts/run-tests

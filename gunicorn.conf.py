@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 
-from fonana_realtime.logs import logging_config
+from fonana_realtime.logs import console_format, logging_config
 from fonana_realtime.settings import SettingsError, load_settings
 
 try:
@@ -55,9 +55,11 @@ else:
     if _settings.workers and _settings.workers != 1:
         _why_workers += f" (WS_WORKERS={_settings.workers} ignored)"
 
-# Logs: JSON lines to stdout and LOG_DIR; the access log shows the path only (%(U)s),
-# never the query string, which carries the browser's token.
-logconfig_dict = logging_config(_settings.log_dir or None, _settings.log_level)
+# Logs: JSON lines in LOG_DIR, and on stdout JSON or text (LOG_FORMAT; unset: text on the
+# embedded default in a terminal); the access log shows the path only (%(U)s), never the
+# query string, which carries the browser's token.
+logconfig_dict = logging_config(_settings.log_dir or None, _settings.log_level,
+                                console_format(_settings.log_format, _settings.production))
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
 
@@ -66,8 +68,22 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fonana-rt-metrics-")
 
 
+def _python() -> str:
+    """This interpreter as the reader would type it: `.venv/bin/python` from the repository."""
+    relative = os.path.relpath(sys.executable)
+    return sys.executable if relative.startswith("..") else relative
+
+
 def when_ready(server):
     server.log.info("fonana-realtime listening on %s: %s", ", ".join(bind), _why_workers)
+    if _settings.production:
+        return
+    if _settings.host in ("127.0.0.1", "localhost", "::1"):
+        server.log.info("embedded default: reachable from this machine only (%s); WS_HOST=0.0.0.0 serves "
+                        "the network, dev secrets and demo data included", _settings.host)
+    # Once, at start: what a newcomer needs next (README "Try it").
+    server.log.info("try it: TOKEN=$(%s -m fonana_realtime token demo-fan)  KEY=$(%s -m fonana_realtime api-key)",
+                    _python(), _python())
 
 
 def child_exit(server, worker):

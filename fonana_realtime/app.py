@@ -8,7 +8,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import WebsocketMismatch
 
-from .logs import logging_config
+from .logs import console_format, logging_config
 from .runtime import Runtime
 from .settings import Settings, load_settings
 from .web import StandardJSONProvider, api, json_error, ops, websocket
@@ -21,7 +21,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not logging.getLogger("gunicorn.error").handlers:
         # Outside gunicorn (tests, `flask run`) configure logging ourselves;
         # under gunicorn, gunicorn.conf.py has applied the same config already.
-        logging.config.dictConfig(logging_config(settings.log_dir, settings.log_level))
+        logging.config.dictConfig(logging_config(
+            settings.log_dir, settings.log_level,
+            console_format(settings.log_format, settings.production)))
     for line in settings.warnings:
         log.warning(line, extra={"event": "config_warning"})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 
@@ -38,8 +39,7 @@ def cmd_api_key(args):
 
 
 def cmd_client(args):
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-    from websockets.sync.client import connect
+    from .wsclient import Client, Closed, Refused
 
     url = args.url
     token = args.token
@@ -48,11 +48,13 @@ def cmd_client(args):
     headers = {"Authorization": f"Bearer {token}"} if token else None
     deadline = time.monotonic() + args.seconds
     try:
-        ws = connect(url, additional_headers=headers, open_timeout=10)
-    except InvalidStatus as exc:
-        print(json.dumps({"refused": exc.response.status_code,
-                          "body": exc.response.body.decode(errors="replace")}))
+        ws = Client(url, headers=headers, timeout=10)
+    except Refused as exc:
+        print(json.dumps({"refused": exc.status, "body": exc.body}))
         return 1
+    except (OSError, TimeoutError, Closed, ValueError) as exc:
+        # One line, no traceback: what failed and what to try.
+        sys.exit(f"fonana-realtime client: cannot connect to {url}: {_why(exc)}")
     with ws:
         def show(timeout):
             try:
@@ -62,21 +64,38 @@ def cmd_client(args):
             print(frame, flush=True)
             return True
 
-        show(5)                                             # connected
-        for raw in args.channel:
-            ws.send(json.dumps({"type": "subscribe", "channel": json.loads(raw)}))
-            show(5)
-        ws.send(json.dumps({"type": "ping"}))
-        if not args.no_probe:
-            # A channel nobody else may hold: the server must refuse it with access_denied.
-            ws.send(json.dumps({"type": "subscribe",
-                                "channel": {"type": "notifications", "userId": "someone-else"}}))
         try:
+            show(5)                                             # connected
+            for raw in args.channel:
+                ws.send_text(json.dumps({"type": "subscribe", "channel": json.loads(raw)}))
+                show(5)
+            ws.send_text(json.dumps({"type": "ping"}))
+            if not args.no_probe:
+                # A channel nobody else may hold: the server must refuse it with access_denied.
+                ws.send_text(json.dumps({"type": "subscribe",
+                                         "channel": {"type": "notifications", "userId": "someone-else"}}))
             while time.monotonic() < deadline:
                 show(max(0.05, deadline - time.monotonic()))
-        except ConnectionClosed as exc:
-            print(json.dumps({"closed": exc.rcvd.code if exc.rcvd else None}))
+        except Closed as exc:
+            print(json.dumps({"closed": exc.code}))
+        except OSError as exc:
+            sys.exit(f"fonana-realtime client: connection to {url} lost: {_why(exc)}")
     return 0
+
+
+def _why(exc) -> str:
+    from .wsclient import Closed
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running? `make run` starts it)"
+    if isinstance(exc, TimeoutError):
+        return "no answer within 10 s"
+    if isinstance(exc, Closed):
+        return "the server ended the connection during the handshake"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 def cmd_seed_demo(args):

@@ -1,5 +1,7 @@
 """Structured logging: one JSON object per line, to stdout and to LOG_DIR's
 ws-out.log (info and up), ws-error.log (errors) and ws-combined.log (everything).
+The console may show the same records as text for people instead (LOG_FORMAT=text, the
+default of the embedded default on a terminal: `console_format`); the files stay JSON.
 
 A redacting filter sits on every handler as a last line of defence: whatever a
 library prints, a JWT, a `token=` query value or a bearer key never reaches a log.
@@ -82,6 +84,42 @@ class JsonFormatter(logging.Formatter):
         return text
 
 
+_SHORT_NAMES = {"gunicorn.error": "gunicorn", "gunicorn.access": "access"}
+
+
+class TextFormatter(logging.Formatter):
+    """A line for a developer's terminal: `14:30:01.123 warning app: message  user_id=u`
+    (local time of day; the JSON lines in the files carry the full UTC time)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = record.__dict__
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        name = _SHORT_NAMES.get(record.name) or record.name.removeprefix("fonana_realtime.")
+        message = record.getMessage()
+        line = f"{stamp}.{int(record.msecs):03d} {record.levelname.lower():<7} {name}: {message}"
+        extra = [f"{key}={fields[key]}" for key in _FIELDS if fields.get(key) not in (None, "", message)]
+        if extra:
+            line += "  " + " ".join(extra)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        # The JSON lines' fields are written as given; here everything is one string anyway.
+        return redact(line)
+
+
+def console_format(log_format: str | None, production: bool, stream=None) -> str:
+    """`text` or `json` for the console: LOG_FORMAT when set; else text for a person (the
+    embedded default with stdout on a terminal), JSON for log collectors (production, or
+    stdout redirected)."""
+    if log_format:
+        return log_format
+    stream = sys.stdout if stream is None else stream
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return "text" if tty and not production else "json"
+
+
 # json.dumps with arguments builds an encoder per call; this one is made once.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False)
 
@@ -128,8 +166,10 @@ class JsonLinesHandler(logging.Handler):
     so logrotate's copytruncate works as before (DEPLOY.md).
     """
 
-    def __init__(self, log_dir: str | None = None, stream=None):
+    def __init__(self, log_dir: str | None = None, stream=None, console: str = "json"):
         super().__init__()
+        # the console's own formatter when it shows text; None: the JSON line, like the files
+        self.console_text = TextFormatter() if console == "text" else None
         self.outputs = [(stream if stream is not None else sys.stdout, logging.NOTSET, False)]
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
@@ -140,10 +180,19 @@ class JsonLinesHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + "\n"
-            for stream, level, _ in self.outputs:
-                if record.levelno >= level:
-                    stream.write(line)
+            text = self.console_text
+            if text is None:
+                line = self.format(record) + "\n"
+                for stream, level, _ in self.outputs:
+                    if record.levelno >= level:
+                        stream.write(line)
+            else:
+                self.outputs[0][0].write(text.format(record) + "\n")
+                line = None
+                for stream, level, _ in self.outputs[1:]:
+                    if record.levelno >= level:
+                        line = line or self.format(record) + "\n"
+                        stream.write(line)
             # Flushed at the end of the worker's loop turn, once for every line the turn
             # wrote (turn_end; three write syscalls a record otherwise); errors, and every
             # line outside a gevent worker, at once.
@@ -178,11 +227,12 @@ class JsonLinesHandler(logging.Handler):
 FILES = (("ws-out.log", logging.INFO), ("ws-error.log", logging.ERROR), ("ws-combined.log", logging.DEBUG))
 
 
-def logging_config(log_dir: str | None, level: str = "INFO") -> dict:
-    """A dictConfig for the app and for gunicorn's own loggers alike (`level`: LOG_LEVEL)."""
+def logging_config(log_dir: str | None, level: str = "INFO", console: str = "json") -> dict:
+    """A dictConfig for the app and for gunicorn's own loggers alike (`level`: LOG_LEVEL,
+    `console`: `text` or `json`, see `console_format`)."""
     level = level.upper()
     handler = {"()": JsonLinesHandler, "log_dir": log_dir or None, "stream": "ext://sys.stdout",
-               "formatter": "json", "filters": ["redact"]}
+               "console": console, "formatter": "json", "filters": ["redact"]}
     return {
         "version": 1,
         "disable_existing_loggers": False,

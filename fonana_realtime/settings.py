@@ -167,10 +167,14 @@ def path(name: str, raw: str) -> str:
     return raw
 
 
-def setting(env: str, default, parse=text, *, blank_is_value: bool = False):
+def setting(env: str, default, parse=text, *, blank_is_value: bool = False, embedded=None):
     """One knob: read from `env`; unset or blank -> `default` (unless `blank_is_value`:
-    then an explicitly blank value is kept, e.g. LOG_DIR= means stdout only)."""
-    return field(default=default, metadata={"env": env, "parse": parse, "blank_is_value": blank_is_value})
+    then an explicitly blank value is kept, e.g. LOG_DIR= means stdout only), or on the
+    embedded default (not production) -> `embedded` when one is given."""
+    meta = {"env": env, "parse": parse, "blank_is_value": blank_is_value}
+    if embedded is not None:
+        meta["embedded"] = embedded
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,9 @@ class Settings:
     # Every knob is checked here, before gunicorn forks a worker (gunicorn.conf.py): a value out
     # of range is one line and exit 1, never a traceback per worker or a worker that spins
     # (WS_PING_INTERVAL=-5 dropped every connection right after its welcome).
-    host: str = setting("WS_HOST", "0.0.0.0", host)
+    # the embedded default holds dev secrets and demo data: this machine only unless WS_HOST
+    # says otherwise (a laptop running it on a café network would serve it to everyone there)
+    host: str = setting("WS_HOST", "0.0.0.0", host, embedded="127.0.0.1")
     port: int = setting("WS_PORT", 3002, between(1, 65535))
     database_url: str | None = setting("DATABASE_URL", None, url("postgresql", "postgres"))
     # PROTOCOL.md 10: one Redis (redis, rediss, unix), Sentinel, Cluster
@@ -189,6 +195,8 @@ class Settings:
     data_dir: str = setting("DATA_DIR", "data", path)
     log_dir: str = setting("LOG_DIR", "logs", path, blank_is_value=True)
     log_level: str = setting("LOG_LEVEL", "info", one_of("debug", "info", "warning", "error"))
+    # the console's lines (the files are JSON always); unset: logs.console_format decides
+    log_format: str | None = setting("LOG_FORMAT", None, one_of("text", "json"))
     workers: int | None = setting("WS_WORKERS", None, between(1, 256))
     worker_connections: int = setting("WS_WORKER_CONNECTIONS", 10000, between(1, 1_000_000))
     ping_interval: float = setting("WS_PING_INTERVAL", 25.0, between(0.1, 3600, number))
@@ -230,6 +238,7 @@ class Settings:
     # derived by `_secrets` (several variables, dev defaults), not read one to one
     jwt_secrets: tuple[str, ...] = ()
     api_secret: str | None = None
+    production: bool = False        # DATABASE_URL or NODE_ENV/FONANA_ENV=production (`_is_production`)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -339,8 +348,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise SettingsError("WS_HISTORY_META_SECONDS must be at least WS_HISTORY_SECONDS "
                             "(a stream's epoch and top must outlive its events)")
     production = _is_production(env, values["database_url"])
+    if not production:
+        values.update({knob.name: knob.metadata["embedded"] for knob in KNOBS
+                       if "embedded" in knob.metadata and not (env.get(knob.metadata["env"]) or "").strip()})
     warnings: list[str] = []
     jwt_secrets, api_secret = _secrets(env, production, values["data_dir"], warnings)
     if not values["allowed_origins"] and production:
         warnings.append("ALLOWED_ORIGINS is not set: browser handshakes from every origin are accepted")
-    return Settings(**values, jwt_secrets=jwt_secrets, api_secret=api_secret, warnings=tuple(warnings))
+    return Settings(**values, jwt_secrets=jwt_secrets, api_secret=api_secret, production=production,
+                    warnings=tuple(warnings))

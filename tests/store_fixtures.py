@@ -15,7 +15,6 @@ The admin URL can be overridden with ``FONANA_TEST_PG_ADMIN_URL``.
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -24,9 +23,8 @@ import psycopg2
 import pytest
 
 from fonana_realtime.store import open_store
-from support.db import Seed
+from support.db import ADMIN_URL, Seed
 
-ADMIN_URL = os.environ.get("FONANA_TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
 SCHEMA = Path(__file__).resolve().parents[1] / "fonana_realtime" / "store" / "schema" / "postgres.sql"
 TABLES = '"notifications", "post_purchases", "subscriptions", "posts", "users"'
 

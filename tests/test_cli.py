@@ -126,3 +126,16 @@ def test_client_with_a_refused_token_exits_non_zero(server):
     result = run_cli(["client", "--url", server.ws_url, "--token", "not-a-jwt", "--seconds", "1"], timeout=40)
     assert result.returncode != 0, (result.stdout[-1000:], result.stderr[-1000:])
     assert "401" in result.stdout + result.stderr or "invalid_token" in result.stdout + result.stderr
+
+
+def test_client_that_cannot_connect_says_so_in_one_line(server):
+    """No traceback for a server that is not there (issue 24): one line naming the URL and
+    the reason, and a non-zero exit."""
+    from support.server import free_port
+    url = f"ws://127.0.0.1:{free_port()}/ws"                   # nothing listens there
+    result = run_cli(["client", "--url", url, "--token", server.token("nobody"), "--seconds", "1"], timeout=40)
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert url in lines[0] and "connection refused" in lines[0], lines[0]
+    assert not result.stdout.strip(), result.stdout

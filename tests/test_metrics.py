@@ -16,12 +16,12 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.hardening import metric, metric_sum, running_server, scrape, spread_connections
+from support.redis_server import SHARED_URL as REDIS_URL
 from support.waiting import wait_until
 from support.ws import refused_handshake
 
 pytestmark = pytest.mark.postgres
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 RATE_BURST = 6
 MAX_PER_USER = 2
 ORIGIN = "https://fonana.me"

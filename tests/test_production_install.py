@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from support.cli import json_objects
 from support.db import Seed, TestDatabase
-from support.server import REPO, Server, clean_env
+from support.server import REPO, Server, clean_env, free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -104,7 +105,30 @@ def test_the_production_launch_boots_and_completes_an_authenticated_handshake(pr
             assert ws.welcome["data"]["userId"] == user
             assert ws.welcome["data"]["message"] == "Successfully connected to WebSocket server"
             ws.ping()
+            # the CLI's test client runs from the runtime set too (issue 24: it needed `websockets`)
+            client = _production_cli(production_venv, "client", "--url", srv.ws_url, "--token", srv.token(user),
+                                     "--no-probe", "--seconds", "1")
+            assert client.returncode == 0, (client.stdout[-2000:], client.stderr[-2000:])
+            frames = json_objects(client.stdout)
+            assert frames and frames[0]["type"] == "connected" and frames[0]["data"]["userId"] == user, client.stdout
+            assert {"type": "pong"} in frames, client.stdout
         finally:
             srv.stop(timeout=10)
     finally:
         db.drop()
+
+
+def _production_cli(venv: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m fonana_realtime ...` with the runtime venv's Python, from the repository."""
+    return subprocess.run([str(venv / "bin" / "python"), "-m", "fonana_realtime", *args], cwd=REPO,
+                          env=clean_env(ISOLATED), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_the_cli_client_of_the_runtime_install_says_in_one_line_that_it_cannot_connect(production_venv):
+    url = f"ws://127.0.0.1:{free_port()}/ws"                   # nothing listens there
+    result = _production_cli(production_venv, "client", "--url", url, "--token", "t", "--seconds", "1")
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert url in lines[0] and "connection refused" in lines[0], lines[0]

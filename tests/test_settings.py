@@ -43,13 +43,31 @@ def test_ws_workers_abc_is_refused_like_every_other_number(tmp_path):
     assert load_settings({**base(tmp_path), "WS_WORKERS": ""}).workers is None
 
 
-def test_defaults_are_the_dataclass_defaults(tmp_path):
-    """Nothing set: every knob holds the default written in its one declaration."""
-    loaded = load_settings(base(tmp_path))
+@pytest.mark.parametrize("production", [False, True], ids=["embedded", "production"])
+def test_defaults_are_the_dataclass_defaults(tmp_path, production):
+    """Nothing set: every knob holds the default written in its one declaration (on the
+    embedded default, its `embedded` one where it has one)."""
+    loaded = load_settings({**base(tmp_path), **({"NODE_ENV": "production"} if production else {})})
     for knob in KNOBS:
         if knob.name == "data_dir":
             continue
-        assert getattr(loaded, knob.name) == knob.default, knob.metadata["env"]
+        expected = knob.default if production else knob.metadata.get("embedded", knob.default)
+        assert getattr(loaded, knob.name) == expected, knob.metadata["env"]
+
+
+def test_the_embedded_default_binds_this_machine_only_unless_ws_host_says_otherwise(tmp_path):
+    assert load_settings({"DATA_DIR": str(tmp_path)}).host == "127.0.0.1"
+    assert load_settings({"DATA_DIR": str(tmp_path), "WS_HOST": " "}).host == "127.0.0.1"
+    assert load_settings({"DATA_DIR": str(tmp_path), "WS_HOST": "0.0.0.0"}).host == "0.0.0.0"
+    assert load_settings({**base(tmp_path), "DATABASE_URL": "postgresql://h/db"}).host == "0.0.0.0"
+    assert load_settings({**base(tmp_path), "NODE_ENV": "production"}).host == "0.0.0.0"
+
+
+def test_log_format_is_text_or_json(tmp_path):
+    assert load_settings(base(tmp_path)).log_format is None           # unset: logs.console_format decides
+    assert load_settings({**base(tmp_path), "LOG_FORMAT": "TEXT"}).log_format == "text"
+    with pytest.raises(SettingsError, match=r"^LOG_FORMAT must be one of text, json, got 'xml'$"):
+        load_settings({**base(tmp_path), "LOG_FORMAT": "xml"})
 
 
 def test_every_variable_settings_reads_is_declared_once():

@@ -11,10 +11,9 @@ import pytest
 import redis
 
 from support.server import ServerFactory, ServerStartError
+from support.redis_server import SHARED_URL as REDIS_URL
 
 pytestmark = pytest.mark.postgres
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def _spread_connections(srv, user, want_workers=2, batch=8, seconds=15.0):

@@ -2,10 +2,12 @@
 
 `start()` waits until it answers PING; `stop()` kills it (SIGKILL: like a crash, clients
 see their links reset); `restart()` brings it back on the same port. Nothing is saved to
-disk. Also `shared_redis()`: a client of the machine's Redis on 127.0.0.1:6379.
+disk. Also `shared_redis()`: a client of the machine's Redis on 127.0.0.1:6379, or
+of the one FONANA_TEST_REDIS_URL names (README "Testing").
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -17,7 +19,7 @@ import redis
 
 from .server import free_port
 
-SHARED_URL = "redis://127.0.0.1:6379/0"
+SHARED_URL = os.environ.get("FONANA_TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
 def client(url: str, **kw) -> redis.Redis:
