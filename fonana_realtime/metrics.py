@@ -47,6 +47,12 @@ HISTORY_BYTES = Gauge("fonana_rt_history_bytes", "Memory held by the in-process 
                       multiprocess_mode="livesum")
 HISTORY_EVENTS = Gauge("fonana_rt_history_events", "Events held by the in-process history",
                        multiprocess_mode="livesum")
+HISTORY_STREAMS = Gauge("fonana_rt_history_streams",
+                        "Streams with a meta in the in-process history (ghosts nobody published to included)",
+                        multiprocess_mode="livesum")
+HISTORY_EVICTED = Counter("fonana_rt_history_evicted",
+                          "In-process history evicted to stay within WS_HISTORY_MAX_STREAMS / _BYTES, by what",
+                          ["what"])   # stream (a meta, with its events) or event
 FRAMES_HELD = Counter("fonana_rt_legacy_frames_held",
                       "Event frames to legacy connections written later than they arrived (pacing)")
 FRAMES_REPLACED = Counter("fonana_rt_legacy_frames_replaced",

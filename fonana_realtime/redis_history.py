@@ -8,8 +8,19 @@ the history they check are read in one atomic step.
 
 Keys, hash-tagged per stream so they share a slot on Redis Cluster:
   `<prefix>{<stream>}:m`  hash `e` (epoch), `t` (top offset); TTL meta_seconds (86400)
+                          once published to, GHOST_SECONDS (60) before
   `<prefix>{<stream>}:h`  list of envelopes, the newest last, at most `size` (100);
                           TTL history seconds (300), refreshed by every publish
+
+State is made by publishing. A position read of a stream nobody published to still
+creates its meta (its epoch is what the subscriber is told, and what a first publish must
+keep so that subscriber's recovery still works), but as a *ghost*: `t` = 0 and a TTL of
+GHOST_SECONDS, renewed by every read and, while a worker holds the stream, by that worker
+(`keep_ghosts`); the first publish gives it the full meta lifetime. With 24 h for every
+read, one user subscribing to ids nobody publishes to made 355 keys/s of 376 B that
+stayed a day (issue 18: ~30M keys, 11 GB); now such a key lives at most a minute after
+its last subscriber. A client that comes back later with that epoch is told
+`recovered: false` (reason `epoch`), as for any forgotten meta: never wrong events.
 
 Why a LIST and not a Redis Stream (measured with MEMORY USAGE on redis 7.0, envelopes of
 ~400 bytes): a list holding 1 event takes 600 B, a stream 4,768 B (a stream preallocates
@@ -30,13 +41,17 @@ from redis.exceptions import NoScriptError
 from .history import AHEAD, EPOCH, EXPIRED, TOO_MANY, TRIMMED
 from .wire import topic_stream     # the script derives streams from topics the same way
 
+KEEP_BATCH = 500             # streams per pipeline of keep_ghosts
 PUBLISH_SCRIPT_PATH = Path(__file__).with_name("redis_publish.lua")
 PUBLISH_SCRIPT = PUBLISH_SCRIPT_PATH.read_text()
 
+# A meta nobody published to (`t` = 0) lives this long after its last read or keep_ghosts.
+GHOST_SECONDS = 60
+
 # KEYS meta, hist; ARGV meta_seconds (first). The stream's epoch in `e`, created when the
 # meta is absent (a new stream, or one whose meta expired or was lost with Redis's data),
-# its history dropped then (it belongs to the lost epoch); the meta's lifetime renewed.
-# The beginning of both read scripts below.
+# its history dropped then (it belongs to the lost epoch); the meta's lifetime renewed:
+# the full one once published to, GHOST_SECONDS before. The beginning of both read scripts.
 _EPOCH_LUA = """
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
@@ -45,7 +60,11 @@ if not e then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', e, 't', 0)
 end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+if redis.call('HGET', KEYS[1], 't') == '0' then
+  redis.call('EXPIRE', KEYS[1], """ + str(GHOST_SECONDS) + """)
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
 """
 
 # KEYS meta, hist; ARGV meta_seconds. The stream's (epoch, top).
@@ -208,6 +227,18 @@ class RedisHistory:
         replies = self._read_pipelined(self._position, [(self._keys(stream), [self.meta_seconds])
                                                         for stream in streams])
         return [(_text(epoch), int(top)) for epoch, top in replies]
+
+    def keep_ghosts(self, streams) -> None:
+        """Renew the ghost metas of `streams` (held by this worker) for GHOST_SECONDS, in
+        pipelines of `KEEP_BATCH`: `EXPIRE ... GT` only lengthens a TTL (a published
+        meta's day is left alone) and creates nothing (a lost meta stays lost). Called
+        every GHOST_SECONDS / 3, so a held ghost never expires while Redis answers."""
+        streams = list(streams)
+        for start in range(0, len(streams), KEEP_BATCH):
+            with self.client.pipeline(transaction=False) as pipe:
+                for stream in streams[start:start + KEEP_BATCH]:
+                    pipe.expire(meta_key(self.prefix, stream), GHOST_SECONDS, gt=True)
+                pipe.execute()
 
     def _read_pipelined(self, script, calls) -> list:
         """One read script run for each (keys, args) in `calls`, in one round trip.

@@ -235,6 +235,9 @@ class Settings:
     history_seconds: float = setting("WS_HISTORY_SECONDS", 300.0, between(0.1, 86400, number))
     history_meta_seconds: float = setting("WS_HISTORY_META_SECONDS", 86400.0, between(60, 30 * 86400, number))
     recovery_max: int = setting("WS_RECOVERY_MAX", 300, between(0, 100_000))
+    # the in-process history's total bound (without REDIS_URL; history.py): streams, bytes
+    history_max_streams: int = setting("WS_HISTORY_MAX_STREAMS", 100_000, between(1, 10_000_000))
+    history_max_bytes: int = setting("WS_HISTORY_MAX_BYTES", 134217728, between(1048576, 64 * 1024 ** 3))
     # derived by `_secrets` (several variables, dev defaults), not read one to one
     jwt_secrets: tuple[str, ...] = ()
     api_secret: str | None = None

@@ -86,3 +86,85 @@ def test_sweep_forgets_expired_events_and_keeps_fresh_ones():
     clock.now += 200
     store.sweep()
     assert store.counts() == (2, 0) and store.payload_bytes == 0
+
+
+# -- ghosts and the total bound (issue 18.3, 18.7) --------------------------------------------------
+
+def test_a_stream_nobody_published_to_is_forgotten_a_minute_after_its_last_subscriber():
+    store, clock = _history()
+    store.hold("creator_x")
+    epoch, top = store.position("creator_x")                 # a subscribe: the ghost's epoch
+    store.position("creator_y")                              # asked, never held (a refused subscribe)
+    assert top == 0 and store.counts() == (2, 0)
+    clock.now += h.GHOST_SECONDS + 1
+    store.sweep()
+    assert store.counts() == (1, 0)                          # the held one stays
+    clock.now += 3600
+    store.sweep()
+    assert store.position("creator_x") == (epoch, 0)         # held all along: the same epoch
+    store.release("creator_x")
+    clock.now += h.GHOST_SECONDS - 1
+    store.sweep()
+    assert store.counts() == (1, 0)
+    clock.now += 2
+    store.sweep()
+    assert store.counts() == (0, 0)
+
+
+def test_the_first_publish_keeps_the_ghosts_epoch_so_its_subscriber_recovers():
+    store, clock = _history()
+    store.hold("creator_x")
+    epoch, top = store.position("creator_x")
+    store.release("creator_x")                               # the subscriber went away
+    clock.now += 30
+    msg = _msg(1)
+    assert store.append("creator_x", msg) == (epoch, 1)
+    got = store.history("creator_x", epoch, 0, 300)
+    assert got.ok and got.events == [msg]
+    clock.now += h.GHOST_SECONDS * 10
+    store.sweep()
+    assert store.peek("creator_x") == (epoch, 1)             # published: the meta's full lifetime
+
+
+def test_a_ghost_forgotten_before_the_first_publish_is_another_epoch_never_wrong_events():
+    store, clock = _history()
+    epoch, _ = store.position("creator_x")
+    clock.now += h.GHOST_SECONDS + 1
+    store.sweep()
+    store.append("creator_x", _msg(1))
+    got = store.history("creator_x", epoch, 0, 300)
+    assert (got.ok, got.reason, got.events) == (False, h.EPOCH, [])
+
+
+def test_the_stream_bound_evicts_ghosts_then_the_least_used_and_recovery_stays_honest():
+    clock = Clock()
+    store = h.MemoryHistory(5, 300, 3600, clock, max_streams=3)
+    store.append("post_a", _msg(1))
+    epoch_a, _ = store.position("post_a")
+    store.append("post_b", _msg(1))
+    store.position("creator_ghost")
+    store.append("post_c", _msg(1))                          # 4 > 3: the ghost goes first
+    assert store.counts() == (3, 3) and store.evicted_streams == 1
+    store.position("post_b")                                 # b used; a is the least recently used
+    store.append("post_d", _msg(1))
+    assert store.counts() == (3, 3) and store.evicted_streams == 2
+    assert store.peek("post_a") is None
+    got = store.history("post_a", epoch_a, 0, 300)           # evicted: never a wrong replay
+    assert (got.ok, got.reason, got.events) == (False, h.EPOCH, [])
+
+
+def test_the_byte_bound_drops_the_least_recently_appended_events_first():
+    clock = Clock()
+    payload = b'{"type":"x","pad":"' + b"p" * 1000 + b'"}'
+    one = h.STREAM_OVERHEAD + h.EVENT_OVERHEAD + len(payload)
+    store = h.MemoryHistory(100, 300, 3600, clock, max_bytes=10 * one)
+    for n in range(6):
+        store.append("post_old", Message(payload, ["channel:post_old"]))
+    epoch_old, _ = store.position("post_old")
+    for n in range(6):
+        store.append("post_new", Message(payload, ["channel:post_new"]))
+    assert store.approx_bytes() <= 10 * one
+    assert store.evicted_events == 6 and store.counts() == (2, 6)
+    got = store.history("post_old", epoch_old, 2, 300)       # its events went: told so, not replayed
+    assert (got.ok, got.reason) == (False, h.TRIMMED)
+    assert store.history("post_new", store.position("post_new")[0], 0, 300).ok

@@ -96,4 +96,6 @@ def open_broker(settings) -> Broker:
     from ..history import MemoryHistory
     from .memory import MemoryBroker
     return MemoryBroker(MemoryHistory(settings.history_size, settings.history_seconds,
-                                      settings.history_meta_seconds))
+                                      settings.history_meta_seconds,
+                                      max_streams=settings.history_max_streams,
+                                      max_bytes=settings.history_max_bytes))

@@ -34,12 +34,20 @@ class MemoryBroker(Broker):
             self._sweeper.kill(block=False)
 
     def _sweep_forever(self):
+        counted = {"stream": 0, "event": 0}         # evictions already in the metric
         while True:
             gevent.sleep(SWEEP_EVERY)
             try:
-                self.store.sweep()
-                metrics.HISTORY_BYTES.set(self.store.approx_bytes())
-                metrics.HISTORY_EVENTS.set(self.store.counts()[1])
+                store = self.store
+                store.sweep()
+                streams, events = store.counts()
+                metrics.HISTORY_BYTES.set(store.approx_bytes())
+                metrics.HISTORY_EVENTS.set(events)
+                metrics.HISTORY_STREAMS.set(streams)
+                for what, total in (("stream", store.evicted_streams), ("event", store.evicted_events)):
+                    if total > counted[what]:
+                        metrics.HISTORY_EVICTED.labels(what).inc(total - counted[what])
+                        counted[what] = total
             except Exception:       # the sweeper must outlive any bug
                 log.exception("history sweep failed", extra={"event": "history_sweep_error"})
 
@@ -63,7 +71,8 @@ class MemoryBroker(Broker):
         return self.store.history(stream, epoch, since, limit)
 
     def listen(self, topic: str):
-        pass        # every topic of this process is already "heard"
+        # every topic of this process is already "heard"; a held stream's ghost stays
+        self.store.hold(topic_stream(topic))
 
     def unlisten(self, topic: str):
-        pass
+        self.store.release(topic_stream(topic))

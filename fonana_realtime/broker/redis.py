@@ -58,7 +58,7 @@ from redis.retry import Retry
 
 from .. import metrics, wire
 from ..history import UNAVAILABLE, Recovery
-from ..redis_history import EPOCH_MISMATCH, RedisHistory
+from ..redis_history import EPOCH_MISMATCH, GHOST_SECONDS, RedisHistory
 from . import AFTER_JOIN, Broker, BrokerUnavailable
 
 log = logging.getLogger("fonana_realtime.broker")
@@ -143,6 +143,7 @@ class RedisBroker(Broker):
         self._subscribes_pending = 0            # SUBSCRIBE replies still to come on this link
         # listener state (only the listener greenlet writes the subscriber socket)
         self._greenlet = None
+        self._keeper = None                     # renews the ghost metas of held streams
         self._conn = None
         self._down = False                      # the last connection attempt failed / link lost
         self._stopping = False
@@ -174,6 +175,7 @@ class RedisBroker(Broker):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._greenlet = gevent.spawn(self._run)
+        self._keeper = gevent.spawn(self._keep_ghosts)
         log.info("redis broker starting", extra={"event": "broker_start", "redis": self.where,
                                                  "prefix": self.prefix})
 
@@ -182,6 +184,8 @@ class RedisBroker(Broker):
         self._wake()
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
+        if self._keeper is not None:
+            self._keeper.kill(block=False)
         self._lost()
 
     # ---- publish ----------------------------------------------------------------------
@@ -201,6 +205,18 @@ class RedisBroker(Broker):
         return published.offsets
 
     # ---- positions and history ------------------------------------------------------
+
+    def _keep_ghosts(self):
+        """A stream nobody published to has a meta of GHOST_SECONDS (redis_history.py): while
+        this worker holds it, its subscribers' epoch must not lapse, so renew it a few
+        times per lifetime (one pipelined EXPIRE per held stream per 20 s)."""
+        while True:
+            gevent.sleep(GHOST_SECONDS / 3)
+            try:
+                self.history_store.keep_ghosts([wire.topic_stream(t) for t in list(self._wanted)])
+            except redis.RedisError as exc:
+                log.warning("redis: ghost metas not renewed", extra={"event": "broker_keep_ghosts_failed",
+                                                                    "error": type(exc).__name__})
 
     def position(self, stream: str) -> tuple:
         """(epoch, top) of `stream`, creating its epoch when it has none; (None, 0) while
