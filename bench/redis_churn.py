@@ -119,7 +119,8 @@ class RedisProc:
 
 
 class ServerProc:
-    def __init__(self, workdir: Path, redis_url: str | None, workers: int, prefix: str):
+    def __init__(self, workdir: Path, redis_url: str | None, workers: int, prefix: str, *,
+                 tree: Path = REPO, extra_env: dict | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
@@ -135,9 +136,10 @@ class ServerProc:
         })
         if redis_url:
             env["REDIS_URL"] = redis_url
+        env.update(extra_env or {})
         gunicorn = Path(sys.executable).parent / "gunicorn"
         self.log = open(workdir / "server.log", "wb")
-        self.proc = subprocess.Popen([str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=REPO, env=env,
+        self.proc = subprocess.Popen([str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=tree, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         import urllib.request
 
