@@ -222,7 +222,7 @@ class Settings:
     # clock skew allowed on `exp`; PROTOCOL.md 2.1 caps it at 30 s
     jwt_leeway_seconds: int = setting("WS_JWT_LEEWAY_SECONDS", 10, between(0, 30))
     # legacy connections: least ms between two event frames of one type (PROTOCOL.md 8); 0 = off
-    legacy_type_gap_ms: int = setting("WS_LEGACY_TYPE_GAP_MS", 120, between(0, 10_000))
+    legacy_type_gap_ms: int = setting("WS_LEGACY_TYPE_GAP_MS", 200, between(0, 10_000))
     # legacy connections that dropped: how long where they left off is kept (PROTOCOL.md 8); 0 = off
     resume_seconds: float = setting("WS_RESUME_SECONDS", 120.0, between(0, 3600, number))
     # ... and at most this many streams' marks per user (resume_marks.py)

@@ -3,7 +3,7 @@
 Headless Chromium runs tests/browser/fonana_client.html, a page that behaves like the
 Fonana client (`lib/services/websocket.ts`): per-type 100 ms throttle, resubscribe on
 open, reconnect after 1, 2, 4, 8, 16 s. Servers here run with the real defaults
-(WS_LEGACY_TYPE_GAP_MS unset: 120 ms), against real gunicorn and PostgreSQL.
+(WS_LEGACY_TYPE_GAP_MS unset: 200 ms), against real gunicorn and PostgreSQL.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ pytestmark = [pytest.mark.postgres,
               pytest.mark.skipif(chromium_path() is None,
                                  reason="no chromium (scripts/ensure-services installs the Debian package)")]
 
+# The most a jittering link delays one server->client chunk (issue 17's target: 0-60 ms).
+JITTER = 0.060
 DEFAULTS = {"WS_LEGACY_TYPE_GAP_MS": None, "WS_RESUME_SECONDS": None}   # the server's own defaults
 
 
@@ -48,10 +50,10 @@ def post_channels(scene):
     return [{"type": "post", "postId": p} for p in scene["posts"]]
 
 
-def like_burst(scene, per_post=10):
-    """30 post_liked for 3 posts, interleaved, counts rising per post."""
+def like_burst(scene, per_post=10, base=0):
+    """30 post_liked for 3 posts, interleaved, counts rising per post (base+1 .. base+10)."""
     return [{"type": "post_liked", "postId": scene["posts"][i % 3], "userId": scene["creator"],
-             "likesCount": i // 3 + 1} for i in range(3 * per_post)]
+             "likesCount": base + i // 3 + 1} for i in range(3 * per_post)]
 
 
 def test_the_page_drops_events_like_the_fonana_client_when_nothing_paces_them(server_factory, pg_url,
@@ -157,5 +159,37 @@ def test_a_deploy_ends_with_every_missed_event_on_the_page_once(server_factory, 
         proxy.target = (new.host, new.port)
         proxy.up()                                     # the page comes back on its own schedule
         assert_everything_once(tab, scene, notes, opens=2)
+    finally:
+        proxy.down()
+
+
+def test_bursts_behind_a_jittering_relay_all_reach_the_page(server_factory, pg_url, browser, scene):
+    """Issue 17: behind a plain relay (Nagle on) that delays each server->client chunk by a
+    random 0-60 ms, in order, burst after burst ends with every final count and every
+    notification on the page, once."""
+    import time
+
+    from support.tcpproxy import TcpProxy
+    srv = server_factory.start("browser-jitter", database_url=pg_url, env=DEFAULTS)
+    proxy = TcpProxy(srv.host, srv.port, nodelay=False, jitter=JITTER)
+    try:
+        tab = browser.open(f"ws://127.0.0.1:{proxy.port}/ws", srv.token(scene["fan"]), post_channels(scene))
+        tab.wait_subscribed(3)
+        notes = []
+        for n in range(1, 4):
+            if n > 1:
+                # the pause between bursts is part of the scenario (the server drops a quiet
+                # connection's pacing state after 1 s), not a wait for anything
+                time.sleep(4.0)
+            srv.publish({"events": like_burst(scene, base=10 * (n - 1))})
+            for k in range(3):
+                r = srv.api("/api/notifications", {"userId": scene["fan"], "type": "SYSTEM_ANNOUNCEMENT",
+                                                   "title": f"burst {n} note {k}", "message": "hello"})
+                assert r.status_code == 201, r.text
+                notes.append(r.json()["id"])
+            tab.wait(f"Object.values(f.likes).length === 3 && Object.values(f.likes).every(v => v === {10 * n})"
+                     f" && f.notifications.length >= {len(notes)}", f"burst {n}'s final counts and notifications")
+            assert tab.likes() == {p: 10 * n for p in scene["posts"]}
+            assert tab.notifications() == notes                   # each once, in order
     finally:
         proxy.down()

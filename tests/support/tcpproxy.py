@@ -1,17 +1,30 @@
 """A TCP forwarder the suite can cut and restore: PostgreSQL "going away and coming back"
-without touching the real database server (other tests keep using it directly)."""
+without touching the real database server (other tests keep using it directly).
+
+It also plays the middleboxes a live client sits behind (issue 17):
+- `nodelay=False`: a plain user-space relay (a thread per direction doing recv/sendall)
+  that leaves Nagle on both of its sockets, as a simple TCP balancer or proxy does;
+- `jitter=s`: each server->client chunk waits a random 0..s seconds before it is sent
+  on, in order (as TCP keeps it), so the spacing the server wrote is not the spacing
+  that arrives.
+"""
 from __future__ import annotations
 
+import queue
+import random
 import socket
 import threading
+import time
 
 from .server import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int):
+    def __init__(self, target_host: str, target_port: int, *, nodelay: bool = True, jitter: float = 0.0):
         self.target = (target_host, target_port)
         self.port = free_port()
+        self.nodelay = nodelay
+        self.jitter = jitter                    # max extra delay of a server->client chunk (s)
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -67,8 +80,9 @@ class TcpProxy:
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
-                for s in (client, upstream):    # forward each chunk at once, as a router would
-                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.nodelay:                # forward each chunk at once, as a router would
+                    for s in (client, upstream):
+                        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 upstream.settimeout(None)
             except OSError:
                 client.close()
@@ -76,7 +90,10 @@ class TcpProxy:
             with self._lock:
                 self._socks.update((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            if self.jitter > 0:
+                self._jittered(upstream, client)
+            else:
+                threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -87,7 +104,42 @@ class TcpProxy:
                 dst.sendall(data)
         except OSError:
             pass
+        self._end(src, dst)
+
+    def _end(self, src: socket.socket, dst: socket.socket) -> None:
         for s in (src, dst):
             with self._lock:
                 self._socks.discard(s)
             self._kill(s)
+
+    def _jittered(self, src: socket.socket, dst: socket.socket) -> None:
+        """src -> dst with each chunk held a random 0..jitter s, never overtaking an earlier
+        one: a reader stamps each chunk's release time, a writer sends them in order."""
+        chunks: queue.SimpleQueue = queue.SimpleQueue()
+
+        def read():
+            try:
+                while True:
+                    data = src.recv(65536)
+                    chunks.put((time.monotonic() + random.uniform(0.0, self.jitter), data))
+                    if not data:
+                        return
+            except OSError:
+                chunks.put((0.0, b""))
+
+        def write():
+            try:
+                while True:
+                    release, data = chunks.get()
+                    if not data:
+                        break
+                    wait = release - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)        # the link's delay itself, not a synchronisation
+                    dst.sendall(data)
+            except OSError:
+                pass
+            self._end(src, dst)
+
+        threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=write, daemon=True).start()
