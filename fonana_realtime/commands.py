@@ -7,7 +7,6 @@ only delays that connection's later commands, never anyone else.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
 
 from . import close_codes, error_codes, metrics
@@ -57,14 +56,8 @@ class Commands:
 
     def handle(self, conn, text: str):
         metrics.step(metrics.FRAMES_IN)
-        now = time.monotonic()
-        if not conn.take_token(now):
-            metrics.RATE_LIMITED.inc()
-            if conn.abusing(now):
-                log.info("rate limit abuse", extra={"event": "rate_abuse", "user_id": conn.user_id,
-                                                     "conn_id": conn.id})
-                conn.close(close_codes.RATE_LIMITED)
-            else:
+        if not conn.admit():
+            if not conn.closing:              # (a sustained flood was closed 4008)
                 conn.send_error(error_codes.RATE_LIMITED)
             return
         kind, obj = parse_command(text)

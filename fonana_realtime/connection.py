@@ -20,7 +20,7 @@ import time
 from collections import deque
 
 import gevent
-from gevent import getcurrent
+from gevent import getcurrent, sleep
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import close_codes, error_codes, metrics
@@ -40,6 +40,15 @@ CLOSE_GRACE_SECONDS = 5.0
 ABUSE_QUIET_SECONDS = 1.0
 # While corked (`Connection.cork`), held writes past this many bytes go out at once.
 CORK_MAX_BYTES = 65536
+# Most frames one inbound message may come in (close 1009 past it, like a message over
+# WS_MAX_MESSAGE_BYTES). Empty fragments carry no payload for the size limit to count:
+# 3M of them cost +21.8 MB RSS and 25 s of CPU (issue 18). Browsers do not fragment.
+MAX_FRAGMENTS = 128
+# Longest run of one read's frames handled without letting other greenlets run. gevent's
+# hub polls for I/O only every 50 run callbacks (sleep(0) is one), so a flooder whose
+# every turn is one 64 KiB read of 6-byte ping frames (~100 ms each) kept a bystander
+# waiting for seconds even with a yield per read; bounding the turn bounds that wait.
+READ_TURN_SECONDS = 0.002
 
 
 class Connection:
@@ -51,7 +60,7 @@ class Connection:
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "writer", "closing", "closed",
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "limits", "pacer", "pace", "resume", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_binary",
+                 "limits", "pacer", "pace", "resume", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary",
                  "corked")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
@@ -98,6 +107,7 @@ class Connection:
         self.last_refused = 0.0
         self._in_parts: list = []
         self._in_size = 0
+        self._in_frames = 0
         self._in_binary = False
         self.corked: Cork | None = None   # replies held while one read's frames are handled
 
@@ -406,6 +416,20 @@ class Connection:
     def abusing(self, now: float) -> bool:
         return bool(self.over_limit_since) and now - self.over_limit_since >= self.limits.rate_abuse_seconds
 
+    def admit(self) -> bool:
+        """One inbound frame (a command, or a WebSocket ping) against the bucket. False:
+        refused, and after WS_RATE_ABUSE_SECONDS of refusals the connection is closing
+        with 4008. Ping frames count too: unlimited, they were a flood nothing closed
+        (issue 18: 97 MB of pongs in 8 s)."""
+        now = time.monotonic()
+        if self.take_token(now):
+            return True
+        metrics.RATE_LIMITED.inc()
+        if self.abusing(now):
+            log.info("rate limit abuse", extra={"event": "rate_abuse", "user_id": self.user_id, "conn_id": self.id})
+            self.close(close_codes.RATE_LIMITED)
+        return False
+
     # ---- the read loop --------------------------------------------------------
 
     def read_loop(self, on_text):
@@ -423,15 +447,30 @@ class Connection:
                 proto.receive_data(data)
                 self.cork()
                 try:
+                    turn_ends = time.monotonic() + READ_TURN_SECONDS
                     for event in proto.events():
                         if not self._on_event(event, on_text):
                             return
+                        if time.monotonic() > turn_ends:
+                            self._give_way()
+                            turn_ends = time.monotonic() + READ_TURN_SECONDS
                 finally:
                     self.uncork()
             except Exception:          # a parser bug must cost one connection, not a worker
                 log.exception("read loop failed", extra={"event": "conn_error", "conn_id": self.id})
                 self.close(close_codes.INTERNAL_ERROR)
                 return
+            # A recv with data waiting returns without going to the hub: a client that
+            # keeps data waiting (a flood) held the worker for as long as it wrote, and a
+            # bystander's ping waited 9.4 s (issue 18). So every read gives way once.
+            sleep(0)
+
+    def _give_way(self):
+        """Let the other greenlets run in the middle of one read's frames (what the read
+        brought about so far goes out first)."""
+        self.uncork()
+        sleep(0)
+        self.cork()
 
     def _on_event(self, event, on_text) -> bool:
         if isinstance(event, (TextMessage, BytesMessage)):
@@ -442,7 +481,8 @@ class Connection:
             if isinstance(data, str) and size * 4 > self.limits.max_message_bytes - self._in_size:
                 size = len(data.encode())
             self._in_size += size
-            if self._in_size > self.limits.max_message_bytes:
+            self._in_frames += event.frame_finished      # (a frame may arrive in several events)
+            if self._in_size > self.limits.max_message_bytes or self._in_frames > MAX_FRAGMENTS:
                 self.close(close_codes.TOO_BIG)
                 return True
             self._in_binary = isinstance(event, BytesMessage)
@@ -450,14 +490,16 @@ class Connection:
                 if not self._in_binary:
                     self._in_parts.append(data)
                 return True
-            parts, self._in_parts, self._in_size = self._in_parts, [], 0
+            parts, self._in_parts, self._in_size, self._in_frames = self._in_parts, [], 0, 0
             if self._in_binary:
                 self.send_error(error_codes.INVALID_MESSAGE)
                 return True
             parts.append(data)
             on_text(self, "".join(parts) if len(parts) > 1 else data)
         elif isinstance(event, Ping):
-            if not self.closing:               # nothing may follow our close frame
+            # Nothing may follow our close frame. A ping over the rate is not answered
+            # (RFC 6455 5.5.3 lets a pong answer only the latest of several pings).
+            if not self.closing and self.admit():
                 self._write(pong_frame(event.payload))
         elif isinstance(event, Pong):
             self.awaiting_pong = False

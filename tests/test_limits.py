@@ -21,7 +21,8 @@ import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from support.hardening import running_server
-from support.rawws import OP_TEXT, RawWebSocket
+from support.flood import Flood
+from support.rawws import OP_CONT, OP_PING, OP_TEXT, RawWebSocket, masked_frame
 from support.waiting import wait_until
 from support.ws import open_ws, refused_handshake
 
@@ -122,6 +123,27 @@ def test_fragmented_message_is_measured_whole(limits_server, user):
     big = ping_frame_of_size(MAX_MESSAGE + 600)
     ws.conn.send([big[i:i + 1000] for i in range(0, len(big), 1000)])  # each fragment under the limit
     assert ws.expect_closed() == 1009
+
+
+MAX_FRAGMENTS = 128        # connection.MAX_FRAGMENTS (PROTOCOL.md 2.5)
+
+
+def _fragments(text: bytes, count: int) -> bytes:
+    """`text` as one message in `count` fragments: all of it in the first, then empty ones."""
+    frames = [masked_frame(OP_TEXT, text, fin=count == 1)]
+    frames += [masked_frame(OP_CONT, b"", fin=i == count - 1) for i in range(1, count)]
+    return b"".join(frames)
+
+
+def test_message_in_too_many_fragments_closes_1009(limits_server, user):
+    """Issue 18.2: empty continuation frames carry no payload bytes, so the size limit
+    never saw them (3M of them: +21.8 MB RSS, 25 s of CPU, never closed)."""
+    with RawWebSocket(limits_server.host, limits_server.port, f"/ws?token={limits_server.token(user)}") as raw:
+        raw.recv_json_until("connected")
+        raw.sock.sendall(_fragments(b'{"type":"ping"}', MAX_FRAGMENTS))       # at the limit: served
+        raw.recv_json_until("pong")
+        raw.sock.sendall(_fragments(b'{"type":"ping"}', MAX_FRAGMENTS + 2)[:-6])    # 129, unfinished
+        assert raw.close_code() == 1009
 
 
 def test_frame_over_the_default_64_kib_closes_1009(server, user):
@@ -229,6 +251,33 @@ def test_sustained_flood_closes_4008(rate_server, user):
     # not a ban: the same user connects again at once
     fresh = rate_server.connect(user)
     fresh.ping()
+
+
+FLOOD_SECONDS = 12       # bound of each flood; the server should close it long before
+
+
+@pytest.mark.parametrize("opcode, payload", [(OP_TEXT, b'{"type":"ping"}'), (OP_PING, b"")],
+                         ids=["json-ping", "ping-frame"])
+def test_a_flood_is_closed_4008_and_does_not_freeze_the_worker(rate_server, seed, opcode, payload):
+    """Issue 18.1: a client writing pings as fast as it can (JSON pings, or WebSocket ping
+    frames, which count against the same bucket) is closed 4008, and another connection
+    of the same one-worker server is answered while the flood still runs (the read loop
+    yields between reads). Ordering only: the bystander's pong must come while the
+    flooder is still writing."""
+    bystander = rate_server.connect(seed.user())
+    flood = Flood.of(rate_server, rate_server.token(seed.user()), opcode, payload, seconds=FLOOD_SECONDS)
+    try:
+        flood.start()
+        assert flood.answered.wait(10), "the server answered nothing of the flood"
+        bystander.ping(timeout=FLOOD_SECONDS + 10)
+        served_during_flood = flood.flooding
+        assert flood.wait(FLOOD_SECONDS + 15), "the flooder's connection did not end"
+    finally:
+        flood.close()
+    assert served_during_flood, \
+        f"the bystander's ping was answered only after the flood stopped ({flood.sent} bytes sent)"
+    assert flood.close_code == 4008, f"flooder closed with {flood.close_code} after {flood.sent} bytes"
+    bystander.ping()
 
 
 # -- 3. subscriptions per connection, connections per user --------------------------------------

@@ -105,18 +105,8 @@ class RawWebSocket:
             payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
         return opcode, payload
 
-    def send_frame(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        header = bytes([0x80 | opcode])
-        n = len(payload)
-        if n < 126:
-            header += bytes([0x80 | n])
-        elif n < 65536:
-            header += bytes([0x80 | 126]) + struct.pack("!H", n)
-        else:
-            header += bytes([0x80 | 127]) + struct.pack("!Q", n)
-        masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+    def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+        self.sock.sendall(masked_frame(opcode, payload, fin=fin))
 
     def close(self) -> None:
         try:
@@ -129,3 +119,19 @@ class RawWebSocket:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """One client frame (masked, as RFC 6455 requires of a client); `fin=False` makes it
+    a fragment of a message that goes on (opcode OP_CONT for every fragment after the first)."""
+    mask = os.urandom(4)
+    header = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        header += bytes([0x80 | n])
+    elif n < 65536:
+        header += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        header += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    return header + mask + masked

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""bench/abuse_flood.py: how long a bystander waits while one client floods the worker (issue 18.1).
+
+    .venv/bin/python bench/abuse_flood.py [--seconds 8] [--reps 3] [--tree DIR]
+
+One gunicorn (one gevent worker, embedded store, in-process broker, default limits,
+pinned to core 0) serves two clients from this process (pinned to core 1): a flooder
+writing one frame over and over as fast as it can for `--seconds` (and reading all it
+gets back: tests/support/flood.py), and a bystander connected before, sending a JSON
+ping and waiting for its pong, up to 10 a second (its own rate limit is 20/s), for as
+long as the flood lasts. Two floods: JSON
+`{"type":"ping"}` text frames, and empty WebSocket ping frames (opcode 9).
+
+Reported per flood, medians over the repetitions: the bystander's worst and median
+round trip while the flood ran, how the flooder's connection ended (close code) and
+after how long, and the bytes it wrote. `--tree` runs the server from another checkout
+(e.g. a worktree of 2a9aaaf) to compare. 127.0.0.1 only; every loop is bounded in time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import jwt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+import run as bench  # noqa: E402  (bench/run.py: servers pinned to a core)
+from support.flood import Flood  # noqa: E402
+from support.rawws import OP_PING, OP_TEXT, RawWebSocket, masked_frame  # noqa: E402
+
+PING_GAP = 0.1
+FLOODS = {"json-ping": (OP_TEXT, b'{"type":"ping"}'), "ping-frame": (OP_PING, b"")}
+
+
+def token(secret: str, user: str) -> str:
+    return jwt.encode({"userId": user, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+
+
+def one_flood(srv, secret: str, kind: str, seconds: float, user_index: int) -> dict:
+    bystander = RawWebSocket(bench.HOST, srv.port, f"/ws?token={token(secret, f'bench-u{user_index}')}")
+    bystander.recv_json_until("connected")
+    opcode, payload = FLOODS[kind]
+    flood = Flood(bench.HOST, srv.port, f"/ws?token={token(secret, f'bench-u{user_index + 1}')}",
+                  masked_frame(opcode, payload), seconds=seconds)
+    rtts = []
+    started = time.monotonic()
+    flood.start()
+    flood.answered.wait(10)
+    while flood.flooding and time.monotonic() - started < seconds + 5:
+        t0 = time.monotonic()
+        bystander.send_json({"type": "ping"})
+        bystander.recv_json_until("pong", timeout=seconds + 30)
+        rtts.append(time.monotonic() - t0)
+        # 10 pings/s at most: within the bystander's own command rate (20/s)
+        time.sleep(max(0.0, t0 + PING_GAP - time.monotonic()))
+    flood.wait(seconds + 15)
+    ended = time.monotonic() - started
+    flood.close()
+    bystander.close()
+    return {"worst_ms": max(rtts) * 1000 if rtts else None,
+            "median_ms": statistics.median(rtts) * 1000 if rtts else None,
+            "round_trips": len(rtts), "close_code": flood.close_code,
+            "ended_s": ended, "flood_mb": flood.sent / 1e6}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tree", type=Path, default=None, help="run the server from this checkout")
+    args = ap.parse_args()
+    os.sched_setaffinity(0, {bench.GEN_CPU})
+    ctx = bench.Context(SimpleNamespace(reps=args.reps, nice=0, quiet_wait=30.0), "quick")
+    if args.tree:
+        ctx.server_src = args.tree.resolve()
+        ctx.server_version = f"tree {args.tree}"
+    else:
+        ctx.server_version = bench.snapshot_server(ctx)
+    bench.log(f"server: {ctx.server_version}; floods of {args.seconds} s, {args.reps} repetition(s)")
+    srv = bench.Server("ours", ctx, label="abuse")
+    srv.start()
+    srv.stop()
+    bench.add_bench_users(ctx.data_dir / "fonana.sqlite3", 100)
+    srv = bench.Server("ours", ctx, label="abuse").start()
+    results = {kind: [] for kind in FLOODS}
+    try:
+        users = iter(range(0, 100, 2))
+        for rep in range(args.reps):
+            for kind in FLOODS:
+                bench.wait_quiet(ctx)
+                res = one_flood(srv, ctx.jwt_secret, kind, args.seconds, next(users))
+                results[kind].append(res)
+                bench.log(f"rep {rep + 1} {kind}: " + json.dumps(
+                    {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()}))
+    finally:
+        srv.stop()
+    bench.log(f"\nmedians over {args.reps} repetition(s)")
+    bench.log("| flood | bystander worst RTT (ms) | bystander median RTT (ms) | flooder closed with | after (s) | flood written (MB) |")
+    bench.log("|---|---|---|---|---|---|")
+    for kind, rs in results.items():
+        def med(key):
+            vals = [r[key] for r in rs if r[key] is not None]
+            return statistics.median(vals) if vals else None
+        codes = sorted({str(r["close_code"]) for r in rs})
+        fmt = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"
+        bench.log(f"| {kind} | {fmt(med('worst_ms'))} | {fmt(med('median_ms'), 2)} | {'/'.join(codes)} | "
+                  f"{fmt(med('ended_s'))} | {fmt(med('flood_mb'))} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
