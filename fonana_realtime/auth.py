@@ -17,6 +17,11 @@ from jwt.exceptions import DecodeError
 from jwt.utils import base64url_decode, base64url_encode
 
 MAX_TOKEN_BYTES = 8192          # a real Fonana token is a few hundred bytes
+# The last instant an ISO-8601 time (the welcome's and `authenticated`'s `expiresAt`) can
+# name: 9999-12-31T23:59:59.999Z. A later `exp` (1e20, Number.MAX_SAFE_INTEGER, an
+# integer of 400 digits) is valid JWT and means "never" just as well: it is taken as this.
+# Unclamped, building the welcome raised after the connection was registered (issue 18).
+LAST_EXPIRY = 253402300799.9995     # (.999 is .998999... as a double)
 
 
 class AuthError(Exception):
@@ -116,7 +121,9 @@ def verify_token(token: str | None, secrets: tuple[str, ...], leeway: int = 10) 
         if not isinstance(user_id, str) or not user_id or len(user_id) > 128:
             raise AuthError("invalid_token")
         try:
-            exp = float(claims["exp"])
+            exp = min(float(claims["exp"]), LAST_EXPIRY)
+        except OverflowError:                  # an integer beyond the double range
+            exp = LAST_EXPIRY
         except (TypeError, ValueError):
             raise AuthError("invalid_token") from None
         return Identity(user_id=user_id, expires_at=exp)

@@ -218,6 +218,16 @@ class Commands:
             conn.send_error(error_codes.INVALID_TOKEN)
             conn.close(close_codes.TOKEN_EXPIRED, "token is for another user")
             return
+        try:
+            exists = self.rt.user_exists(conn.user_id, fresh=True)
+        except StoreUnavailable:
+            exists = True        # the handshake found the user; an outage must not end every session
+        if not exists:           # deleted since the handshake: the handshake would refuse it now
+            log.info("auth refused", extra={"event": "auth_failed", "reason": "unknown_user",
+                                            "user_id": conn.user_id, "conn_id": conn.id})
+            conn.send_error(error_codes.INVALID_TOKEN)
+            conn.close(close_codes.TOKEN_EXPIRED, "unknown user")
+            return
         conn.expires_at = identity.expires_at
         conn.send_json({"type": "authenticated", "data": {"expiresAt": iso_utc(identity.expires_at)}})
 

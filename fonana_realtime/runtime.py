@@ -64,15 +64,18 @@ class Runtime:
         gevent.spawn(heartbeat.run, self.hub, self.settings)
         gevent.spawn(self.access_expiry.run)
 
-    def user_exists(self, user_id: str) -> bool:
+    def user_exists(self, user_id: str, fresh: bool = False) -> bool:
         """Brief cache (WS_USER_CACHE_SECONDS): reconnect storms do not hammer `users`.
-        Only positive answers are cached, so a new user can connect at once."""
+        Only positive answers are cached, so a new user can connect at once. `fresh`
+        asks the database whatever the cache holds (the `auth` command: once per token)."""
         now = time.monotonic()
-        until = self._user_cache.get(user_id)
+        until = None if fresh else self._user_cache.get(user_id)
         if until is not None and until > now:
             return True
         exists = self.store.user_exists(user_id)       # StoreUnavailable propagates
-        if exists and self.settings.user_cache_seconds > 0:
+        if not exists:
+            self._user_cache.pop(user_id, None)
+        elif self.settings.user_cache_seconds > 0:
             if len(self._user_cache) > 50_000:
                 self._user_cache = {k: v for k, v in self._user_cache.items() if v > now}
             self._user_cache[user_id] = now + self.settings.user_cache_seconds

@@ -64,8 +64,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _unique_keys(pairs) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key[:64]!r} (which one counts is up to each reader)")
+            seen.add(key)
+    return obj
+
+
 # One decoder, made once: json.loads with any keyword builds a new one per call (~2 us).
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+# The API's: an object with a key twice is refused (RFC 8259 4: names SHOULD be unique;
+# readers differ on which one wins, so a checked `postId` could be another's). Only API
+# bodies pay for the Python hook per object; client commands and broker messages do not.
+_DECODER_UNIQUE_KEYS = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float,
+                                        object_pairs_hook=_unique_keys)
 
 
 def _encodable(text: str) -> None:
@@ -75,17 +91,18 @@ def _encodable(text: str) -> None:
         raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff without its pair)") from None
 
 
-def loads(text):
+def loads(text, *, unique_keys: bool = False):
     """JSON from a client frame, an API body or a broker message: standard JSON only.
     ValueError for anything else: not JSON, not UTF-8, NaN/Infinity/-Infinity, a float out
     of the double range (1e400), a string with a lone surrogate (it cannot be written back
     as UTF-8), or more than MAX_JSON_DEPTH nested arrays/objects (json.loads itself raises
-    RecursionError a little under 1000 levels, which is not a ValueError). Integers of any
-    size are standard JSON and written back as they came."""
+    RecursionError a little under 1000 levels, which is not a ValueError); with
+    `unique_keys`, an object holding one key twice. Integers of any size are standard
+    JSON and written back as they came."""
     if not isinstance(text, str):
         text = bytes(text).decode("utf-8")          # UnicodeDecodeError is a ValueError
     try:
-        obj = _DECODER.decode(text)
+        obj = (_DECODER_UNIQUE_KEYS if unique_keys else _DECODER).decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     check_text = _SURROGATE_ESCAPE.search(text) is not None

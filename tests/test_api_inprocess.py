@@ -106,6 +106,13 @@ RAW_BODIES = {
     "invalid_utf8": b'{"event": {"type": "feed_update", "userId": "\xff", "posts": []}}',
     "nan": '{"event": {"type": "feed_update", "userId": "x", "posts": [NaN]}}',
     "lone_surrogate": '{"event": {"type": "feed_update", "userId": "x", "posts": ["\\ud800"]}}',
+    # issue 18.6: readers differ on which of two keys counts; the checked postId may not be the delivered one
+    "duplicate_key_in_event": '{"event": {"type": "post_liked", "postId": "p-open", "userId": "x", '
+                              '"likesCount": 1, "postId": "p-other"}}',
+    "duplicate_key_at_top": '{"event": {"type": "post_deleted", "postId": "p-1"}, '
+                            '"event": {"type": "post_deleted", "postId": "p-2"}}',
+    "duplicate_key_deep": '{"event": {"type": "comment_added", "postId": "p-1", '
+                          '"comment": {"id": "c", "id": "d"}}}',
 }
 
 
@@ -148,12 +155,42 @@ def BAD_REQUESTS(P="p-1", F=FAN):
         "events_not_a_list": {"events": {"type": "post_liked"}},
         "events_item_not_object": {"events": ["post_liked"]},
         "events_empty": {"events": []},
+        # issue 18.6: catalogue fields have kinds (events.CATALOGUE)
+        "likesCount_string": {"event": dict(liked, likesCount="five")},
+        "likesCount_negative": {"event": dict(liked, likesCount=-1)},
+        "likesCount_boolean": {"event": dict(liked, likesCount=True)},
+        "likesCount_fraction": {"event": dict(liked, likesCount=1.5)},
+        "post_liked_userId_number": {"event": dict(liked, userId=7)},
+        "comment_added_comment_string": {"event": {"type": "comment_added", "postId": P, "comment": "hi"}},
+        "feed_update_posts_object": {"event": {"type": "feed_update", "userId": F, "posts": {}}},
+        "post_created_timestamp_empty": {"event": {"type": "post_created", "post": {"id": P}, "userId": F,
+                                                   "timestamp": ""}},
+        "notification_read_notificationId_null": {"event": {"type": "notification_read", "userId": F,
+                                                            "notificationId": None}},
+        "creator_updated_data_list": {"event": {"type": "creator_updated", "creatorId": F, "data": []}},
     }
 
 
 @pytest.mark.parametrize("name", sorted(BAD_REQUESTS()))
 def test_bad_request_is_400_and_publishes_nothing(client, published, name):
     assert_400(post(client, "/api/events", BAD_REQUESTS()[name]))
+    assert published == []
+
+
+# the `type` of every frame the server itself sends (PROTOCOL.md 2.2, 8)
+SERVER_FRAME_TYPES = ["connected", "subscribed", "unsubscribed", "pong", "authenticated", "error",
+                      "unread_notifications", "recovered", "event"]
+
+
+@pytest.mark.parametrize("frame_type", SERVER_FRAME_TYPES)
+def test_an_event_of_a_server_frames_type_is_400_even_addressed(client, published, frame_type):
+    """Issue 18.6: a published `connected`, `error`, `pong`... would reach clients as if
+    the server had sent it."""
+    for body in ({"event": {"type": frame_type, "data": {}}, "userId": FAN},
+                 {"events": [{"type": "post_deleted", "postId": "p-1"}, {"type": frame_type}],
+                  "channel": "post_p-1"}):
+        answer = assert_400(post(client, "/api/events", body))
+        assert frame_type in answer["reason"], answer
     assert published == []
 
 

@@ -141,3 +141,43 @@ def test_leeway_outside_0_to_30_refuses_to_start(server_factory, value):
     rc = srv.wait_exit(20)
     assert rc is not None and rc != 0, f"started with WS_JWT_LEEWAY_SECONDS={value}"
     assert "WS_JWT_LEEWAY_SECONDS" in srv.output(), srv.output_tail()
+
+
+FAR_EXP = {"1e20": 1e20, "max_safe_integer": 2 ** 53 - 1, "year_10000": 253402300800, "400_digits": 10 ** 400}
+
+
+@pytest.mark.parametrize("exp", list(FAR_EXP.values()), ids=list(FAR_EXP))
+def test_an_exp_beyond_year_9999_gets_a_welcome_and_a_refresh(lt_server, user, exp):
+    """Issue 18.5: such an `exp` is a valid signed token meaning "never"; `expiresAt` is
+    the last instant ISO-8601 can name. It used to raise after the connection was
+    registered (no welcome, the connection left in the hub: after 20 tries the user was
+    refused 429), and `auth` with it closed 1011."""
+    far = make_token(lt_server.jwt_secret, user, exp_in=None, exp=exp)
+    ws = lt_server.connect(user, token=far)
+    assert ws.welcome["data"]["expiresAt"] == "9999-12-31T23:59:59.999Z", ws.welcome
+    ws.ping()
+    ws.send_json({"type": "auth", "token": far})
+    assert ws.expect_type("authenticated")["data"]["expiresAt"] == "9999-12-31T23:59:59.999Z"
+    ws.barrier()
+    # a connection of a token with a usual exp refreshes to the far one, and back
+    other = lt_server.connect(user)
+    other.send_json({"type": "auth", "token": far})
+    assert other.expect_type("authenticated")["data"]["expiresAt"] == "9999-12-31T23:59:59.999Z"
+    usual = lt_server.token(user, exp_in=1800)
+    other.send_json({"type": "auth", "token": usual})
+    assert other.expect_type("authenticated")["data"]["expiresAt"] == iso_ms(_exp(usual))
+
+
+def test_auth_of_a_user_deleted_since_the_handshake_is_refused_then_4001(lt_server, seed):
+    """Issue 18.8: the handshake refuses a deleted user; a connection opened before the
+    delete refreshed its token and subscribed on as if nothing happened. `auth` asks the
+    database again (not the handshake's seconds-long cache) and ends it."""
+    uid = seed.user()
+    ws = lt_server.connect(uid)
+    ws.subscribe({"type": "creator", "id": "before-the-delete"})
+    seed.execute('DELETE FROM "users" WHERE "id" = %s', (uid,))
+    ws.send_json({"type": "auth", "token": lt_server.token(uid, exp_in=3600)})
+    ws.expect_error("invalid_token", "Invalid token")
+    assert ws.expect_closed() == 4001
+    # and a new handshake is refused at once, whatever the handshake's cache held
+    assert refused_handshake(lt_server.url(lt_server.token(uid))).status == 401

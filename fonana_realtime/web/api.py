@@ -83,8 +83,8 @@ def json_body() -> dict:
         # beyond it means the body was cut, not that it ended there.
         raise PayloadTooLarge()
     try:
-        body = loads(raw)
-    except ValueError as exc:    # bad UTF-8, absurd nesting, NaN/Infinity/1e400, lone surrogates
+        body = loads(raw, unique_keys=True)
+    except ValueError as exc:    # bad UTF-8, absurd nesting, NaN/Infinity/1e400, lone surrogates, a key twice
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")

@@ -23,7 +23,7 @@ from flask import Blueprint
 from werkzeug import urls as _registers_url_quote  # noqa: F401  (the errors= handler below)
 from werkzeug.exceptions import HTTPException
 
-from .. import metrics
+from .. import close_codes, metrics
 from ..auth import AuthError
 from ..commands import iso_utc
 from ..connection import V2, Connection
@@ -209,16 +209,24 @@ def serve(rt, raw, key, subprotocol, identity, ip, started):
     metrics.observe(metrics.HANDSHAKE_SECONDS, time.perf_counter() - started)
     log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
                                  "ip": conn.ip})
-    welcome = {"userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
-               "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
-               "worker": os.getpid()}
-    if conn.protocol == V2:
-        epoch, top = rt.fanout.join_position(conn, conn.user_stream)
-        welcome["protocol"] = V2
-        welcome["user"] = {"stream": conn.user_stream, "offset": top, "epoch": epoch}
-    conn.send_json({"type": "connected", "data": welcome})
-    if conn.protocol is None and rt.resume is not None:
-        rt.resume.after_join(conn, conn.user_stream)     # missed user events, right after the welcome
+    try:
+        welcome = {"userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
+                   "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
+                   "worker": os.getpid()}
+        if conn.protocol == V2:
+            epoch, top = rt.fanout.join_position(conn, conn.user_stream)
+            welcome["protocol"] = V2
+            welcome["user"] = {"stream": conn.user_stream, "offset": top, "epoch": epoch}
+        conn.send_json({"type": "connected", "data": welcome})
+        if conn.protocol is None and rt.resume is not None:
+            rt.resume.after_join(conn, conn.user_stream)     # missed user events, right after the welcome
+    except Exception:
+        # It is registered: the read loop below answers the client's close echo (or the
+        # heartbeat cuts it), then unregisters it. Left as it was, a connection that never
+        # got its welcome stayed in the hub and counted against the user's limit for good.
+        log.exception("welcome failed", extra={"event": "internal_error", "user_id": conn.user_id,
+                                               "conn_id": conn.id})
+        conn.close(close_codes.INTERNAL_ERROR)
     gevent.spawn_raw(_live, rt, conn)      # a bare greenlet: no Greenlet bookkeeping per client
 
 
