@@ -34,6 +34,7 @@ def _channel(kind, field_name):
 
 # What a catalogue field must hold (PROTOCOL.md 7: "catalogue types are checked").
 ID = "id"             # a string matching [A-Za-z0-9_-]{1,128} (every id of the schema is a cuid)
+ID_OR_NULL = "id?"    # an id or null: the app's updatePostLikes(postId, likesCount, userId?) may leave the liker out
 COUNT = "count"       # an integer >= 0, not a boolean
 TEXT = "text"         # a non-empty string
 OBJECT = "object"     # a JSON object
@@ -42,6 +43,7 @@ ANY = "any"           # any value (a shape the app decides: `earnings`)
 
 _KINDS = {
     ID: (valid_id, "an id matching [A-Za-z0-9_-]{1,128}"),
+    ID_OR_NULL: (lambda v: v is None or valid_id(v), "null or an id matching [A-Za-z0-9_-]{1,128}"),
     COUNT: (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
     TEXT: (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     OBJECT: (lambda v: isinstance(v, dict), "a JSON object"),
@@ -70,9 +72,9 @@ CATALOGUE: dict[str, EventType] = {
     "notification": EventType({"userId": ID, "notification": OBJECT}, ("userId",), _user("userId")),
     "notification_read": EventType({"userId": ID, "notificationId": ID}, ("userId",), _user("userId")),
     "notifications_cleared": EventType({"userId": ID}, ("userId",), _user("userId")),
-    "post_liked": EventType({"postId": ID, "userId": ID, "likesCount": COUNT}, ("postId",),
+    "post_liked": EventType({"postId": ID, "userId": ID_OR_NULL, "likesCount": COUNT}, ("postId",),
                             _channel("post", "postId")),
-    "post_unliked": EventType({"postId": ID, "userId": ID, "likesCount": COUNT}, ("postId",),
+    "post_unliked": EventType({"postId": ID, "userId": ID_OR_NULL, "likesCount": COUNT}, ("postId",),
                               _channel("post", "postId")),
     "post_created": EventType({"post": OBJECT, "userId": ID, "timestamp": TEXT}, ("userId",),
                               _channel("feed", "userId")),

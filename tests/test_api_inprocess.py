@@ -161,6 +161,7 @@ def BAD_REQUESTS(P="p-1", F=FAN):
         "likesCount_boolean": {"event": dict(liked, likesCount=True)},
         "likesCount_fraction": {"event": dict(liked, likesCount=1.5)},
         "post_liked_userId_number": {"event": dict(liked, userId=7)},
+        "post_liked_userId_not_an_id": {"event": dict(liked, userId="a b")},
         "comment_added_comment_string": {"event": {"type": "comment_added", "postId": P, "comment": "hi"}},
         "feed_update_posts_object": {"event": {"type": "feed_update", "userId": F, "posts": {}}},
         "post_created_timestamp_empty": {"event": {"type": "post_created", "post": {"id": P}, "userId": F,
