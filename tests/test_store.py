@@ -312,6 +312,45 @@ def test_clear_notifications(store, rows):
 # -- demo seed -------------------------------------------------------------------
 
 
+def test_notification_of_is_the_users_row_or_none(store, rows):
+    owner, other = rows.user(), rows.user()
+    nid = rows.notification(owner, type="TIP_RECEIVED", metadata={"amount": 1})
+    row = store.notification_of(owner, nid)
+    assert set(row) == ROW_KEYS and row["id"] == nid and row["metadata"] == {"amount": 1}
+    assert ISO_MS.match(row["createdAt"])
+    assert store.notification_of(other, nid) is None          # not theirs
+    assert store.notification_of(owner, "n-missing") is None
+    assert store.notification_of(owner, "bad\x00id") is None
+
+
+def test_recent_notifications_of_a_type_since_oldest_first(store, rows):
+    """The candidates of POST /api/notifications/push (issue 19): that user's, that type,
+    written at or after `since` (naive UTC: the stores never use the session clock)."""
+    owner, other = rows.user(), rows.user()
+    now = utc_now()
+    old = rows.notification(owner, type="LIKE_POST", created_at=now - timedelta(minutes=5))
+    first = rows.notification(owner, type="LIKE_POST", created_at=now - timedelta(seconds=3))
+    second = rows.notification(owner, type="LIKE_POST", created_at=now - timedelta(seconds=1))
+    rows.notification(owner, type="COMMENT_POST", created_at=now)
+    rows.notification(other, type="LIKE_POST", created_at=now)
+    found = store.recent_notifications(owner, "LIKE_POST", now - timedelta(seconds=10))
+    assert [r["id"] for r in found] == [first, second]
+    assert all(set(r) == ROW_KEYS for r in found)
+    assert old not in [r["id"] for r in found]
+    assert store.recent_notifications(owner, "NEW_SUBSCRIBER", now - timedelta(seconds=10)) == []
+
+
+def test_post_likes(store, rows):
+    """The seed's updatePostLikes read `likesCount` from the post (issue 19)."""
+    creator = rows.user()
+    assert store.post_likes(rows.post(creator)) == 0
+    now = utc_now()
+    rows.insert("posts", {"id": "p-liked", "creatorId": creator, "title": "t", "content": "c", "type": "text",
+                          "likesCount": 7, "createdAt": now, "updatedAt": now})
+    assert store.post_likes("p-liked") == 7
+    assert store.post_likes("p-missing") is None
+
+
 def test_demo_seed(store):
     inserted = seed_demo(store)
     assert inserted == (10 if store.kind == "postgresql" else 0)  # sqlite seeded itself on creation
