@@ -96,10 +96,16 @@ def test_websocket_session_through_nginx(stack, seed):
     assert r.status_code == 200, (r.status_code, r.text[:300])
     assert nginx.get("/something-else").status_code == 404
 
+    _session(server, nginx, seed, lambda token: _ws_url(nginx, token))
+
+
+def _session(server, nginx, seed, url, **ws_options):
+    """A user connects at `url(token)`, subscribes to a post, gets the like published
+    through nginx's /api/, and answers a ping."""
     user = seed.user()
     creator = seed.user(is_creator=True)
     post = seed.post(creator)
-    client = open_ws(_ws_url(nginx, server.token(user)))
+    client = open_ws(url(server.token(user)), **ws_options)
     try:
         assert client.welcome["data"]["userId"] == user, client.welcome
         client.subscribe({"type": "post", "postId": post}, key=f"post_{post}")
@@ -120,20 +126,8 @@ def test_the_apps_own_url_wss_host_3002_ws(stack, seed):
     of the public address (here a free port on 127.0.0.1, with a certificate made for the run)
     and serves /ws there, and only /ws."""
     server, nginx = stack
-    user = seed.user()
-    creator = seed.user(is_creator=True)
-    post = seed.post(creator)
     tls = ssl.create_default_context(cafile=str(nginx.cert))
-    client = open_ws(f"{nginx.wss_base}/ws?token={quote(server.token(user), safe='')}", ssl=tls)
-    try:
-        assert client.welcome["data"]["userId"] == user, client.welcome
-        client.subscribe({"type": "post", "postId": post}, key=f"post_{post}")
-        event = {"type": "post_liked", "postId": post, "userId": creator, "likesCount": 9}
-        r = nginx.post("/api/events", json={"event": event}, headers={"Authorization": f"Bearer {server.api_key}"})
-        assert r.status_code == 202, (r.status_code, r.text[:300])
-        client.expect_event(event)
-    finally:
-        client.close()
+    _session(server, nginx, seed, lambda token: f"{nginx.wss_base}/ws?token={quote(token, safe='')}", ssl=tls)
     # the API, metrics and the rest stay on the internal side
     for path in ("/api/events", "/metrics", "/health", "/"):
         r = nginx.http.get(f"https://127.0.0.1:{nginx.tls_port}{path}", verify=str(nginx.cert), timeout=15,

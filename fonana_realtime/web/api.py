@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from contextlib import contextmanager
 
 from flask import Blueprint, jsonify, request
 
@@ -171,28 +172,45 @@ def _list_item(item, default_address):
     return item, default_address
 
 
-@bp.post("/notifications")
-def post_notification():
-    body = json_body()
+def _new_notification(body) -> tuple[str, str, str, str, dict | None]:
+    """userId, type, title, message, metadata of a notification body, checked."""
     user_id = _user_id(body)
     kind, title, message = _text(body, "type"), _text(body, "title"), _text(body, "message")
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise BadRequest("metadata must be a JSON object")
+    return user_id, kind, title, message, metadata
+
+
+@contextmanager
+def _store_refusals(kind):
+    """What the store refuses in a new notification, as a 400."""
     try:
-        row = runtime().store.create_notification(user_id, kind, title, message, metadata)
+        yield
     except UnknownNotificationType:
         raise BadRequest(f"type {kind!r} is not a NotificationType") from None
     except ValueError as exc:      # text or metadata the database cannot store (NUL, bad JSON)
         raise BadRequest(str(exc)) from None
-    if row is None:
-        return json_error(404, "not_found", reason="unknown_user")
+
+
+def _push_notification(user_id: str, row: dict):
+    """`notification` with the ROW to every tab of the user; a 503 carrying the row when
+    the broker is down (the row is written: it arrives as unread later), else None."""
     try:
         publish(Route(users=(user_id,)), dumps({"type": "notification", "userId": user_id, "notification": row}))
     except BrokerUnavailable:
-        # The row is written: it is the source of truth and arrives as unread later.
         return json_error(503, "broker_unavailable", notification=row)
-    return jsonify(row), 201
+    return None
+
+
+@bp.post("/notifications")
+def post_notification():
+    user_id, kind, title, message, metadata = _new_notification(json_body())
+    with _store_refusals(kind):
+        row = runtime().store.create_notification(user_id, kind, title, message, metadata)
+    if row is None:
+        return json_error(404, "not_found", reason="unknown_user")
+    return _push_notification(user_id, row) or (jsonify(row), 201)
 
 
 @bp.post("/notifications/push")
@@ -200,28 +218,17 @@ def post_notification_push():
     """The app's sendNotification after its route wrote the row (PROTOCOL.md 4.1): push
     that row, found by `metadata.id` or by its content; create one only when none is
     there. 200 with the row pushed, 201 when it was created."""
-    body = json_body()
-    user_id = _user_id(body)
-    kind, title, message = _text(body, "type"), _text(body, "title"), _text(body, "message")
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise BadRequest("metadata must be a JSON object")
+    user_id, kind, title, message, metadata = _new_notification(json_body())
     try:
-        answer = runtime().pushes.row_for(user_id, kind, title, message, metadata)
+        with _store_refusals(kind):
+            answer = runtime().pushes.row_for(user_id, kind, title, message, metadata)
     except NotFound:
         return json_error(404, "not_found", reason="metadata.id names no notification of this user")
-    except UnknownNotificationType:
-        raise BadRequest(f"type {kind!r} is not a NotificationType") from None
-    except ValueError as exc:      # text or metadata the database cannot store (NUL, bad JSON)
-        raise BadRequest(str(exc)) from None
     if answer is None:
         return json_error(404, "not_found", reason="unknown_user")
     row, created = answer
-    try:
-        publish(Route(users=(user_id,)), dumps({"type": "notification", "userId": user_id, "notification": row}))
-    except BrokerUnavailable:
-        return json_error(503, "broker_unavailable", notification=row)
-    return jsonify({"notification": row, "created": created}), 201 if created else 200
+    return _push_notification(user_id, row) or (jsonify({"notification": row, "created": created}),
+                                                201 if created else 200)
 
 
 @bp.post("/likes")

@@ -13,6 +13,7 @@ import { randomBytes } from "node:crypto";
 import { after, before, beforeEach, test } from "node:test";
 
 import { APP_DEFAULT_TIMEOUT_MS, appBaseUrl } from "../src/app-calls.js";
+import { appEnvironment } from "./support/app-env.js";
 import { startProxy } from "./support/proxy.js";
 import { freePort } from "./support/server.js";
 
@@ -20,14 +21,13 @@ const app = await import("@fonana/realtime-client/websocket-client");
 const seedServer = await import("@fonana/realtime-client/websocket-server");
 
 const KEY = `key-${randomBytes(12).toString("hex")}`;
-const saved = {};
+let restore = () => {};
 let logged = [];
 const consoleError = console.error;
 let hanging;
 
 before(async () => {
-  for (const name of ["WS_API_URL", "WS_API_SECRET", "FONANA_REALTIME_URL", "WS_API_TIMEOUT_MS"]) saved[name] = process.env[name];
-  delete process.env.FONANA_REALTIME_URL;
+  restore = appEnvironment(null);       // each test sets what it needs
   console.error = (...args) => logged.push(args.map(String).join(" "));
   // accepts every request and never answers: a server that is up but stuck
   hanging = await startProxy("http://127.0.0.1:9", () => "hang");
@@ -36,10 +36,7 @@ before(async () => {
 after(async () => {
   console.error = consoleError;
   await hanging?.close();
-  for (const [name, value] of Object.entries(saved)) {
-    if (value === undefined) delete process.env[name];
-    else process.env[name] = value;
-  }
+  restore();
 });
 
 beforeEach(() => {

@@ -22,8 +22,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, test } from "node:test";
 
-import { createDatabase } from "./support/pg.js";
-import { startServer } from "./support/server.js";
+import { startAppStack } from "./support/app-env.js";
 import { SocketPool } from "./support/ws.js";
 
 // imported by the package's own name, through its `exports`, as the app imports them
@@ -34,28 +33,17 @@ const ISO_MS_Z = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
 let db;
 let server;
+let stack;
 const pool = new SocketPool();
-const saved = {};
 
 before(async () => {
-  db = createDatabase();
-  server = await startServer({ name: "app-switchover", env: { DATABASE_URL: db.url } });
-  // the app's own settings, as its .env has them: WS_API_URL with the /api
-  for (const name of ["WS_API_URL", "WS_API_SECRET", "FONANA_REALTIME_URL", "WS_API_TIMEOUT_MS"]) saved[name] = process.env[name];
-  process.env.WS_API_URL = `${server.url}/api`;
-  process.env.WS_API_SECRET = server.apiKey;
-  delete process.env.FONANA_REALTIME_URL;
-  delete process.env.WS_API_TIMEOUT_MS;     // the default deadline (800 ms) against a live server
+  stack = await startAppStack("app-switchover");
+  ({ db, server } = stack);
 });
 
 after(async () => {
   pool.closeAll();
-  await server?.stop();
-  db?.drop();
-  for (const [name, value] of Object.entries(saved)) {
-    if (value === undefined) delete process.env[name];
-    else process.env[name] = value;
-  }
+  await stack?.stop();
 });
 
 const id = (prefix) => `${prefix}-${randomBytes(6).toString("hex")}`;

@@ -6,8 +6,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, test } from "node:test";
 
-import { createDatabase } from "./support/pg.js";
-import { startServer } from "./support/server.js";
+import { startAppStack } from "./support/app-env.js";
 import { SocketPool } from "./support/ws.js";
 
 const seedServer = await import("@fonana/realtime-client/websocket-server");
@@ -23,27 +22,17 @@ const SEED_EXPORTS = {
 
 let db;
 let server;
+let stack;
 const pool = new SocketPool();
-const saved = {};
 
 before(async () => {
-  db = createDatabase();
-  server = await startServer({ name: "websocket-server", env: { DATABASE_URL: db.url } });
-  for (const name of ["WS_API_URL", "WS_API_SECRET", "FONANA_REALTIME_URL", "WS_API_TIMEOUT_MS"]) saved[name] = process.env[name];
-  process.env.WS_API_URL = `${server.url}/api`;
-  process.env.WS_API_SECRET = server.apiKey;
-  delete process.env.FONANA_REALTIME_URL;
-  delete process.env.WS_API_TIMEOUT_MS;
+  stack = await startAppStack("websocket-server");
+  ({ db, server } = stack);
 });
 
 after(async () => {
   pool.closeAll();
-  await server?.stop();
-  db?.drop();
-  for (const [name, value] of Object.entries(saved)) {
-    if (value === undefined) delete process.env[name];
-    else process.env[name] = value;
-  }
+  await stack?.stop();
 });
 
 const id = (prefix) => `${prefix}-${randomBytes(6).toString("hex")}`;
