@@ -151,10 +151,9 @@ def test_the_readme_try_it_walkthrough_runs_as_written(tmp_path):
     import json
     import os
     import shutil
-    import signal
     import subprocess
 
-    from support.server import clean_env
+    from support.server import clean_env, kill_session
     clone, out = tmp_path / "clone", tmp_path / "out"
     clone.mkdir()
     out.mkdir()
@@ -174,11 +173,7 @@ def test_the_readme_try_it_walkthrough_runs_as_written(tmp_path):
     try:
         said, _ = proc.communicate(timeout=420)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
+        kill_session(proc)
 
     def show(name):
         path = out / name

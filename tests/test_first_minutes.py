@@ -9,7 +9,6 @@ import pty
 import re
 import select
 import shlex
-import signal
 import socket
 import subprocess
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from support.server import REPO, Server, clean_env
+from support.server import REPO, Server, clean_env, kill_session
 
 TRY_IT = re.compile(r"try it: TOKEN=\$\((?P<token>[^)]+)\)\s+KEY=\$\((?P<key>[^)]+)\)")
 THIS_MACHINE_ONLY = "reachable from this machine only"
@@ -161,11 +160,7 @@ def _first_lines_on_a_terminal(srv: Server, want: int = 4, timeout: float = 30.0
                 break
             buffer += chunk
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
+        kill_session(proc)
         os.close(master)
     lines = [l.strip() for l in buffer.decode(errors="replace").splitlines() if l.strip()]
     assert len(lines) >= want, lines
@@ -234,3 +229,30 @@ class _Stream:
 def test_console_format_follows_log_format_else_who_is_reading(setting, production, tty, expected):
     from fonana_realtime.logs import console_format
     assert console_format(setting, production, _Stream(tty)) == expected
+
+
+# ---- make run on a fresh clone: what it installs, out loud --------------------------------------
+
+def _make_plan(tmp_path: Path, target: str) -> list[str]:
+    """What `make -n TARGET` would run in a clone that has no .venv yet."""
+    clone = tmp_path / f"clone-{target}"
+    clone.mkdir()
+    for name in ("Makefile", "requirements.txt", "requirements-dev.txt"):
+        (clone / name).symlink_to(REPO / name)
+    plan = subprocess.run(["make", "-n", target], cwd=clone, env=clean_env({}), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    return plan.stdout.splitlines()
+
+
+def test_make_run_installs_the_runtime_set_and_says_so_with_pips_progress(tmp_path):
+    plan = _make_plan(tmp_path, "run")
+    installs = [l for l in plan if "pip install" in l]
+    assert len(installs) == 1, plan
+    words = shlex.split(installs[0])
+    assert "-q" not in words and "--quiet" not in words, installs[0]
+    assert words[-2:] == ["-r", "requirements.txt"], installs[0]            # not the test set
+    said = [l for l in plan[:plan.index(installs[0])] if l.startswith("echo") and "installing" in l]
+    assert said and "requirements.txt" in said[0], plan
+    test_plan = _make_plan(tmp_path, "test")
+    assert [l for l in test_plan if "pip install" in l and l.endswith("-r requirements-dev.txt")], test_plan

@@ -39,6 +39,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL to everything in the session `proc` leads (started with start_new_session),
+    then reap `proc`: what a test launched by hand leaves nothing running."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
 def gunicorn_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "gunicorn"
     conf = str(REPO / "gunicorn.conf.py")
