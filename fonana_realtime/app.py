@@ -5,7 +5,7 @@ import logging
 import logging.config
 
 from flask import Flask
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import WebsocketMismatch
 
 from .logs import console_format, logging_config
@@ -30,6 +30,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.json = StandardJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    # No route answers OPTIONS: Flask's automatic answer was a 200 text/html with an empty
+    # body. This API is server-to-server (no CORS; its key must never be in a browser),
+    # so OPTIONS gets the JSON 405 of any method a route does not take (PROTOCOL.md 7).
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     rt = app.extensions["fonana_realtime"] = Runtime(settings)
 
     @app.before_request
@@ -55,7 +59,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         name = (exc.name or "error").lower().replace(" ", "_")
-        return json_error(exc.code or 500, name, reason=exc.description)
+        response = json_error(exc.code or 500, name, reason=exc.description)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)    # RFC 9110 15.5.6
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -19,7 +19,9 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 from gunicorn import http, util
 from gunicorn.config import Config
-from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
+from gunicorn.http.errors import (ConfigurationProblem, ExpectationFailed, ForbiddenProxyRequest,
+                                  InvalidResponseHeader, InvalidResponseHeaderName, LimitRequestHeaders,
+                                  LimitRequestLine, ParseException, UnsupportedTransferCoding)
 from gunicorn.workers.ggevent import GeventWorker
 
 from . import turn_end
@@ -27,11 +29,24 @@ from .drain import drain, replaced_by_siblings
 
 log = logging.getLogger("fonana_realtime.drain")
 
+
+
+def _json_response(status: int, phrase: str, body: dict) -> bytes:
+    """A whole HTTP answer with a JSON body, for what the worker answers itself."""
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return (b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (status, phrase.encode(), len(data))) + data
+
+
 # What the handshake answers for a token over auth.MAX_TOKEN_BYTES (PROTOCOL.md 2.1).
-_TOKEN_TOO_LONG = json.dumps({"error": "unauthorized", "reason": "invalid_token"}, separators=(",", ":")).encode()
-_TOKEN_TOO_LONG_RESPONSE = (b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n"
-                            b"Content-Type: application/json\r\n"
-                            b"Content-Length: %d\r\n\r\n" % len(_TOKEN_TOO_LONG)) + _TOKEN_TOO_LONG
+_TOKEN_TOO_LONG_RESPONSE = _json_response(401, "Unauthorized", {"error": "unauthorized", "reason": "invalid_token"})
+# A request gunicorn cannot parse: the status gunicorn gives it (400 unless listed here),
+# in JSON (PROTOCOL.md 7: HTTP errors are always JSON; gunicorn writes HTML).
+_PARSE_ERROR_STATUS = ((UnsupportedTransferCoding, 501, "Not Implemented"),
+                       (ExpectationFailed, 417, "Expectation Failed"),
+                       (ForbiddenProxyRequest, 403, "Forbidden"),
+                       (ConfigurationProblem, 500, "Internal Server Error"))
+_INTERNAL_ERROR_RESPONSE = _json_response(500, "Internal Server Error", {"error": "internal_error"})
 
 
 # `DrainingGeventWorker.handle` and `.run` are gunicorn's `AsyncWorker.handle` and
@@ -187,16 +202,29 @@ class DrainingGeventWorker(GeventWorker):
             self.alive = False
 
     def handle_error(self, req, client, addr, exc):
-        """A request line or header field over gunicorn's cap (8190 bytes, its maximum)
+        """gunicorn's answers to what it could not parse or serve, in JSON instead of its
+        HTML. A request line or header field over gunicorn's cap (8190 bytes, its maximum)
         is, on this server, a handshake whose token (query or Bearer) is too long to be
-        one of ours: answer the handshake's JSON 401 `invalid_token`, not gunicorn's HTML
-        414/431. The line is never logged: it holds the token."""
+        one of ours: the handshake's 401 `invalid_token`, not 414/431. Any other request
+        gunicorn cannot parse (a malformed request line, method, version or header): 400
+        `bad_request` (or the status gunicorn gives it). Neither the request line nor the
+        header is logged or echoed (gunicorn logs and echoes it): it may hold a token."""
+        ip = (addr or ("",))[0]
         if isinstance(exc, (LimitRequestLine, LimitRequestHeaders)):
-            self.log.warning("Invalid request from ip=%s: %s: answered 401 invalid_token",
-                             (addr or ("",))[0], type(exc).__name__)
-            try:
-                util.write_nonblock(client, _TOKEN_TOO_LONG_RESPONSE)
-            except Exception:
-                self.log.debug("Failed to send error message.")
-            return
-        super().handle_error(req, client, addr, exc)
+            self.log.warning("Invalid request from ip=%s: %s: answered 401 invalid_token", ip, type(exc).__name__)
+            answer = _TOKEN_TOO_LONG_RESPONSE
+        elif isinstance(exc, ParseException) and not isinstance(
+                exc, (InvalidResponseHeader, InvalidResponseHeaderName)):    # those are ours: 500
+            status, phrase = next(((status, phrase) for cls, status, phrase in _PARSE_ERROR_STATUS
+                                   if isinstance(exc, cls)), (400, "Bad Request"))
+            self.log.warning("Invalid request from ip=%s: %s: answered %d", ip, type(exc).__name__, status)
+            answer = _json_response(status, phrase, {
+                "error": phrase.lower().replace(" ", "_"),
+                "reason": f"not a valid HTTP/1.1 request ({type(exc).__name__})"})
+        else:
+            self.log.exception("Error handling request")
+            answer = _INTERNAL_ERROR_RESPONSE
+        try:
+            util.write_nonblock(client, answer)
+        except Exception:
+            self.log.debug("Failed to send error message.")

@@ -412,3 +412,51 @@ def test_an_upgrade_is_routed_by_its_own_path_every_time(server, user):
                 assert r.json().get("error") == "bad_request", r.text[:300]
         with open_ws(f"{server.ws_url}?token={token}") as ws:
             assert_welcome(ws.welcome, user)
+
+
+def _raw_http(server, request: bytes) -> tuple[str, dict, bytes]:
+    """One request on a fresh socket, as sent: (status line, headers, body)."""
+    import socket
+    with socket.create_connection((server.host, server.port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep and b"content-length:" in head.lower():
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}, body
+
+
+@pytest.mark.parametrize("request_line", [
+    b"GARBAGE\r\n", b"GET /ws?token=secret-looking-token HTTP/1.1 extra\r\n", b"GET /health HTTP/9.9\r\n",
+    b"G@T /health HTTP/1.1\r\n"], ids=["no_spaces", "extra_field", "bad_version", "bad_method"])
+def test_a_request_gunicorn_cannot_parse_gets_a_json_400_and_is_not_logged(server, request_line):
+    """Issue 18.10: gunicorn answered these with an HTML 400 (the contract: HTTP errors are
+    always JSON) and logged the request line, which may hold a token."""
+    status, headers, body = _raw_http(server, request_line + b"Host: x\r\n\r\n")
+    assert status.split(" ")[1] == "400", (status, body)
+    assert headers.get("content-type", "").startswith("application/json"), (headers, body)
+    answer = json.loads(body)
+    assert answer["error"] == "bad_request" and answer["reason"], answer
+    assert b"secret-looking-token" not in body
+    assert server.get("/health").status_code == 200
+    assert "secret-looking-token" not in server.output()
+
+
+@pytest.mark.parametrize("path", ["/api/events", "/health", "/ws"])
+def test_options_is_a_json_405_with_allow(server, path):
+    """Issue 18.10: OPTIONS (with the key) answered 200 text/html with an empty body."""
+    r = server.http.options(server.base_url + path, timeout=10,
+                            headers={"Authorization": f"Bearer {server.api_key}"})
+    assert r.status_code == 405, (r.status_code, r.text)
+    assert r.headers.get("Content-Type", "").startswith("application/json"), r.headers
+    assert r.json()["error"] == "method_not_allowed", r.text
+    assert "OPTIONS" not in r.headers.get("Allow", "") and r.headers.get("Allow"), r.headers
