@@ -7,7 +7,8 @@ history append and the PUBLISH, atomically. Reads are small scripts too, so the 
 the history they check are read in one atomic step.
 
 Keys, hash-tagged per stream so they share a slot on Redis Cluster:
-  `<prefix>{<stream>}:m`  hash `e` (epoch), `t` (top offset); TTL meta_seconds (86400)
+  `<prefix>{<stream>}:m`  hash `e` (epoch), `t` (top offset), `r` (the term: the run id of
+                          the Redis process that last wrote it); TTL meta_seconds (86400)
                           once published to, GHOST_SECONDS (60) before
   `<prefix>{<stream>}:h`  list of envelopes, the newest last, at most `size` (100);
                           TTL history seconds (300), refreshed by every publish
@@ -48,17 +49,33 @@ PUBLISH_SCRIPT = PUBLISH_SCRIPT_PATH.read_text()
 # A meta nobody published to (`t` = 0) lives this long after its last read or keep_ghosts.
 GHOST_SECONDS = 60
 
+# The writer's term: the run id of the Redis process running the script. A replica
+# promoted by a failover, or a master restarted, is another process, so another term.
+# Replication is asynchronous: the new master may lack the last writes its predecessor
+# acknowledged, and would hand out their offsets again for other events. So a stream whose
+# meta was last written under another term starts a new epoch at its first use under this
+# one (PROTOCOL.md 10): a client that recovers from the old epoch is told recovered:false
+# instead of being given other events under offsets it already has, or none for the lost
+# ones. A meta without a term (written before terms) adopts the current one.
+_TERM_LUA = """
+local term = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+"""
+
 # KEYS meta, hist; ARGV meta_seconds (first). The stream's epoch in `e`, created when the
-# meta is absent (a new stream, or one whose meta expired or was lost with Redis's data),
-# its history dropped then (it belongs to the lost epoch); the meta's lifetime renewed:
-# the full one once published to, GHOST_SECONDS before. The beginning of both read scripts.
-_EPOCH_LUA = """
-local e = redis.call('HGET', KEYS[1], 'e')
-if not e then
+# meta is absent (a new stream, or one whose meta expired or was lost with Redis's data)
+# or was written under another term, its history dropped then (it belongs to the lost
+# epoch); the meta's lifetime renewed: the full one once published to, GHOST_SECONDS
+# before. The beginning of both read scripts.
+_EPOCH_LUA = _TERM_LUA + """
+local meta = redis.call('HMGET', KEYS[1], 'e', 'r')
+local e, r = meta[1], meta[2]
+if not e or (r and r ~= term) then
   local now = redis.call('TIME')
   e = string.format('%x%05x', tonumber(now[1]), tonumber(now[2]))
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', e, 't', 0)
+  redis.call('HSET', KEYS[1], 'e', e, 't', 0, 'r', term)
+elseif not r then
+  redis.call('HSET', KEYS[1], 'r', term)
 end
 if redis.call('HGET', KEYS[1], 't') == '0' then
   redis.call('EXPIRE', KEYS[1], """ + str(GHOST_SECONDS) + """)

@@ -23,6 +23,9 @@
 -- Epoch: created when a stream's meta is absent (first use, expired after the meta
 -- seconds, or a Redis that lost its data), from Redis TIME, so a stream that lost its
 -- offsets never reuses an old epoch: old offsets are never matched with new events.
+-- Also when the meta was last written by another Redis process (its `r`, the run id):
+-- a replica promoted by a failover may lack the last writes the old master acknowledged
+-- (replication is asynchronous) and would give their offsets to other events.
 --
 -- Redis Cluster: every key is hash-tagged per stream, so one stream's meta and history
 -- share a slot. PUBLISH is not a key operation. A route whose streams live in several
@@ -84,13 +87,19 @@ for i = 1, n do
   streams[i] = stream
 end
 
+-- The term: this Redis process's run id (a promoted replica, a restarted master: another).
+local term = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+
 for i = 1, n do
   local meta, hist = KEYS[2 * i - 1], KEYS[2 * i]
-  local epoch = redis.call('HGET', meta, 'e')
-  if not epoch then
+  local known = redis.call('HMGET', meta, 'e', 'r')
+  local epoch, writer = known[1], known[2]
+  if not epoch or (writer and writer ~= term) then
     epoch = fresh_epoch
     redis.call('DEL', hist)         -- history of a lost epoch must never be served
-    redis.call('HSET', meta, 'e', epoch, 't', 0)
+    redis.call('HSET', meta, 'e', epoch, 't', 0, 'r', term)
+  elseif not writer then
+    redis.call('HSET', meta, 'r', term)     -- a meta from before terms adopts this one
   end
   epochs[i] = epoch
   offsets[i] = redis.call('HINCRBY', meta, 't', 1)
