@@ -35,6 +35,10 @@ BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from t
 BROKER_RECONNECTS = Counter("fonana_rt_broker_reconnects", "Broker listener reconnects")
 BROKER_TOPICS = Gauge("fonana_rt_broker_topics", "Broker topics this worker listens to",
                       multiprocess_mode="livesum")
+BROKER_STALLS = Counter("fonana_rt_broker_stalls",
+                        "Pub/sub links found silently dead (a probe published but never received) and rebuilt")
+BROKER_STALLED = Gauge("fonana_rt_broker_stalled", "Workers whose pub/sub link is stalled now",
+                       multiprocess_mode="livesum")
 BROKER_CATCHUP_EVENTS = Counter("fonana_rt_broker_catchup_events",
                                 "Events a worker read from Redis history after its listener's link came back")
 BROKER_CATCHUP_FAILED = Counter("fonana_rt_broker_catchup_failed",

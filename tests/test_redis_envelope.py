@@ -36,7 +36,7 @@ def test_backoff_is_capped_and_jittered():
 
 
 def test_redis_url_is_logged_without_its_password():
-    from fonana_realtime.broker.redis import redacted
+    from fonana_realtime.broker.link import redacted
     assert redacted("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert redacted("rediss://user:s3cret@h/1") == "rediss://user:***@h/1"
     assert redacted("redis://h:6379/0") == "redis://h:6379/0"

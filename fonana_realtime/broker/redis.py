@@ -46,56 +46,31 @@ import socket
 import time
 import uuid
 from collections import deque
-from urllib.parse import urlsplit, urlunsplit
-
 import gevent
 import gevent.select
 import redis
 from gevent.event import Event
-from redis.backoff import NoBackoff
-from redis.connection import BlockingConnectionPool, Connection, parse_url
-from redis.retry import Retry
 
 from .. import metrics, wire
 from ..history import UNAVAILABLE, Recovery
 from ..redis_history import EPOCH_MISMATCH, GHOST_SECONDS, RedisHistory
 from . import AFTER_JOIN, Broker, BrokerUnavailable
+from .link import open_link
+from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, UNAVAILABLE, link_state, probe_verdict
 
 log = logging.getLogger("fonana_realtime.broker")
 
 SUBSCRIBE_WAIT = 2.0        # a first subscriber waits at most this for Redis's acknowledgement
 READY_WAIT = 2.0            # /ready: publish -> receive round trip through our own listener
-CLIENT_TIMEOUT = 2.0        # publishing client: connect, read and write timeouts
 LISTENER_TIMEOUT = 5.0      # subscriber connection: connect and mid-message reads
 PING_EVERY = 10.0           # an idle subscriber connection sends PING after this long ...
 PONG_WAIT = 5.0             # ... and is dropped when no reply arrives within this
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 1.0
 STABLE_LINK = 5.0           # a link that lived this long resets the back-off (no tight flapping)
-PUBLISH_POOL = 32           # publishing connections per worker (callers wait <= CLIENT_TIMEOUT)
 CHANNELS_PER_COMMAND = 500  # resubscribing thousands of topics: a few big commands
 YIELD_EVERY = 64            # a burst of messages: let client greenlets run between batches
 DROP_LOG_EVERY = 10.0       # seconds between warnings about dropped (malformed) messages
 CATCHUP_BATCH = 500         # streams per pipelined history read while catching up
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"                  # IPv6
-        if parts.username:
-            netloc = f"{parts.username}:***@{netloc}"
-        else:
-            netloc = f":***@{netloc}"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    except ValueError:
-        return "<unparseable REDIS_URL>"
 
 
 def backoff_delay(attempt: int) -> float:
@@ -108,6 +83,10 @@ class _Desync(Exception):
     """A reply that does not match the command it should answer: reconnect."""
 
 
+class _Stalled(Exception):
+    """The probe found the link silently dead: drop it and build a new one."""
+
+
 class RedisBroker(Broker):
     name = "redis"
 
@@ -115,18 +94,11 @@ class RedisBroker(Broker):
                  history_seconds: float = 300, history_meta_seconds: float = 86400,
                  recovery_max: int = 300):
         super().__init__()
-        self.url = url
-        self.where = redacted(url)
+        self.link = open_link(url)
+        self.where = self.link.where
         self.prefix = prefix
         self._bprefix = prefix.encode()
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=PUBLISH_POOL, timeout=CLIENT_TIMEOUT,
-            socket_timeout=CLIENT_TIMEOUT, socket_connect_timeout=CLIENT_TIMEOUT,
-            # No blind retry: a PUBLISH the server ran before the link broke would
-            # be delivered twice. A pooled link the server closed is replaced at
-            # checkout by the pool itself.
-            retry=Retry(NoBackoff(), 0), protocol=2)
-        self.client = redis.Redis(connection_pool=pool)
+        self.client = self.link.client
         self.history_store = RedisHistory(self.client, prefix, size=history_size,
                                           seconds=max(1, int(history_seconds)),
                                           meta_seconds=max(1, int(history_meta_seconds)))
@@ -144,7 +116,10 @@ class RedisBroker(Broker):
         # listener state (only the listener greenlet writes the subscriber socket)
         self._greenlet = None
         self._keeper = None                     # renews the ghost metas of held streams
+        self._prober = None                     # finds a silently dead link (readiness.py)
         self._conn = None
+        self._stalled = False                   # the probe found this link dead; until one succeeds
+        self._rebuild = False                   # asked of the listener by the probe
         self._down = False                      # the last connection attempt failed / link lost
         self._stopping = False
         self._private = b""                     # this worker's own topic, for ready()
@@ -176,17 +151,18 @@ class RedisBroker(Broker):
         os.set_blocking(self._wake_w, False)
         self._greenlet = gevent.spawn(self._run)
         self._keeper = gevent.spawn(self._keep_ghosts)
+        self._prober = gevent.spawn(self._probe_loop)
         log.info("redis broker starting", extra={"event": "broker_start", "redis": self.where,
                                                  "prefix": self.prefix})
 
     def stop(self):
         self._stopping = True
         self._wake()
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-        if self._keeper is not None:
-            self._keeper.kill(block=False)
+        for greenlet in (self._greenlet, self._keeper, self._prober):
+            if greenlet is not None:
+                greenlet.kill(block=False)
         self._lost()
+        self.link.close()
 
     # ---- publish ----------------------------------------------------------------------
 
@@ -314,26 +290,65 @@ class RedisBroker(Broker):
     # ---- readiness ----------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        """A real round trip: publish a nonce to our private topic, wait for our
-        own listener to receive it."""
-        if self._down or self._greenlet is None:
-            return False, "broker_unavailable"
-        if not self._private_ev.wait(READY_WAIT):       # (re)connecting: a bounded wait
-            return False, "broker_unavailable"
-        if not self._live.wait(READY_WAIT):             # catching up from history
-            return False, "broker_catching_up"
+        """The link's state (readiness.link_state), then a real round trip: publish a
+        nonce to our private topic, wait for our own listener to receive it."""
+        if not (self._stalled or self._down or self._greenlet is None):
+            # (re)connecting, catching up from history: bounded waits
+            self._private_ev.wait(READY_WAIT) and self._live.wait(READY_WAIT)
+        state = link_state(started=self._greenlet is not None, down=self._down,
+                           subscribed=self._private_ev.is_set(), live=self._live.is_set(),
+                           stalled=self._stalled)
+        if state != OK:
+            return False, state
+        published, arrived = self._round_trip(READY_WAIT)
+        if not published:
+            return False, UNAVAILABLE
+        if not arrived:
+            return False, TIMEOUT
+        return True, OK
+
+    def _round_trip(self, wait: float) -> tuple[bool, bool]:
+        """(published, arrived): a nonce through the command client to our private
+        topic, and whether our listener received it within `wait`."""
         nonce = uuid.uuid4().hex
         event = self._nonces[nonce] = Event()
         try:
             try:
                 self.client.publish(self._private, nonce)
             except redis.RedisError:
-                return False, "broker_unavailable"
-            if not event.wait(READY_WAIT):
-                return False, "broker_timeout"
-            return True, "ok"
+                return False, False
+            return True, event.wait(wait)
         finally:
             self._nonces.pop(nonce, None)
+
+    # ---- the probe: a silently dead link (readiness.py) ---------------------------------
+
+    def _probe_loop(self):
+        while not self._stopping:
+            gevent.sleep(PROBE_EVERY)
+            conn = self._conn
+            if conn is None or not self._live.is_set():
+                continue                        # no link, or one still catching up
+            verdict = probe_verdict(*self._round_trip(PROBE_WAIT))
+            if verdict is False and self._conn is conn and not self._stopping:
+                self._stall()
+            elif verdict and self._stalled:
+                self._stalled = False
+                metrics.BROKER_STALLED.set(0)
+                log.info("redis listener: link works again", extra={
+                    "event": "broker_unstalled", "redis": self.where})
+
+    def _stall(self):
+        if not self._stalled:
+            self._stalled = True
+            metrics.BROKER_STALLS.inc()
+            metrics.BROKER_STALLED.set(1)
+            log.warning("redis listener: link silently dead (a probe was published but never "
+                        "arrived), rebuilding it", extra={
+                            "event": "broker_stalled", "redis": self.where,
+                            "probe_wait": PROBE_WAIT})
+        self._rebuild = True
+        self._wake()
 
     # ---- the listener greenlet -------------------------------------------------------
 
@@ -349,7 +364,7 @@ class RedisBroker(Broker):
             except gevent.GreenletExit:
                 raise
             except Exception as exc:        # never let the listener die: log, back off, retry
-                expected = isinstance(exc, (redis.RedisError, OSError, _Desync))
+                expected = isinstance(exc, (redis.RedisError, OSError, _Desync, _Stalled))
                 now = time.monotonic()
                 if not self._stopping and (attempt == 0 or not expected or now - logged_at > 30):
                     logged_at = now
@@ -367,13 +382,7 @@ class RedisBroker(Broker):
             attempt += 1
 
     def _connect(self):
-        options = parse_url(self.url)
-        cls = options.pop("connection_class", Connection)
-        options.update(socket_timeout=LISTENER_TIMEOUT, socket_connect_timeout=LISTENER_TIMEOUT,
-                       retry=Retry(NoBackoff(), 0), protocol=2, health_check_interval=0,
-                       client_name="fonana-rt-sub-" + str(os.getpid()))
-        conn = cls(**options)
-        conn.connect()
+        conn = self.link.subscriber(LISTENER_TIMEOUT, "fonana-rt-sub-" + str(os.getpid()))
         self._conn = conn
         self._down = False
         self._connects += 1
@@ -421,6 +430,9 @@ class RedisBroker(Broker):
         fd = conn._sock.fileno()
         wake = self._wake_r
         while not self._stopping:
+            if self._rebuild:
+                self._rebuild = False
+                raise _Stalled("a probe was published but never arrived")
             handled = 0
             while conn.can_read(timeout=0):          # buffered or readable now
                 reply = conn.read_response(disconnect_on_error=False)

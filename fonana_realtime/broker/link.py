@@ -1,0 +1,97 @@
+"""How a worker reaches Redis, whatever the topology (PROTOCOL.md 10).
+
+A `Link` gives the broker two things and knows nothing else of it:
+- `client`: a redis-py client for commands (the publish script, history reads, resume
+  marks, the /ready probe), on a bounded pool; after a failover it reaches the new master
+  by itself.
+- `subscriber()`: a fresh, connected redis-py `Connection` for the listener, to the node
+  that carries pub/sub now (for Sentinel: the master the sentinels name at this moment).
+
+`open_link(url)` picks the topology from the URL's scheme: `redis://`/`rediss://`
+(link_single.py), `redis+sentinel://` (link_sentinel.py).
+"""
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+CLIENT_TIMEOUT = 2.0        # command client: connect, read and write timeouts
+PUBLISH_POOL = 32           # command connections per worker (callers wait <= CLIENT_TIMEOUT)
+
+SINGLE_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEME = "redis+sentinel"
+SCHEMES = (*SINGLE_SCHEMES, SENTINEL_SCHEME)
+
+
+def client_options() -> dict:
+    """The command client's connection options, the same on every topology."""
+    return dict(socket_timeout=CLIENT_TIMEOUT, socket_connect_timeout=CLIENT_TIMEOUT,
+                # No blind retry: a publish the server ran before the link broke would
+                # be delivered twice. A pooled link the server closed is replaced at
+                # checkout by the pool itself.
+                retry=Retry(NoBackoff(), 0), protocol=2)
+
+
+def subscriber_options(timeout: float, name: str) -> dict:
+    return dict(socket_timeout=timeout, socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0), protocol=2, health_check_interval=0,
+                client_name=name)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if scheme == SENTINEL_SCHEME and sep:
+        userinfo, at, hosts = rest.rpartition("@")
+        if not at:
+            return url
+        user = userinfo.partition(":")[0]
+        return f"{scheme}://{user}:***@{hosts}"
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"                  # IPv6
+        if parts.username:
+            netloc = f"{parts.username}:***@{netloc}"
+        else:
+            netloc = f":***@{netloc}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:
+        return "<unparseable REDIS_URL>"
+
+
+class Link:
+    """One topology's way to Redis (see the module docstring)."""
+
+    topology = "base"
+
+    def __init__(self, url: str):
+        self.url = url
+        self.where = redacted(url)
+        self.client = None
+
+    def subscriber(self, timeout: float, name: str):
+        """A connected redis-py Connection for the listener (raises redis errors)."""
+        raise NotImplementedError
+
+    def close(self):
+        if self.client is not None:
+            self.client.close()
+
+
+def open_link(url: str) -> Link:
+    scheme = url.partition("://")[0].lower()
+    if scheme == SENTINEL_SCHEME:
+        from .link_sentinel import SentinelLink
+        return SentinelLink(url)
+    if scheme in SINGLE_SCHEMES:
+        from .link_single import SingleLink
+        return SingleLink(url)
+    raise ValueError(f"REDIS_URL: unknown scheme {scheme!r} (expected one of {', '.join(SCHEMES)})")

@@ -1,0 +1,50 @@
+"""A TCP forwarder in front of Redis that can make a worker's pub/sub link silently dead
+(centrifugo#1189): the connection stays open, PING is still answered, subscribe
+acknowledgements still pass, but the messages pushed to the subscriber are dropped.
+Publishes (other connections) go on working. Only the links open at the moment of
+`stall()` are affected: a new link works, as after a real failover or middlebox fault.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+
+from .tcpproxy import TcpProxy
+
+SUBSCRIBER_NAME = b"fonana-rt-sub-"     # the listener's CLIENT SETNAME (broker/redis.py)
+PUSHED_MESSAGE = b"$7\r\nmessage\r\n"   # RESP2: a message pushed to a subscriber
+
+
+class StallProxy(TcpProxy):
+    def __init__(self, target_host: str, target_port: int):
+        self._subscribers: set[socket.socket] = set()   # client sockets of listener links
+        self._stalled: set[socket.socket] = set()
+        self.dropped = 0                                 # chunks withheld from stalled links
+        self._marks_lock = threading.Lock()
+        super().__init__(target_host, target_port)
+
+    def stall(self) -> int:
+        """Stall every listener link open now; returns how many."""
+        with self._marks_lock:
+            self._stalled = set(self._subscribers)
+            return len(self._stalled)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if SUBSCRIBER_NAME in data:             # client -> server: a listener names itself
+                    with self._marks_lock:
+                        self._subscribers.add(src)
+                if dst in self._stalled and PUSHED_MESSAGE in data:
+                    self.dropped += 1                   # server -> a stalled listener
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with self._lock:
+                self._socks.discard(s)
+            self._kill(s)
