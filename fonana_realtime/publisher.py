@@ -174,16 +174,15 @@ class RedisPublisher(_Helpers):
                  timeout: float = DEFAULT_TIMEOUT, history_size: int | None = None,
                  history_seconds: int | None = None, history_meta_seconds: int | None = None):
         import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+
+        from .broker.link import open_link
 
         self.prefix = prefix if prefix is not None else os.environ.get("REDIS_PREFIX", DEFAULT_PREFIX)
         if client is None:
             url = url or os.environ.get("REDIS_URL")
             if not url:
                 raise ValueError("RedisPublisher needs a Redis URL (argument or REDIS_URL)")
-            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                          retry=Retry(NoBackoff(), 0), protocol=2)
+            client = open_link(url, timeout).client     # any REDIS_URL topology (PROTOCOL.md 10)
         self.client = client
         self.history = RedisHistory(
             client, self.prefix,

@@ -25,9 +25,9 @@ SENTINEL_SCHEME = "redis+sentinel"
 SCHEMES = (*SINGLE_SCHEMES, SENTINEL_SCHEME)
 
 
-def client_options() -> dict:
+def client_options(timeout: float = CLIENT_TIMEOUT) -> dict:
     """The command client's connection options, the same on every topology."""
-    return dict(socket_timeout=CLIENT_TIMEOUT, socket_connect_timeout=CLIENT_TIMEOUT,
+    return dict(socket_timeout=timeout, socket_connect_timeout=timeout,
                 # No blind retry: a publish the server ran before the link broke would
                 # be delivered twice. A pooled link the server closed is replaced at
                 # checkout by the pool itself.
@@ -72,9 +72,10 @@ class Link:
 
     topology = "base"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout: float = CLIENT_TIMEOUT):
         self.url = url
         self.where = redacted(url)
+        self.timeout = timeout              # the command client's
         self.client = None
 
     def subscriber(self, timeout: float, name: str):
@@ -86,12 +87,14 @@ class Link:
             self.client.close()
 
 
-def open_link(url: str) -> Link:
+def open_link(url: str, timeout: float = CLIENT_TIMEOUT) -> Link:
+    """The Link for REDIS_URL's topology; `timeout` bounds each command (and the wait
+    for a pooled connection)."""
     scheme = url.partition("://")[0].lower()
     if scheme == SENTINEL_SCHEME:
         from .link_sentinel import SentinelLink
-        return SentinelLink(url)
+        return SentinelLink(url, timeout)
     if scheme in SINGLE_SCHEMES:
         from .link_single import SingleLink
-        return SingleLink(url)
+        return SingleLink(url, timeout)
     raise ValueError(f"REDIS_URL: unknown scheme {scheme!r} (expected one of {', '.join(SCHEMES)})")

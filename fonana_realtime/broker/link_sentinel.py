@@ -52,18 +52,18 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 class SentinelLink(Link):
     topology = "sentinel"
 
-    def __init__(self, url: str):
-        super().__init__(url)
+    def __init__(self, url: str, timeout: float = CLIENT_TIMEOUT):
+        super().__init__(url, timeout)
         cfg = parse_sentinel_url(url)
         self.service = cfg["service"]
         self.node_options = dict(db=cfg["db"], username=cfg["username"], password=cfg["password"])
         self.sentinel = Sentinel(cfg["sentinels"], min_other_sentinels=0,
-                                 sentinel_kwargs=dict(socket_timeout=CLIENT_TIMEOUT,
-                                                      socket_connect_timeout=CLIENT_TIMEOUT,
+                                 sentinel_kwargs=dict(socket_timeout=timeout,
+                                                      socket_connect_timeout=timeout,
                                                       protocol=2))
         pool = BlockingSentinelPool(self.service, self.sentinel, is_master=True,
-                                    max_connections=PUBLISH_POOL, timeout=CLIENT_TIMEOUT,
-                                    **self.node_options, **client_options())
+                                    max_connections=PUBLISH_POOL, timeout=timeout,
+                                    **self.node_options, **client_options(timeout))
         self.client = redis.Redis(connection_pool=pool)
 
     def master(self) -> tuple[str, int]:

@@ -11,10 +11,10 @@ from .link import CLIENT_TIMEOUT, PUBLISH_POOL, Link, client_options, subscriber
 class SingleLink(Link):
     topology = "single"
 
-    def __init__(self, url: str):
-        super().__init__(url)
+    def __init__(self, url: str, timeout: float = CLIENT_TIMEOUT):
+        super().__init__(url, timeout)
         pool = BlockingConnectionPool.from_url(url, max_connections=PUBLISH_POOL,
-                                               timeout=CLIENT_TIMEOUT, **client_options())
+                                               timeout=timeout, **client_options(timeout))
         self.client = redis.Redis(connection_pool=pool)
 
     def subscriber(self, timeout: float, name: str):

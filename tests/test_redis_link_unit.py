@@ -1,0 +1,60 @@
+"""The Redis link's pure parts (issue 21): REDIS_URL per topology, redaction, and what
+/ready says about a link (broker/readiness.py). No Redis needed."""
+from __future__ import annotations
+
+import pytest
+
+from fonana_realtime.broker import readiness
+from fonana_realtime.broker.link import open_link, redacted
+from fonana_realtime.broker.link_sentinel import SentinelLink, parse_sentinel_url
+from fonana_realtime.broker.link_single import SingleLink
+
+
+def test_sentinel_urls():
+    assert parse_sentinel_url("redis+sentinel://10.0.0.1:26379,10.0.0.2:26380/mymaster") == dict(
+        sentinels=[("10.0.0.1", 26379), ("10.0.0.2", 26380)], service="mymaster", db=0,
+        username=None, password=None)
+    assert parse_sentinel_url("redis+sentinel://:pw@h:1/m/3") == dict(
+        sentinels=[("h", 1)], service="m", db=3, username=None, password="pw")
+    assert parse_sentinel_url("redis+sentinel://u:p@w@h:1/m")["password"] == "p@w"
+    assert parse_sentinel_url("redis+sentinel://[::1]:26379/m")["sentinels"] == [("::1", 26379)]
+
+
+@pytest.mark.parametrize("url", ["redis+sentinel://h:1", "redis+sentinel://h:1/", "redis+sentinel://h/m",
+                                 "redis+sentinel://h:1/m/x", "redis+sentinel://h:1,/m"])
+def test_malformed_sentinel_urls_are_refused_clearly(url):
+    with pytest.raises(ValueError, match="redis\\+sentinel"):
+        parse_sentinel_url(url)
+
+
+def test_the_scheme_picks_the_topology():
+    assert isinstance(open_link("redis://127.0.0.1:1/0"), SingleLink)
+    assert isinstance(open_link("rediss://127.0.0.1:1/0"), SingleLink)
+    assert isinstance(open_link("redis+sentinel://127.0.0.1:1/m"), SentinelLink)
+    with pytest.raises(ValueError, match="unknown scheme 'http'"):
+        open_link("http://127.0.0.1:1")
+
+
+def test_sentinel_urls_are_logged_without_their_password():
+    assert redacted("redis+sentinel://:s3cret@h:1,h:2/m") == "redis+sentinel://:***@h:1,h:2/m"
+    assert redacted("redis+sentinel://u:s3cret@h:1/m/2") == "redis+sentinel://u:***@h:1/m/2"
+    assert redacted("redis+sentinel://h:1/m") == "redis+sentinel://h:1/m"
+    assert "s3cret" not in open_link("redis+sentinel://:s3cret@h:1/m").where
+
+
+def state(**kw):
+    base = dict(started=True, down=False, subscribed=True, live=True, stalled=False)
+    return readiness.link_state(**{**base, **kw})
+
+
+def test_link_states():
+    assert state() == readiness.OK
+    assert state(started=False) == state(down=True) == state(subscribed=False) == readiness.UNAVAILABLE
+    assert state(live=False) == readiness.CATCHING_UP
+    assert state(stalled=True, down=True, live=False) == readiness.STALLED     # says why it rebuilds
+
+
+def test_probe_verdicts():
+    assert readiness.probe_verdict(True, True) is True
+    assert readiness.probe_verdict(True, False) is False       # published, never arrived: stalled
+    assert readiness.probe_verdict(False, False) is None       # Redis unreachable: not a silent death
