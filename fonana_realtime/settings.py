@@ -110,6 +110,18 @@ def url(*schemes: str):
     return parse
 
 
+def redis_url(name: str, raw: str) -> str:
+    """REDIS_URL of any topology (PROTOCOL.md 10), its shape checked here rather than by
+    a traceback in every worker (broker/link.py)."""
+    from .broker.link import SCHEMES, check_url
+    raw = url(*SCHEMES)(name, raw)
+    try:
+        check_url(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return raw
+
+
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
@@ -188,8 +200,7 @@ class Settings:
     port: int = setting("WS_PORT", 3002, between(1, 65535))
     database_url: str | None = setting("DATABASE_URL", None, url("postgresql", "postgres"))
     # PROTOCOL.md 10: one Redis (redis, rediss, unix), Sentinel, Cluster
-    redis_url: str | None = setting("REDIS_URL", None, url("redis", "rediss", "unix", "redis+sentinel",
-                                                           "redis+cluster"))
+    redis_url: str | None = setting("REDIS_URL", None, redis_url)
     redis_prefix: str = setting("REDIS_PREFIX", DEFAULT_PREFIX, redis_prefix)
     allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), origins)     # empty = all
     data_dir: str = setting("DATA_DIR", "data", path)

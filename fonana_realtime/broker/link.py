@@ -22,7 +22,8 @@ PUBLISH_POOL = 32           # command connections per worker (callers wait <= CL
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEME = "redis+sentinel"
-SCHEMES = (*SINGLE_SCHEMES, SENTINEL_SCHEME)
+CLUSTER_SCHEME = "redis+cluster"        # PROTOCOL.md 10; not served yet (docs/DEPLOY.md)
+SCHEMES = (*SINGLE_SCHEMES, SENTINEL_SCHEME, CLUSTER_SCHEME)
 
 
 def client_options(timeout: float = CLIENT_TIMEOUT) -> dict:
@@ -87,14 +88,26 @@ class Link:
             self.client.close()
 
 
+def check_url(url: str) -> None:
+    """ValueError naming what is wrong with a REDIS_URL (connects to nothing)."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == SENTINEL_SCHEME:
+        from .link_sentinel import parse_sentinel_url
+        parse_sentinel_url(url)
+    elif scheme == CLUSTER_SCHEME:
+        raise ValueError(f"{CLUSTER_SCHEME}:// is not supported by this version yet: use one "
+                         f"Redis or Sentinel (docs/DEPLOY.md)")
+    elif scheme not in SINGLE_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r} (expected one of {', '.join(SCHEMES)})")
+
+
 def open_link(url: str, timeout: float = CLIENT_TIMEOUT) -> Link:
     """The Link for REDIS_URL's topology; `timeout` bounds each command (and the wait
     for a pooled connection)."""
+    check_url(url)
     scheme = url.partition("://")[0].lower()
     if scheme == SENTINEL_SCHEME:
         from .link_sentinel import SentinelLink
         return SentinelLink(url, timeout)
-    if scheme in SINGLE_SCHEMES:
-        from .link_single import SingleLink
-        return SingleLink(url, timeout)
-    raise ValueError(f"REDIS_URL: unknown scheme {scheme!r} (expected one of {', '.join(SCHEMES)})")
+    from .link_single import SingleLink
+    return SingleLink(url, timeout)

@@ -44,7 +44,4 @@ class StallProxy(TcpProxy):
                 dst.sendall(data)
         except OSError:
             pass
-        for s in (src, dst):
-            with self._lock:
-                self._socks.discard(s)
-            self._kill(s)
+        self._end(src, dst)
