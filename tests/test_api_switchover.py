@@ -243,3 +243,33 @@ def test_likes_with_a_count_uses_it_and_an_unknown_post_is_404(server, seed):
         r = server.api("/api/likes", {"postId": post, "userId": liker, **bad})
         assert r.status_code == 400, (bad, r.text)
     watcher.barrier()
+
+
+def test_concurrent_pushes_on_two_hosts_with_redis_take_each_row_once(server_factory, pg_url, seed):
+    """Eight routes each wrote one alike row and push at once, half through each of two
+    servers sharing one database and one Redis (their claims): each row is pushed exactly
+    once, none is written again. (Claims kept in process would let both hosts take the
+    oldest row.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from support.redis_server import SHARED_URL
+
+    env = {"REDIS_URL": SHARED_URL, "REDIS_PREFIX": f"fonana:rt:test-{secrets.token_hex(4)}:"}
+    hosts = [server_factory.start(f"push-redis-{n}", database_url=pg_url, env=env) for n in "ab"]
+    creator = seed.user()
+    written = {app_row(seed, creator, type="LIKE_POST", metadata={"postId": "p-9"})["id"] for _ in range(8)}
+    body = {"userId": creator, "type": "LIKE_POST", "title": "t", "message": "m", "metadata": {"postId": "p-9"}}
+
+    def push(n):
+        host = hosts[n % 2]
+        r = requests.post(host.base_url + "/api/notifications/push", json=body, timeout=15,
+                          headers={"Authorization": f"Bearer {host.api_key}", "Connection": "close"})
+        assert r.status_code == 200, r.text
+        return r.json()["notification"]["id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        pushed = list(pool.map(push, range(8)))
+    assert sorted(pushed) == sorted(written)
+    assert {n["id"] for n in seed.notifications_of(creator)} == written
