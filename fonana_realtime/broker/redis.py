@@ -23,6 +23,11 @@ Positions and history (PROTOCOL.md 7, redis_history.py): every publish runs the
 publish script, which gives the event its offset in each stream of its route, keeps it
 in the streams' history and PUBLISHes it, in one atomic step.
 
+Which Redis: `link.py` (one Redis, or Sentinel: the command client and each new
+listener connection go to the master the sentinels name now), so a failover is one more
+lost link. A link that dies silently (publishes succeed, nothing arrives) is found by the
+probe (readiness.py) and rebuilt like a lost one.
+
 Redis goes away: the listener reconnects with capped, jittered back-off and
 resubscribes every topic it was asked for; publishes raise BrokerUnavailable (the
 HTTP API answers 503); waits are bounded everywhere. Before it goes live again it
