@@ -42,6 +42,11 @@ def cmd_client(args):
     from .wsclient import Client, Closed, Refused
 
     url = args.url
+    try:
+        channels = [json.loads(raw) for raw in args.channel]
+    except ValueError as exc:
+        sys.exit(f"fonana-realtime client: a --channel is not JSON ({exc}); e.g. "
+                 """'{"type":"feed","userId":"demo-fan"}'""")
     token = args.token
     if token is None and args.user:
         token = mint_token(args.user, _settings().jwt_secrets[0], 3600)
@@ -66,8 +71,8 @@ def cmd_client(args):
 
         try:
             show(5)                                             # connected
-            for raw in args.channel:
-                ws.send_text(json.dumps({"type": "subscribe", "channel": json.loads(raw)}))
+            for channel in channels:
+                ws.send_text(json.dumps({"type": "subscribe", "channel": channel}))
                 show(5)
             ws.send_text(json.dumps({"type": "ping"}))
             if not args.no_probe:

@@ -139,3 +139,10 @@ def test_client_that_cannot_connect_says_so_in_one_line(server):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert url in lines[0] and "connection refused" in lines[0], lines[0]
     assert not result.stdout.strip(), result.stdout
+
+
+def test_client_with_a_channel_that_is_not_json_says_so_in_one_line():
+    result = run_cli(["client", "--token", "t", "--channel", "{type: feed}", "--seconds", "1"], timeout=40)
+    assert result.returncode != 0
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "--channel is not JSON" in lines[0] and "Traceback" not in result.stderr, lines
