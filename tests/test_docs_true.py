@@ -78,6 +78,8 @@ def test_protocol_md_points_at_nothing_outside_the_repository_and_talks_to_its_r
     # Sentences addressed to whoever implements the server, not to a user of it.
     for phrase in ("issue note", "ours to design", "keep them byte", "the contract", "write it into"):
         assert phrase not in text, f"docs/PROTOCOL.md still says {phrase!r}"
+    # the project's issue tracker is not part of the repository either
+    assert not re.findall(r"\bissue \d+", text, re.I), re.findall(r".{40}\bissue \d+.{0,20}", text, re.I)
 
 
 def test_protocol_md_shows_the_recover_command_and_every_reason_recovery_can_fail():
@@ -218,3 +220,10 @@ def test_the_testing_section_names_every_variable_the_suite_reads():
     assert not missing, f"README Testing does not name {missing}"
     for needed in ("root", "apt", "nginx", "chromium", "nodejs", "npm", "make test", "-k "):
         assert needed in section, f"README Testing does not say {needed!r}"
+
+
+def test_protocol_md_refers_only_to_its_own_sections():
+    text = PROTOCOL.read_text()
+    headings = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", text, re.M))
+    refs = {m.group(1) for m in re.finditer(r"(?<!\.md )\bsections? (\d+(?:\.\d+)?)", text)}
+    assert refs and not refs - headings, f"docs/PROTOCOL.md names sections it does not have: {refs - headings}"
