@@ -2,7 +2,7 @@
 
 Per (user, stream): the position (epoch, offset) of the last event written to a legacy
 connection of that user that ended for a reason other than the client closing it, kept
-WS_RESUME_SECONDS. In process without Redis; in Redis (one hash per user, hash-tagged)
+WS_RESUME_SECONDS. In process without Redis; in Redis (one string per user, hash-tagged)
 with REDIS_URL, so a connection resumed on another worker or host, or after a deploy,
 finds it.
 
@@ -16,9 +16,10 @@ A mark is `epoch|offset|written_at` (wall clock seconds); nothing in it is a sec
 
 Bounded per user, here, whoever writes marks: at most `max_marks` (WS_RESUME_MAX_MARKS,
 default 256: one connection at WS_MAX_SUBSCRIPTIONS=200 plus its user stream, with room
-for a few other tabs' streams). A write that leaves more drops the expired marks, then the
-oldest written (their streams are simply not resumed); below the bound an expired mark
-is ignored on read and goes with the whole hash, a window after the user's last write.
+for a few other tabs' streams). A write drops the expired marks (in process: when it
+leaves more than the bound), then the oldest written past the bound (their streams are
+simply not resumed); a mark that expires after the user's last write is ignored on read
+and goes with the whole key, a window after that write.
 Unbounded, one user dropping connections subscribed to ever new channels reached 20,296
 fields (2.37 MB) in 60 s, and each of its connects then read them all: 90-99 ms of a
 worker's time instead of 1-2 ms (issue 18).
@@ -94,70 +95,72 @@ class MemoryMarks:
             del self._users[next(iter(self._users))]
 
 
-# KEYS[1] the user's hash; ARGV: now, started_at, seconds, max marks, then (stream, epoch,
-# offset) triples. The same rule as `keeps`, in one round trip for all the connection's
-# streams; then the same bound as `_pruned`, only when the hash is over it (HLEN is O(1);
-# the prune reads the whole hash, at most max marks + one connection's streams).
+# KEYS[1] the user's marks; ARGV: now, started_at, seconds, max marks, then (stream, epoch,
+# offset) triples. The user's marks are one string, a line `stream epoch|offset|written_at`
+# per stream: read, the same rule as `keeps` for each new mark, then the bound of `_pruned`
+# (expired ones dropped, then the oldest past max marks), written back newest first with
+# the window as TTL, in one atomic step. One string and not a hash because a connect reads them all:
+# redis-py took ~640 us of a worker's CPU to parse the HGETALL of 256 fields (two bulk
+# strings each), ~1,100 us with our parse; one bulk string and its split take ~150 us.
 _REMEMBER = """
 local now, started, seconds, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local marks, n = {}, 0
+local blob = redis.call('GET', KEYS[1])
+if blob then
+  for stream, epoch, offset, t in string.gmatch(blob, '([^ \\n]+) ([^\\n]*)|(%d+)|([%d.]+)') do
+    if now - tonumber(t) < seconds then
+      if not marks[stream] then n = n + 1 end
+      marks[stream] = {epoch, offset, t}
+    end
+  end
+end
 for i = 5, #ARGV, 3 do
-  local stream, epoch, offset = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local keep = false
-  local old = redis.call('HGET', KEYS[1], stream)
-  if old then
-    local e, o, t = string.match(old, '^(.*)|(%d+)|([%d.]+)$')
-    if e and tonumber(t) >= started and now - tonumber(t) < seconds
-        and e == epoch and tonumber(o) <= offset then
-      keep = true
-    end
-  end
-  if not keep then
-    redis.call('HSET', KEYS[1], stream, epoch .. '|' .. ARGV[i + 2] .. '|' .. ARGV[1])
+  local stream, epoch, offset = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = marks[stream]
+  if not (old and tonumber(old[3]) >= started and old[1] == epoch
+          and tonumber(old[2]) <= tonumber(offset)) then
+    if not old then n = n + 1 end
+    marks[stream] = {epoch, offset, ARGV[1]}
   end
 end
-if redis.call('HLEN', KEYS[1]) > cap then
-  local all, fresh = redis.call('HGETALL', KEYS[1]), {}
-  for i = 1, #all, 2 do
-    local t = tonumber(string.match(all[i + 1], '|([%d.]+)$'))
-    if t and now - t < seconds then
-      fresh[#fresh + 1] = {t, all[i]}
-    else
-      redis.call('HDEL', KEYS[1], all[i])
-    end
-  end
-  if #fresh > cap then
-    table.sort(fresh, function(a, b) return a[1] < b[1] end)
-    for i = 1, #fresh - cap do redis.call('HDEL', KEYS[1], fresh[i][2]) end
-  end
+local list = {}
+for stream, m in pairs(marks) do list[#list + 1] = {tonumber(m[3]), stream} end
+table.sort(list, function(a, b) return a[1] > b[1] end)      -- newest first (Recalled)
+for i = #list, cap + 1, -1 do list[i] = nil end
+local lines = {}
+for i = 1, #list do
+  local stream = list[i][2]
+  local m = marks[stream]
+  lines[i] = stream .. ' ' .. m[1] .. '|' .. m[2] .. '|' .. m[3]
 end
-redis.call('EXPIRE', KEYS[1], math.ceil(seconds))
-return 1
-"""
-
-
-# KEYS[1] the user's hash; ARGV: now, seconds. The marks within the window as one string,
-# `stream mark` per line: one bulk reply instead of two per field (redis-py parsed the
-# HGETALL of 256 marks in ~640 us; this reply and its split take ~250 us).
-_RECALL = """
-local all, out = redis.call('HGETALL', KEYS[1]), {}
-local now, seconds = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 1, #all, 2 do
-  local t = tonumber(string.match(all[i + 1], '^.*|%d+|([%d.]+)$'))
-  if t and now - t < seconds then out[#out + 1] = all[i] .. ' ' .. all[i + 1] end
+if #lines == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], table.concat(lines, '\\n'), 'EX', math.ceil(seconds))
 end
-return table.concat(out, '\\n')
+return #lines
 """
 
 
 class Recalled(Mapping):
-    """The marks one connect recalled, {stream: (epoch, offset, written_at)}, each parsed
-    when asked for: a connect reads all of its user's marks (up to max_marks) but joins
-    only a few of their streams."""
+    """The marks one connect recalled, {stream: (epoch, offset, written_at)} within the
+    window, each parsed only when asked for: a connect reads all of its user's marks (up
+    to max_marks) but joins only a few of their streams."""
 
     __slots__ = ("_raw",)
 
-    def __init__(self, blob: bytes):
-        self._raw = dict(line.split(b" ", 1) for line in blob.split(b"\n")) if blob else {}
+    def __init__(self, blob: bytes | None, now: float, seconds: float):
+        lines = blob.split(b"\n") if blob else []
+        # Newest first: the marks within the window are a prefix, found by bisection (the
+        # age of every line cost ~150 us of the ~200 us of 256 marks; this split, ~45 us).
+        low, high = 0, len(lines)
+        while low < high:
+            middle = (low + high) // 2
+            if now - _written_at(lines[middle]) < seconds:
+                low = middle + 1
+            else:
+                high = middle
+        self._raw = dict(line.split(b" ", 1) for line in lines[:low])
 
     def __getitem__(self, stream: str):
         return _parse(self._raw[stream.encode()])
@@ -172,6 +175,13 @@ class Recalled(Mapping):
         return _parse(self._raw.pop(stream.encode()))
 
 
+def _written_at(line: bytes) -> float:
+    try:
+        return float(line[line.rfind(b"|") + 1:])
+    except ValueError:
+        return float("-inf")          # not ours: treated as expired
+
+
 def _parse(raw: bytes):
     try:
         epoch, offset, written_at = raw.decode().rsplit("|", 2)
@@ -181,9 +191,9 @@ def _parse(raw: bytes):
 
 
 class RedisMarks:
-    """The same in Redis: `<prefix>resume:{<user>}` is a hash stream -> mark, expiring
-    WS_RESUME_SECONDS after its last write (each mark's own age is checked on read),
-    at most `max_marks` fields."""
+    """The same in Redis: `<prefix>marks:{<user>}` holds a user's marks (at most
+    `max_marks`), expiring WS_RESUME_SECONDS after its last write (each mark's own age is
+    checked on read)."""
 
     def __init__(self, client, prefix: str, seconds: float, clock=time.time, max_marks: int = MAX_MARKS):
         self.client = client
@@ -192,10 +202,10 @@ class RedisMarks:
         self.clock = clock
         self.max_marks = max(1, max_marks)
         self._script = client.register_script(_REMEMBER)
-        self._recall = client.register_script(_RECALL)
 
     def key(self, user_id: str) -> str:
-        return f"{self.prefix}resume:{{{user_id}}}"
+        # `marks:`, not the `resume:` hash of before: a rolling deploy meets no old type
+        return f"{self.prefix}marks:{{{user_id}}}"
 
     def remember(self, user_id: str, marks: dict, started_at: float):
         args = [repr(self.clock()), repr(started_at), repr(float(self.seconds)), str(self.max_marks)]
@@ -205,4 +215,4 @@ class RedisMarks:
 
     def recall(self, user_id: str) -> Recalled:
         """{stream: (epoch, offset, written_at)} still within the window."""
-        return Recalled(self._recall(keys=[self.key(user_id)], args=[repr(self.clock()), repr(float(self.seconds))]))
+        return Recalled(self.client.get(self.key(user_id)), self.clock(), self.seconds)

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
+from fonana_realtime.resume_marks import RedisMarks
 from support.waiting import wait_until
 from support.hardening import metric_total
 from support.redis_server import RedisServer
@@ -255,9 +256,8 @@ def test_a_connection_that_joined_streams_already_heard_gets_what_it_missed(srv,
 
 
 def position_reads(rs) -> int:
-    """Calls of Redis scripts so far (a connect runs the stream position script and the
-    marks recall, one call per connect; publishes and dropped connections run theirs
-    too, and this test does neither)."""
+    """Calls of Redis scripts so far (the stream position script is the only one a
+    connect runs; publishes and marks run theirs too, and this test does neither)."""
     stats = rs.client().info("commandstats")
     return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
@@ -280,8 +280,7 @@ def test_with_redis_a_legacy_connect_reads_each_position_once(srv, seed):
     first.subscribe({"type": "notifications", "userId": user})   # new here too
     first.subscribe(channel)                                 # heard already
     first.barrier()
-    # one per new stream, none per join; and the connect's marks recall
-    assert position_reads(srv.redis) - before == 2 + 1
+    assert position_reads(srv.redis) - before == 2           # one per new stream, none per join
     warm.close()
     first.close()
 
@@ -301,8 +300,7 @@ def test_with_redis_a_user_dropping_ever_new_channels_keeps_at_most_max_marks(se
     srv = server_factory.start("marks-bound", database_url=pg_url, env={
         **RESUME, "REDIS_URL": private_redis.url, "REDIS_PREFIX": prefix, "WS_RESUME_MAX_MARKS": 20})
     user = seed.user()
-    key = f"{prefix}resume:{{{user}}}"
-    client = private_redis.client()
+    stored = RedisMarks(private_redis.client(), prefix, 120).recall      # as a connect reads them
     for round_ in range(3):
         ws = srv.connect(user)
         channels = [f"creator_x{round_}n{i}" for i in range(15)]
@@ -312,6 +310,6 @@ def test_with_redis_a_user_dropping_ever_new_channels_keeps_at_most_max_marks(se
         left = connections(srv) - 1
         drop(ws)
         wait_until(lambda: connections(srv) <= left, 10, "the server saw the drop")
-        wait_until(lambda: set(channels) <= {f.decode() for f in client.hkeys(key)}, 10, "the marks written")
-        assert client.hlen(key) <= 20
-    assert client.hlen(key) == 20
+        wait_until(lambda: set(channels) <= set(stored(user)), 10, "the marks written")
+        assert len(stored(user)) <= 20
+    assert len(stored(user)) == 20

@@ -71,16 +71,16 @@ def test_a_mark_of_another_epoch_is_replaced(marks):
     assert store.recall("u1")["post_p"][:2] == ("new", 40)
 
 
-def test_redis_keeps_one_hash_per_user_that_expires_with_the_window():
+def test_redis_keeps_one_key_per_user_that_expires_with_the_window():
     client = shared_redis()
     prefix = f"test-resume-{secrets.token_hex(6)}:"
     store = RedisMarks(client, prefix, WINDOW)
     try:
         store.remember("u1", {"post_p": ("e1", 7)}, started_at=0.0)
         key = store.key("u1")
-        assert key == prefix + "resume:{u1}"
+        assert key == prefix + "marks:{u1}"
         assert 0 < client.ttl(key) <= WINDOW
-        assert client.hget(key, "post_p").startswith(b"e1|7|")
+        assert client.get(key).startswith(b"post_p e1|7|")
     finally:
         client.delete(store.key("u1"))
 
@@ -98,7 +98,8 @@ def bounded(kind: str, clock, max_marks: int):
 def stored_fields(store, client, user) -> int:
     if client is None:
         return len(store._users.get(user, {}))
-    return client.hlen(store.key(user))
+    stored = client.get(store.key(user))
+    return len(stored.split(b"\n")) if stored else 0
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
@@ -137,3 +138,13 @@ def test_expired_marks_are_removed_not_only_ignored(kind):
     finally:
         if client is not None:
             client.delete(store.key("u1"))
+
+
+def test_of_marks_written_at_different_times_only_those_within_the_window_are_recalled(marks):
+    store, clock = marks
+    store.remember("u1", {f"post_a{i}": ("e1", i) for i in range(5)}, started_at=clock.now - 1)
+    clock.now += 100
+    store.remember("u1", {f"post_b{i}": ("e1", i) for i in range(3)}, started_at=clock.now - 1)
+    clock.now += 30                                 # the first five are 130 s old
+    assert set(store.recall("u1")) == {f"post_b{i}" for i in range(3)}
+    assert store.recall("u1")["post_b2"][:2] == ("e1", 2)
