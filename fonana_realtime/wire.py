@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import OrderedDict
 
+from .events import SERVER_FRAME_TYPES
 from .wsframes import dumps, loads
 
 DEFAULT_PREFIX = "fonana:rt:"
@@ -160,6 +161,8 @@ class Decoder:
         event = env.get("event")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not event["type"]:
             raise Drop("bad_event")
+        if event["type"] in SERVER_FRAME_TYPES:       # as the API refuses it (a raw PUBLISH skips the API)
+            raise Drop("server_frame_type")
         topics = [topic]
         message_id = env.get("id")
         if message_id is not None:

@@ -56,6 +56,9 @@ def test_the_encoder_refuses_a_union_over_the_cap():
 @pytest.mark.parametrize("raw,reason", [
     (b"not json", "not_json"), (b"[1]", "not_an_object"), (b'{"event":{"type":""}}', "bad_event"),
     (b'{"event":{"type":"x"},"id":12}', "bad_id"),
+    # issue 18.6: a raw PUBLISH of a server frame's type, which the API refuses
+    (b'{"event":{"type":"connected","data":{"userId":"u1"}}}', "server_frame_type"),
+    (b'{"event":{"type":"error","data":{"code":"access_revoked"}}}', "server_frame_type"),
 ])
 def test_malformed_envelopes_are_dropped_with_a_reason(raw, reason):
     with pytest.raises(wire.Drop) as caught:
