@@ -55,7 +55,7 @@ def one_flood(srv, secret: str, kind: str, seconds: float, user_index: int) -> d
     rtts = []
     started = time.monotonic()
     flood.start()
-    flood.answered.wait(10)
+    flood.underway.wait(10)
     while flood.flooding and time.monotonic() - started < seconds + 5:
         t0 = time.monotonic()
         bystander.send_json({"type": "ping"})

@@ -56,9 +56,7 @@ class Commands:
 
     def handle(self, conn, text: str):
         metrics.step(metrics.FRAMES_IN)
-        if not conn.admit():
-            if not conn.closing:              # (a sustained flood was closed 4008)
-                conn.send_error(error_codes.RATE_LIMITED)
+        if not conn.admit_command():
             return
         kind, obj = parse_command(text)
         if kind is None:

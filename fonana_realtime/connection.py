@@ -417,10 +417,11 @@ class Connection:
         return bool(self.over_limit_since) and now - self.over_limit_since >= self.limits.rate_abuse_seconds
 
     def admit(self) -> bool:
-        """One inbound frame (a command, or a WebSocket ping) against the bucket. False:
-        refused, and after WS_RATE_ABUSE_SECONDS of refusals the connection is closing
-        with 4008. Ping frames count too: unlimited, they were a flood nothing closed
-        (issue 18: 97 MB of pongs in 8 s)."""
+        """One inbound frame (a message, a WebSocket ping or pong) against the bucket.
+        False: refused, and after WS_RATE_ABUSE_SECONDS of refusals the connection is
+        closing with 4008. Control frames count too: unlimited, ping frames were a flood
+        nothing closed (issue 18: 97 MB of pongs in 8 s); a heartbeat pong every 25 s
+        costs a well-behaved client nothing it would notice."""
         now = time.monotonic()
         if self.take_token(now):
             return True
@@ -428,6 +429,15 @@ class Connection:
         if self.abusing(now):
             log.info("rate limit abuse", extra={"event": "rate_abuse", "user_id": self.user_id, "conn_id": self.id})
             self.close(close_codes.RATE_LIMITED)
+        return False
+
+    def admit_command(self) -> bool:
+        """`admit` for a message: a refused one is answered `rate_limited` (unless the
+        refusal closed the connection: nothing may follow the close frame)."""
+        if self.admit():
+            return True
+        if not self.closing:
+            self.send_error(error_codes.RATE_LIMITED)
         return False
 
     # ---- the read loop --------------------------------------------------------
@@ -492,7 +502,8 @@ class Connection:
                 return True
             parts, self._in_parts, self._in_size, self._in_frames = self._in_parts, [], 0, 0
             if self._in_binary:
-                self.send_error(error_codes.INVALID_MESSAGE)
+                if self.admit_command():
+                    self.send_error(error_codes.INVALID_MESSAGE)
                 return True
             parts.append(data)
             on_text(self, "".join(parts) if len(parts) > 1 else data)
@@ -503,6 +514,7 @@ class Connection:
                 self._write(pong_frame(event.payload))
         elif isinstance(event, Pong):
             self.awaiting_pong = False
+            self.admit()                       # unsolicited pongs are a flood like any other
         elif isinstance(event, CloseConnection):
             if not self.closing:
                 self.closed_by_client = True

@@ -15,6 +15,7 @@ import time
 from .rawws import OP_CLOSE, OP_TEXT, RawWebSocket, masked_frame
 
 CHUNK_BYTES = 65536
+UNDERWAY_BYTES = 1 << 20       # the server is reading it (a flood of pongs gets no answer)
 
 
 class Flood:
@@ -30,6 +31,8 @@ class Flood:
         self.rate_limited = 0                 # of them, text frames naming rate_limited
         self.close_code: int | None = None
         self.answered = threading.Event()     # the server answered part of the flood
+        # the server answered, or UNDERWAY_BYTES were written
+        self.underway = threading.Event()
         self.stopped = threading.Event()      # the writer stopped (deadline, byte cap or socket error)
         self.ended = threading.Event()        # the reader saw the server's end (EOF)
         self._threads = [threading.Thread(target=self._write, daemon=True),
@@ -60,6 +63,8 @@ class Flood:
                 except socket.timeout:
                     continue                  # the server is not reading just now: try again
                 self.sent += len(chunk)
+                if self.sent >= UNDERWAY_BYTES:
+                    self.underway.set()
             self.stopped.set()
             if self.close_code is not None:   # answer the server's close, as a client should
                 sock.sendall(masked_frame(OP_CLOSE, self.close_code.to_bytes(2, "big")))
@@ -101,6 +106,7 @@ class Flood:
                     if opcode == OP_TEXT and b"rate_limited" in payload:
                         self.rate_limited += 1
                     self.answered.set()
+                    self.underway.set()
                 del buf[:pos]
                 try:
                     data = sock.recv(1 << 20)
