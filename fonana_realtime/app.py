@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     # No route answers OPTIONS: Flask's automatic answer was a 200 text/html with an empty
     # body. This API is server-to-server (no CORS; its key must never be in a browser),
-    # so OPTIONS gets the JSON 405 of any method a route does not take (PROTOCOL.md 7).
+    # so OPTIONS gets the JSON 405 of any method a route does not take (PROTOCOL.md 8).
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     rt = app.extensions["fonana_realtime"] = Runtime(settings)
 

@@ -32,7 +32,7 @@ def _channel(kind, field_name):
     return lambda e: Route(channels=(Channel(kind, e[field_name]).key,))
 
 
-# What a catalogue field must hold (PROTOCOL.md 7: "catalogue types are checked").
+# What a catalogue field must hold (PROTOCOL.md 8: "catalogue types are checked").
 ID = "id"             # a string matching [A-Za-z0-9_-]{1,128} (every id of the schema is a cuid)
 ID_OR_NULL = "id?"    # an id or null: the app's updatePostLikes(postId, likesCount, userId?) may leave the liker out
 COUNT = "count"       # an integer >= 0, not a boolean
@@ -51,7 +51,7 @@ _KINDS = {
     ANY: (lambda v: True, "present"),
 }
 
-# The types of the server's own frames (PROTOCOL.md 2.2, 8). An event may not take one:
+# The types of the server's own frames (PROTOCOL.md 2.2, 7). An event may not take one:
 # a client could not tell a published `connected`, `error` or `pong` from the server's.
 SERVER_FRAME_TYPES = frozenset({"connected", "subscribed", "unsubscribed", "pong", "authenticated", "error",
                                 "unread_notifications", "recovered", "event"})

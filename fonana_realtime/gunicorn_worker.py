@@ -41,7 +41,7 @@ def _json_response(status: int, phrase: str, body: dict) -> bytes:
 # What the handshake answers for a token over auth.MAX_TOKEN_BYTES (PROTOCOL.md 2.1).
 _TOKEN_TOO_LONG_RESPONSE = _json_response(401, "Unauthorized", {"error": "unauthorized", "reason": "invalid_token"})
 # A request gunicorn cannot parse: the status gunicorn gives it (400 unless listed here),
-# in JSON (PROTOCOL.md 7: HTTP errors are always JSON; gunicorn writes HTML).
+# in JSON (PROTOCOL.md 8: HTTP errors are always JSON; gunicorn writes HTML).
 _PARSE_ERROR_STATUS = ((UnsupportedTransferCoding, 501, "Not Implemented"),
                        (ExpectationFailed, 417, "Expectation Failed"),
                        (ForbiddenProxyRequest, 403, "Forbidden"),

@@ -178,7 +178,7 @@ def test_bad_request_is_400_and_publishes_nothing(client, published, name):
     assert published == []
 
 
-# the `type` of every frame the server itself sends (PROTOCOL.md 2.2, 8)
+# the `type` of every frame the server itself sends (PROTOCOL.md 2.2, 7)
 SERVER_FRAME_TYPES = ["connected", "subscribed", "unsubscribed", "pong", "authenticated", "error",
                       "unread_notifications", "recovered", "event"]
 
