@@ -89,3 +89,7 @@ def when_ready(server):
 def child_exit(server, worker):
     from prometheus_client import multiprocess
     multiprocess.mark_process_dead(worker.pid)
+    # a worker killed without a goodbye leaves its legacy connections' live marks: they
+    # depart now, as a drain would have made them (fonana_realtime/live_marks.py)
+    from fonana_realtime.live_marks import release_worker
+    release_worker(_settings, worker.pid)

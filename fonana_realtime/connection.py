@@ -60,11 +60,11 @@ class Connection:
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "writer", "closing", "closed",
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "limits", "pacer", "pace", "resume", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary",
+                 "limits", "pacer", "pace", "resume", "on_marks", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary",
                  "corked")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
-                 protocol: str | None = None):
+                 protocol: str | None = None, on_marks=None):
         self.id = next(_ids)
         # Bytes that must precede anything written (the 101 head), joined to the first write,
         # whatever it is (the welcome, or a close frame if it is closed before): one send
@@ -88,6 +88,9 @@ class Connection:
         self.pacer = None                 # the worker's Pacer for a legacy connection (pacing on)
         self.pace = None                  # its pacing state, only while it is being written to
         self.resume = None                # legacy: what it may replay where a dropped one left off
+        # legacy with resume marks in Redis: (conn, (stream, position) pairs) after its marks
+        # moved (live_marks.LiveMarks.moved: a killed worker's connections can be resumed)
+        self.on_marks = on_marks
         self.started_at = 0.0             # wall clock, set when resume is on (resume.py)
         self.closed_by_client = False     # the client started the closing handshake
         self.backlog: deque | None = None   # (bytes, frame count) not yet written
@@ -150,6 +153,8 @@ class Connection:
             marks = self.marks
             for stream, position in positions:
                 marks[stream] = position
+            if self.on_marks is not None:
+                self.on_marks(self, positions)
         return True
 
     def stream_of(self, out) -> str | None:
@@ -301,6 +306,8 @@ class Connection:
         positions = merged_positions(outgoings)
         if positions:
             self.marks.update(positions)
+            if self.on_marks is not None:
+                self.on_marks(self, positions.items())
 
     def _park(self, data, frames: int) -> bool:
         self.backlog.append((data, frames))

@@ -54,12 +54,15 @@ class Pending:
 
 
 class Resume:
-    def __init__(self, store, broker, seconds: float, limit: int, clock=time.time):
+    def __init__(self, store, broker, seconds: float, limit: int, clock=time.time, live=None):
         self.store = store          # resume_marks.MemoryMarks or RedisMarks
         self.broker = broker
         self.seconds = seconds
         self.limit = limit          # WS_RECOVERY_MAX: more missed events than this → nothing
         self.clock = clock
+        # live_marks.LiveMarks with Redis marks: the live connections' marks, kept current
+        # so that a killed worker's connections still depart (None in process)
+        self.live = live
 
     # ---- a legacy connection arrives --------------------------------------------------
 
@@ -106,6 +109,7 @@ class Resume:
             else:
                 del conn.marks[stream]
         if stream not in conn.buffers:
+            self._live_join(conn, stream)
             return
         pending = conn.resume
         epoch, since, _ = pending.marks.pop(stream)
@@ -132,6 +136,7 @@ class Resume:
             # where this connection now stands, should it drop before anything is written
             # (a replay still held by pacing moves it only when written)
             conn.marks[stream] = (recovery.epoch, since if recovery.ok else recovery.top)
+        self._live_join(conn, stream)
         pending.streams.append(stream)
         pending.count += len(replay)
         if replay:
@@ -142,15 +147,29 @@ class Resume:
         if not pending.marks:
             self._logged(conn)
 
+    def _live_join(self, conn, stream: str):
+        """Where the connection stands on a stream it just joined, in the live copy (its
+        later moves come from Connection.on_marks)."""
+        mark = conn.marks.get(stream)
+        if self.live is not None and mark is not None:
+            self.live.moved(conn, ((stream, mark),))
+
+    def left(self, conn, streams):
+        """The connection no longer holds these streams (an unsubscribe)."""
+        if self.live is not None:
+            self.live.left(conn, streams)
+
     # ---- a legacy connection ends ----------------------------------------------------
 
     def depart(self, conn, by_client: bool):
         """The connection ended (called before it is unregistered)."""
         if conn.resume is not None and conn.resume.streams:
             self._logged(conn)
+        held = [conn.user_stream] + list(conn.channels)
+        if self.live is not None:
+            self.live.left(conn, held)      # its own marks follow, unless the client closed
         if by_client:
             return
-        held = [conn.user_stream] + list(conn.channels)
         marks = {}
         for stream in held:
             mark = conn.marks.get(stream)

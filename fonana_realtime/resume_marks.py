@@ -207,11 +207,12 @@ class RedisMarks:
         # `marks:`, not the `resume:` hash of before: a rolling deploy meets no old type
         return f"{self.prefix}marks:{{{user_id}}}"
 
-    def remember(self, user_id: str, marks: dict, started_at: float):
+    def remember(self, user_id: str, marks: dict, started_at: float, client=None):
+        """`client`: a pipeline to add the write to (live_marks.release), else at once."""
         args = [repr(self.clock()), repr(started_at), repr(float(self.seconds)), str(self.max_marks)]
         for stream, (epoch, offset) in marks.items():
             args += [stream, epoch, str(int(offset))]
-        self._script(keys=[self.key(user_id)], args=args)
+        self._script(keys=[self.key(user_id)], args=args, client=client)
 
     def recall(self, user_id: str) -> Recalled:
         """{stream: (epoch, offset, written_at)} still within the window."""

@@ -5,6 +5,7 @@ fanout joining them, command handlers, the heartbeat, and small caches. Made onc
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import gevent
@@ -18,6 +19,7 @@ from .connection import Connection
 from .fanout import Fanout
 from .handshake_limits import HandshakeRate
 from .hub import Hub
+from .live_marks import LiveMarks, live_key
 from .notification_push import NotificationPush
 from .pacing import Pacer
 from .push_claims import open_claims
@@ -61,6 +63,8 @@ class Runtime:
         self.broker.start()
         if self.pacer is not None:
             self.pacer.start()
+        if self.resume is not None and self.resume.live is not None:
+            self.resume.live.start()
         gevent.spawn(heartbeat.run, self.hub, self.settings)
         gevent.spawn(self.access_expiry.run)
 
@@ -87,9 +91,11 @@ def _open_resume(settings, broker) -> Resume:
     """Marks in Redis with REDIS_URL (every worker and host, and the next deploy, sees
     them), else in process."""
     client = getattr(broker, "client", None)
+    live = None
     if settings.redis_url and client is not None:
         store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
                            max_marks=settings.resume_max_marks)
+        live = LiveMarks(client, live_key(settings.redis_prefix, os.getpid()), settings.resume_seconds)
     else:
         store = MemoryMarks(settings.resume_seconds, max_marks=settings.resume_max_marks)
-    return Resume(store, broker, settings.resume_seconds, settings.recovery_max)
+    return Resume(store, broker, settings.resume_seconds, settings.recovery_max, live=live)

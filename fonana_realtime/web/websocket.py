@@ -194,8 +194,9 @@ def serve(rt, raw, key, subprotocol, identity, ip, started):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass                        # not TCP (a unix socket behind a proxy)
+    live = rt.resume.live if subprotocol is None and rt.resume is not None else None
     conn = Connection(sock, upgrade.frame_protocol(), identity.user_id, identity.expires_at, ip,
-                      rt.settings, protocol=subprotocol)
+                      rt.settings, protocol=subprotocol, on_marks=live.moved if live is not None else None)
     # The 101 leads the connection's first write (the welcome, one send for both, or an
     # event or close frame that gets there first while registering waits on Redis): nothing
     # can be written ahead of it.

@@ -1,0 +1,165 @@
+"""Resume marks of a worker's live legacy connections, kept current in Redis, so that a
+worker killed without a goodbye (SIGKILL, the OOM killer, a crash) loses nothing a
+drain would not (PROTOCOL.md 8, automatic resume; issue 17).
+
+A departing connection writes its marks itself (resume.Resume.depart). A killed worker
+departs nobody: before this, its legacy clients reconnected to no marks and the events
+accepted but not yet written to them (held by pacing, in a backlog, published while
+they reconnected) were never replayed. So while a connection is live, every move of its
+marks (a real write, or the join position of a stream) is copied to one hash per worker,
+`<prefix>live:<host>:<pid>`, field `<user>|<connection id>|<stream>`, value
+`epoch|offset|started_at`:
+
+- batched: moves are collected in process and written by one greenlet of the worker
+  once it gets the CPU after the turn that made them (one pipeline: HSET of the latest
+  position per field, HDEL of departed connections' fields, EXPIRE), so a fan-out to
+  5,000 connections is one write, not 5,000; a connection's marks move at most once per
+  pacing gap per type, whatever the publish rate;
+- a departure (any) deletes the connection's fields: marks of connections that left are
+  the departing connection's own business, as before;
+- when a worker exits, the gunicorn master (gunicorn.conf.py child_exit) hands what is
+  left in its hash to `release`: each connection found there departs as it would have
+  (`RedisMarks.remember`, the same rule per connection), then the hash goes. For a
+  graceful exit the hash is already empty.
+
+What a kill can still do: an event written to the socket in the turn before the kill,
+whose move had not reached Redis, is replayed once more (never lost). Without Redis
+(one worker, marks in process) a killed worker takes its marks with it.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+log = logging.getLogger("fonana_realtime.resume")
+
+# After a failed write, the next attempt waits this long (the moves wait, newest kept).
+RETRY_SECONDS = 1.0
+
+
+def live_key(prefix: str, pid: int, host: str | None = None) -> str:
+    return f"{prefix}live:{host or socket.gethostname()}:{pid}"
+
+
+class LiveMarks:
+    """One worker's copy of its live legacy connections' marks (see the module doc).
+    `moved` and `left` are called from the delivery path and must stay cheap: they only
+    note what changed; the writer greenlet (`start`) builds and sends the batch."""
+
+    def __init__(self, client, key: str, seconds: float):
+        self.client = client
+        self.key = key
+        self.seconds = max(1, int(seconds))
+        self._moves: dict = {}               # (conn, stream) -> position, or None: delete
+        self._wake = None                    # gevent Event once started
+
+    def moved(self, conn, pairs):
+        """`conn`'s marks moved to these (stream, (epoch, offset)) pairs; streams it does
+        not hold (another stream of a union event) are not its to resume."""
+        moves = self._moves
+        channels, user_stream = conn.channels, conn.user_stream
+        for stream, position in pairs:
+            if (stream == user_stream or stream in channels) and position[0] is not None:
+                moves[(conn, stream)] = position
+        if moves and self._wake is not None:
+            self._wake.set()
+
+    def left(self, conn, streams):
+        """`conn` departed (its own marks are written by Resume.depart): its fields go."""
+        moves = self._moves
+        for stream in streams:
+            moves[(conn, stream)] = None
+        if moves and self._wake is not None:
+            self._wake.set()
+
+    def start(self):
+        import gevent
+        from gevent.event import Event
+        self._wake = Event()
+        gevent.spawn(self._run)
+
+    def _run(self):
+        import gevent
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            batch, self._moves = self._moves, {}
+            if not batch:
+                continue
+            try:
+                self.write(batch)
+            except Exception as exc:         # Redis away: keep the moves, newer ones win
+                log.warning("live resume marks not written", extra={
+                    "event": "resume_unavailable", "reason": type(exc).__name__, "count": len(batch)})
+                batch.update(self._moves)
+                self._moves = batch
+                gevent.sleep(RETRY_SECONDS)
+                self._wake.set()
+
+    def write(self, batch: dict):
+        """One pipeline for a batch of moves and departures."""
+        put, gone = {}, []
+        for (conn, stream), position in batch.items():
+            field = f"{conn.user_id}|{conn.id}|{stream}"
+            if position is None:
+                gone.append(field)
+            else:
+                put[field] = f"{position[0]}|{position[1]}|{conn.started_at!r}"
+        pipe = self.client.pipeline(transaction=False)
+        if put:
+            pipe.hset(self.key, mapping=put)
+        if gone:
+            pipe.hdel(self.key, *gone)
+        pipe.expire(self.key, self.seconds)
+        pipe.execute()
+
+
+def release(client, store, key: str) -> int:
+    """A worker ended (in the master, gunicorn child_exit): every connection left in its
+    hash departs as it would have (`store` is the RedisMarks); then the hash goes.
+    Returns the connections released."""
+    raw = client.hgetall(key)
+    if not raw:
+        return 0
+    conns: dict = {}                         # (user, conn id) -> (started_at, {stream: (epoch, offset)})
+    for field, value in raw.items():
+        try:
+            user, conn_id, stream = field.decode().split("|", 2)
+            epoch, offset, started_at = value.decode().rsplit("|", 2)
+            entry = conns.setdefault((user, conn_id), (float(started_at), {}))
+            entry[1][stream] = (epoch, int(offset))
+        except (ValueError, UnicodeDecodeError):
+            continue                         # not ours: never fails a worker's exit
+    pipe = client.pipeline(transaction=False)
+    for (user, _), (started_at, marks) in conns.items():
+        store.remember(user, marks, started_at, client=pipe)
+    pipe.delete(key)
+    pipe.execute()
+    return len(conns)
+
+
+def release_worker(settings, pid: int) -> None:
+    """gunicorn.conf.py child_exit (in the master): one short-lived Redis client; a
+    failure is logged, never raised into the master."""
+    if not settings.redis_url or settings.resume_seconds <= 0:
+        return
+    started = time.perf_counter()
+    try:
+        import redis
+
+        from .resume_marks import RedisMarks
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
+                               max_marks=settings.resume_max_marks)
+            count = release(client, store, live_key(settings.redis_prefix, pid))
+        finally:
+            client.close()
+    except Exception as exc:
+        log.warning("live resume marks of worker %d not released", pid,
+                    extra={"event": "resume_unavailable", "reason": type(exc).__name__})
+        return
+    if count:
+        log.info("resume marks of worker %d kept for its %d connections (%.1f ms)", pid, count,
+                 (time.perf_counter() - started) * 1000, extra={"event": "resume_released", "count": count})
