@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: run test venv venv-runtime
+.PHONY: run test lint unit venv venv-runtime
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,17 @@ venv: $(VENV)/.installed
 run: venv-runtime
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
-# The whole test suite against real gunicorn, PostgreSQL and Redis, then the Node client's
-# (clients/js, `node --test` against a real server); the second runs even when the first
-# failed, and scripts/run-tests reports both (README "Testing").
+# ruff over the package, the tests, bench/ and scripts (rules in pyproject.toml).
+lint: venv
+	$(PY) -m ruff check .
+
+# The pure tests (tests/unit/): no PostgreSQL, Redis, server or Node; seconds.
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+# The lint, the pure tests, the whole test suite against real gunicorn, PostgreSQL and Redis,
+# then the Node client's (clients/js, `node --test` against a real server); each runs even
+# when one before it failed, and scripts/run-tests reports all four (README "Testing").
 # PYTEST_ARGS and JS_TESTS (from the command line or the environment) reach the script.
 export PYTEST_ARGS JS_TESTS
 test: venv

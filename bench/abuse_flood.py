@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,11 +106,13 @@ def main():
     bench.log("| flood | bystander worst RTT (ms) | bystander median RTT (ms) | flooder closed with | after (s) | flood written (MB) |")
     bench.log("|---|---|---|---|---|---|")
     for kind, rs in results.items():
-        def med(key):
+        def med(key, rs=rs):
             vals = [r[key] for r in rs if r[key] is not None]
             return statistics.median(vals) if vals else None
+
+        def fmt(v, d=1):
+            return "-" if v is None else f"{v:.{d}f}"
         codes = sorted({str(r["close_code"]) for r in rs})
-        fmt = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"
         bench.log(f"| {kind} | {fmt(med('worst_ms'))} | {fmt(med('median_ms'), 2)} | {'/'.join(codes)} | "
                   f"{fmt(med('ended_s'))} | {fmt(med('flood_mb'))} |")
     return 0

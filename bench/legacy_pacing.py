@@ -224,10 +224,12 @@ def main():
     for name in ("on", "off"):
         rs = runs[name]
 
-        def med(key):
+        def med(key, rs=rs):
             vals = [r[key] for r in rs if r.get(key) is not None]
             return statistics.median(vals) if vals else None
-        fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"
+
+        def fmt(v, d=3):
+            return "-" if v is None else f"{v:.{d}f}"
         bench.log(f"| {name} | {fmt(med('frames_per_conn_per_s'), 2)} | {fmt(med('held'), 0)} | "
                   f"{fmt(med('replaced'), 0)} | {fmt(med('hold_p99'))} | {fmt(med('hold_max'))} | "
                   f"{fmt(med('server_cpu'), 2)} | {fmt(med('other_load'), 2)} |")

@@ -158,7 +158,7 @@ def main():
             print(f"storm {name:8s}: {len(urls)} clients in {took:6.2f} s ({len(urls) / took:7.0f}/s), "
                   f"server CPU {cpu:6.2f} s = {cpu / len(urls) * 1e3:6.3f} ms per client; "
                   f"OTHER LOAD on the server's core before it {other:.0%}")
-        (rt, rc), (bt, bc) = figures["recover"], figures["baseline"]
+        (rt, rc), (_, bc) = figures["recover"], figures["baseline"]
         print(f"recovery of {args.missed} missed events: +{(rc - bc) / len(urls) * 1e3:.3f} ms server CPU "
               f"per client beyond a plain reconnect+subscribe; all {len(urls) * args.missed:,} missed "
               f"events delivered, contiguous, none twice; time to all recovered {rt:.2f} s")

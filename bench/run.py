@@ -240,9 +240,10 @@ def add_bench_users(db: Path, count: int):
         raise RuntimeError(f"{db} has no users table")
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     names, makers = [], []
-    for _, name, ctype, notnull, default, pk in cols:
+    for _, name, ctype, notnull, default, _pk in cols:
         if name == "id":
-            names.append(name); makers.append(lambda i: f"bench-u{i}")
+            names.append(name)
+            makers.append(lambda i: f"bench-u{i}")
         elif notnull and default is None:
             lname = name.lower()
             names.append(name)
@@ -614,7 +615,7 @@ def run_storm_workers(ctx, rep):
             base = {pid: socket_fds(pid) for pid in worker_pids}
             split = {}
 
-            def at_wait(obj):
+            def at_wait(obj, split=split, base=base, worker_pids=worker_pids):
                 split.update({pid: socket_fds(pid) - base[pid] for pid in worker_pids})
                 return "NEXT"
 
@@ -958,7 +959,7 @@ def print_tables(ctx):
     log("\n" + "=" * 100)
     log(f"RESULTS ({ctx.p['reps']} repetition(s); median [min–max]; CPU in µs per delivery or per connect)")
     section = None
-    for sec, label, key, metric, unit, better, cost in rows:
+    for sec, label, key, metric, unit, _better, cost in rows:
         if sec != section:
             section = sec
             log(f"\n{sec}")
@@ -1047,7 +1048,6 @@ def targets(ctx):
 
 
 def markdown(ctx, info, elapsed):
-    p = ctx.p
     lines = [
         "# Benchmarks",
         "",

@@ -72,7 +72,7 @@ class _SegmentsCheckedInC(PyJWS):
     Fonana token (micro-benchmark), 1.4 % of a connect in the storm profile (issue 11).
     A segment of base64url bytes only, the one a real token has, is decoded here with
     exactly PyJWT's remaining checks; any other (`=` padding, junk) goes to PyJWT's own
-    method, errors and all. tests/test_auth_unit.py holds the two to the same answers.
+    method, errors and all. tests/unit/test_auth.py holds the two to the same answers.
     """
 
     @staticmethod

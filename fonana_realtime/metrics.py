@@ -95,7 +95,7 @@ class BatchedHistogram:
     held frame that was ~0.3 s of CPU a second for 5,000 clients of a hot post. `add`
     costs a bisect; `flush` adds each bucket's count with one inc. It writes the
     histogram's own per-bucket values (`_buckets`, `_sum`: prometheus-client 0.26,
-    pinned; tests/test_pacing_unit.py checks the exposition) exactly as `observe` would.
+    pinned; tests/unit/test_pacing.py checks the exposition) exactly as `observe` would.
     """
 
     def __init__(self, histogram):

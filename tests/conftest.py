@@ -6,7 +6,9 @@
 - `alt_server`: a second PostgreSQL server with ALLOWED_ORIGINS, JWT_SECRET *and* a different
   NEXTAUTH_SECRET, and no WS_API_SECRET.
 - `server_factory`: starts extra servers with other env for one test, stops them afterwards.
-Tests that need PostgreSQL carry the `postgres` marker.
+Tests that need PostgreSQL carry the `postgres` marker. The tests under tests/unit/ are pure (no
+PostgreSQL, Redis, server or Node) and carry the `unit` marker: `make unit` runs them alone, so
+nothing here imports psycopg2 or starts anything until a fixture asks for it.
 """
 from __future__ import annotations
 
@@ -18,16 +20,26 @@ import pytest
 # `support` is imported by absolute name whether or not tests/ becomes a package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support.db import Seed, TestDatabase
 from support.server import RUNNING, ServerFactory
+
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "postgres: needs the PostgreSQL server on 127.0.0.1:5432")
+    config.addinivalue_line("markers", "unit: pure logic, runs without PostgreSQL, Redis, a server or Node")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if UNIT_DIR in item.path.parents:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")
 def pg_url():
+    from support.db import TestDatabase
+
     db = TestDatabase().create()
     try:
         yield db.url
@@ -37,6 +49,8 @@ def pg_url():
 
 @pytest.fixture(scope="session")
 def seed(pg_url):
+    from support.db import Seed
+
     s = Seed(pg_url)
     yield s
     s.close()

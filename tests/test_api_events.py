@@ -263,5 +263,5 @@ def test_body_over_the_limit_is_413(server):
     try:
         r = server.api("/api/events", raw=big)
     except requests.ConnectionError as exc:  # pragma: no cover - failure path
-        raise AssertionError(f"the server dropped the connection instead of answering 413: {exc}")
+        raise AssertionError(f"the server dropped the connection instead of answering 413: {exc}") from exc
     assert r.status_code == 413, (r.status_code, r.text[:300])

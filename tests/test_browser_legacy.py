@@ -84,7 +84,7 @@ def test_bursts_across_posts_and_notifications_all_reach_the_page(server_factory
         notes.append(r.json()["id"])
     final = {p: 10 for p in scene["posts"]}
     tab.wait("Object.keys(f.likes).length === 3 && Object.values(f.likes).every(v => v === 10)"
-             f" && f.notifications.length === 3", "every final count and every notification")
+             " && f.notifications.length === 3", "every final count and every notification")
     assert tab.likes() == final
     assert tab.notifications() == notes
     assert [m for m in tab.state()["dropped"] if m["type"] not in ("subscribed",)] == []

@@ -204,7 +204,7 @@ def test_make_test_runs_the_js_tests_when_pytest_fails_and_reports_both(tmp_path
     out = result.stdout + result.stderr
     assert result.returncode != 0, out[-3000:]
     assert "the js half ran" in out, out[-3000:]
-    assert "make test: pytest FAILED (exit 1); clients/js passed" in out, out[-3000:]
+    assert "make test: pytest FAILED (exit 1); clients/js passed; lint passed; unit passed" in out, out[-3000:]
 
 
 @pytest.mark.postgres
@@ -212,7 +212,8 @@ def test_make_test_fails_when_only_the_js_tests_fail(tmp_path):
     result = _make_test(tmp_path, python_passes=True, js_passes=False)
     out = result.stdout + result.stderr
     assert result.returncode != 0, out[-3000:]
-    assert re.search(r"make test: pytest passed; clients/js FAILED \(exit \d+\)", out), out[-3000:]
+    assert re.search(r"make test: pytest passed; clients/js FAILED \(exit \d+\); lint passed; unit passed", out), \
+        out[-3000:]
 
 
 class _Stream:

@@ -309,7 +309,7 @@ def test_with_redis_a_user_dropping_ever_new_channels_keeps_at_most_max_marks(se
         ws.barrier()
         left = connections(srv) - 1
         drop(ws)
-        wait_until(lambda: connections(srv) <= left, 10, "the server saw the drop")
-        wait_until(lambda: set(channels) <= set(stored(user)), 10, "the marks written")
+        wait_until(lambda left=left: connections(srv) <= left, 10, "the server saw the drop")
+        wait_until(lambda channels=channels: set(channels) <= set(stored(user)), 10, "the marks written")
         assert len(stored(user)) <= 20
     assert len(stored(user)) == 20

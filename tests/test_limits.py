@@ -428,7 +428,7 @@ def test_api_chunked_body_over_the_limit_is_413_json(limits_server):
         r = limits_server.http.post(limits_server.base_url + "/api/events", data=chunks(), timeout=15, headers={
             "Authorization": f"Bearer {limits_server.api_key}", "Content-Type": "application/json"})
     except requests.ConnectionError as exc:
-        raise AssertionError(f"the server dropped the connection instead of answering 413: {exc}")
+        raise AssertionError(f"the server dropped the connection instead of answering 413: {exc}") from exc
     _assert_json_error(r, 413)
 
 

@@ -245,7 +245,7 @@ def test_figures_are_summed_across_workers(two_workers, seed):
     for _ in range(6):                 # several scrapes: each may be served by either worker
         s = scrape(srv)
 
-        def d(name):
+        def d(name, s=s):
             return metric_sum(s, name) - metric_sum(before, name)
         assert metric(s, "fonana_rt_connections") == extra + n, (metric(s, "fonana_rt_connections"), extra, n)
         assert d("fonana_rt_events_delivered_total") == n, (d("fonana_rt_events_delivered_total"), n)

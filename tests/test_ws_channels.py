@@ -83,7 +83,7 @@ def test_unsubscribe_from_a_channel_never_subscribed(server, world):
 def test_unsubscribe_with_an_invalid_channel_is_invalid_channel(server, world):
     ws = server.connect(world["me"])
     ws.send_json({"type": "unsubscribe", "channel": {"type": "post", "postId": "bad id!"}})
-    frame = ws.expect_error("invalid_channel")
+    ws.expect_error("invalid_channel")
     ws.barrier()
 
 
@@ -98,7 +98,7 @@ def test_subscribe_again_after_unsubscribe(server, world):
 
 def test_subscribe_to_many_channels_on_one_connection(server, world):
     ws = server.connect(world["me"])
-    for name, (channel, key) in channels_of(world).items():
+    for channel, key in channels_of(world).values():
         ws.subscribe(channel, key=key)
     ws.barrier()
 

@@ -319,7 +319,7 @@ def test_logs_never_contain_tokens_secrets_or_the_ws_query(server_factory, pg_ur
     refused_handshake(srv.ws_url, headers={"Authorization": f"Bearer {tokens[2]}"})
     srv.api("/api/events", {"event": {"type": "feed_update", "userId": uid, "posts": []}})
     srv.api("/api/events", {"event": {"type": "feed_update", "userId": uid, "posts": []}}, key="wrong-key")
-    rc = srv.stop()
+    srv.stop()
     text = srv.output()
     assert text.strip(), "the server wrote no logs at all"
     for i, t in enumerate(tokens):

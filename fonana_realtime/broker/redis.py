@@ -61,7 +61,8 @@ from ..history import UNAVAILABLE, Recovery
 from ..redis_history import EPOCH_MISMATCH, GHOST_SECONDS, RedisHistory
 from . import AFTER_JOIN, Broker, BrokerUnavailable
 from .link import open_link
-from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, UNAVAILABLE, link_state, probe_verdict
+from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, link_state, probe_verdict
+from .readiness import UNAVAILABLE as LINK_UNAVAILABLE
 
 log = logging.getLogger("fonana_realtime.broker")
 
@@ -307,7 +308,7 @@ class RedisBroker(Broker):
             return False, state
         published, arrived = self._round_trip(READY_WAIT)
         if not published:
-            return False, UNAVAILABLE
+            return False, LINK_UNAVAILABLE
         if not arrived:
             return False, TIMEOUT
         return True, OK
@@ -651,7 +652,7 @@ class RedisBroker(Broker):
         try:
             for start in range(0, len(requests), CATCHUP_BATCH):
                 chunk = requests[start:start + CATCHUP_BATCH]
-                for (stream, epoch, _), rec in zip(chunk, store.since_many(chunk, limit)):
+                for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
                     if rec.ok:
                         replayed.append(self._stored(stream, rec.entries))
                     elif rec.reason == EPOCH_MISMATCH:

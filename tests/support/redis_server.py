@@ -34,7 +34,7 @@ def shared_redis() -> redis.Redis:
     try:
         r.ping()
     except redis.RedisError as exc:
-        raise AssertionError(f"Redis is not answering on {SHARED_URL} (run scripts/ensure-services): {exc}")
+        raise AssertionError(f"Redis is not answering on {SHARED_URL} (run scripts/ensure-services): {exc}") from exc
     return r
 
 

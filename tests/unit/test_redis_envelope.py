@@ -2,14 +2,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:      # the repo, for the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fonana_realtime.wire import envelope  # noqa: E402
-from fonana_realtime.wsframes import dumps  # noqa: E402
+from fonana_realtime.wire import envelope
+from fonana_realtime.wsframes import dumps
 
 
 def test_single_topic_envelope_is_the_event_and_a_timestamp():

@@ -158,10 +158,10 @@ def test_the_byte_bound_drops_the_least_recently_appended_events_first():
     payload = b'{"type":"x","pad":"' + b"p" * 1000 + b'"}'
     one = h.STREAM_OVERHEAD + h.EVENT_OVERHEAD + len(payload)
     store = h.MemoryHistory(100, 300, 3600, clock, max_bytes=10 * one)
-    for n in range(6):
+    for _ in range(6):
         store.append("post_old", Message(payload, ["channel:post_old"]))
     epoch_old, _ = store.position("post_old")
-    for n in range(6):
+    for _ in range(6):
         store.append("post_new", Message(payload, ["channel:post_new"]))
     assert store.approx_bytes() <= 10 * one
     assert store.evicted_events == 6 and store.counts() == (2, 6)
