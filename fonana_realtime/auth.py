@@ -6,6 +6,7 @@ existence is checked by the caller through the store, so this module stays pure.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class AuthError(Exception):
 class Identity:
     user_id: str
     expires_at: float            # unix seconds (the token's `exp`)
+    issued_at: float | None = None   # the token's `iat`, None without one (revocations.py)
 
 
 class _HS256KeyCheckedOnce(HMACAlgorithm):
@@ -126,7 +128,10 @@ def verify_token(token: str | None, secrets: tuple[str, ...], leeway: int = 10) 
             exp = LAST_EXPIRY
         except (TypeError, ValueError):
             raise AuthError("invalid_token") from None
-        return Identity(user_id=user_id, expires_at=exp)
+        iat = claims.get("iat")
+        issued = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) \
+            and math.isfinite(iat) else None
+        return Identity(user_id=user_id, expires_at=exp, issued_at=issued)
     raise AuthError("expired_token" if expired else "invalid_token")
 
 

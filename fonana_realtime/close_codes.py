@@ -9,6 +9,8 @@ INTERNAL_ERROR = 1011    # a bug on our side: reconnect
 TOKEN_EXPIRED = 4001     # the token's exp passed (or an `auth` for another user)
 RATE_LIMITED = 4008      # sustained command flood
 SLOW_CONSUMER = 4009     # the send backlog overflowed: the client does not read
+DISCONNECTED = 4010      # an operator's POST /api/disconnect: reconnect with jitter
+TOKEN_REVOKED = 4011     # its token was revoked (POST /api/revoke): get a new one first
 
 REASONS = {
     NORMAL: "normal",
@@ -20,4 +22,6 @@ REASONS = {
     TOKEN_EXPIRED: "token expired",
     RATE_LIMITED: "rate limited",
     SLOW_CONSUMER: "send queue overflow",
+    DISCONNECTED: "disconnected by operator",
+    TOKEN_REVOKED: "token revoked",
 }

@@ -218,6 +218,12 @@ class Commands:
             conn.send_error(error_codes.INVALID_TOKEN)
             conn.close(close_codes.TOKEN_EXPIRED, "token is for another user")
             return
+        if self.rt.revocations.refuses(identity.user_id, identity.issued_at):
+            # the connection keeps the token it has (a revoked one was closed with 4011)
+            log.info("auth refused", extra={"event": "auth_failed", "reason": "token_revoked",
+                                            "user_id": conn.user_id, "conn_id": conn.id})
+            conn.send_error(error_codes.TOKEN_REVOKED)
+            return
         try:
             exists = self.rt.user_exists(conn.user_id, fresh=True)
         except StoreUnavailable:
@@ -229,6 +235,7 @@ class Commands:
             conn.close(close_codes.TOKEN_EXPIRED, "unknown user")
             return
         conn.expires_at = identity.expires_at
+        conn.issued_at = identity.issued_at
         conn.send_json({"type": "authenticated", "data": {"expiresAt": iso_utc(identity.expires_at)}})
 
     _handlers = {"ping": ping, "subscribe": subscribe, "unsubscribe": unsubscribe, "auth": auth,

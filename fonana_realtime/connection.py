@@ -56,7 +56,7 @@ class Connection:
     first write is the 101 answer (`head`) with the welcome frame (web/websocket.serve)."""
 
     __slots__ = ("id", "head", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id",
-                 "expires_at", "ip", "channels",
+                 "expires_at", "issued_at", "connected_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "writer", "closing", "closed",
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
@@ -82,6 +82,8 @@ class Connection:
         self.user_stream = user_stream(user_id)
         self.user_id = user_id
         self.expires_at = expires_at
+        self.issued_at: float | None = None   # its token's `iat` (revocations.py), set by the handshake
+        self.connected_at = time.time()       # wall clock, for operators (GET /api/connections)
         self.ip = ip
         self.limits = limits              # the Settings (frame, backlog and rate limits)
         self.channels: set[str] = set()

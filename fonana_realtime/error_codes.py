@@ -12,7 +12,8 @@ UNKNOWN_TYPE = "unknown_type"
 RATE_LIMITED = "rate_limited"
 TOKEN_EXPIRED = "token_expired"
 INVALID_TOKEN = "invalid_token"
-ACCESS_REVOKED = "access_revoked"     # a held channel's access ended (subscription lapsed)
+ACCESS_REVOKED = "access_revoked"     # a held channel's access ended (lapsed, or POST /api/unsubscribe)
+TOKEN_REVOKED = "token_revoked"       # `auth` with a token POST /api/revoke refused
 
 MESSAGES = {
     ACCESS_DENIED: "Access denied to channel",
@@ -25,6 +26,7 @@ MESSAGES = {
     TOKEN_EXPIRED: "Token expired",
     INVALID_TOKEN: "Invalid token",
     ACCESS_REVOKED: "Access to channel revoked",
+    TOKEN_REVOKED: "Token revoked",
 }
 
 

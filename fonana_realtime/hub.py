@@ -69,6 +69,10 @@ class Hub:
     def user_connection_count(self, user_id: str) -> int:
         return len(self.by_topic.get(user_topic(user_id), ()))
 
+    def of_user(self, user_id: str) -> tuple:
+        """This worker's connections of `user_id` (a copy: closing them changes the set)."""
+        return tuple(self.by_topic.get(user_topic(user_id), ()))
+
     # ---- lookup --------------------------------------------------------------------
 
     def targets(self, topics) -> set | tuple:

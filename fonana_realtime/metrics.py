@@ -29,6 +29,10 @@ EVENTS_DELIVERED = Counter("fonana_rt_events_delivered", "Event frames delivered
 DELIVERIES_DROPPED = Counter("fonana_rt_deliveries_dropped", "Event frames not delivered (connection closing or overflowing)")
 AUTH_FAILURES = Counter("fonana_rt_auth_failures", "Refused handshakes, by reason", ["reason"])
 RATE_LIMITED = Counter("fonana_rt_rate_limited", "Commands refused by the per-connection rate limit")
+CONTROL_CALLS = Counter("fonana_rt_control_calls", "Operator calls answered (PROTOCOL.md 9), by call",
+                        ["call"])   # disconnect, unsubscribe, revoke, unrevoke
+OPERATOR_CLOSES = Counter("fonana_rt_operator_closes",
+                          "Connections closed by an operator's call (4010) or a revocation (4011)", ["why"])
 SLOW_CLIENT_CLOSES = Counter("fonana_rt_slow_client_closes", "Connections closed with 4009")
 BROKER_PUBLISHED = Counter("fonana_rt_broker_published", "Messages published to the broker")
 BROKER_RECEIVED = Counter("fonana_rt_broker_received", "Messages received from the broker")

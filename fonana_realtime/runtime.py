@@ -16,6 +16,7 @@ from .auth import VerifiedTokens
 from .broker import open_broker
 from .commands import Commands
 from .connection import Connection
+from .control import Control
 from .fanout import Fanout
 from .handshake_limits import HandshakeRate
 from .hub import Hub
@@ -25,6 +26,7 @@ from .pacing import Pacer
 from .push_claims import open_claims
 from .resume import Resume
 from .resume_marks import MemoryMarks, RedisMarks
+from .revocations import open_revocations
 from .store import open_store
 
 log = logging.getLogger("fonana_realtime.runtime")
@@ -51,6 +53,9 @@ class Runtime:
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
         self.tokens = VerifiedTokens(settings.jwt_secrets, settings.jwt_leeway_seconds)
+        # operators' calls (PROTOCOL.md 9): revoked tokens, and the messages acting on every worker
+        self.revocations = open_revocations(settings, self.broker)
+        self.control = Control(self.hub, self.commands, self.revocations, self.broker)
         self.draining = False
         self._user_cache: dict[str, float] = {}   # user id -> seen-until (monotonic)
         self._started = False
@@ -60,6 +65,9 @@ class Runtime:
         if self._started:
             return
         self._started = True
+        # before any handshake is judged; with Redis read again each time the link comes
+        # back (Control.on_link). Unreadable now (Redis down): the link's return reads it.
+        self.revocations.reload()
         self.broker.start()
         if self.pacer is not None:
             self.pacer.start()

@@ -28,6 +28,11 @@ class Broker:
 
     def __init__(self):
         self.on_message = lambda message: None     # replaced by Fanout
+        # control messages (control.py): every worker of every host gets each one
+        self.on_control = lambda data: None
+        # the control channel is heard (again, after a lost link): what was sent meanwhile
+        # must be read from where it is kept
+        self.on_control_link = lambda: None
 
     def start(self):
         """Begin listening (called once in the worker, after fork)."""
@@ -38,6 +43,11 @@ class Broker:
     def publish(self, route, payload: bytes) -> dict:
         """Send one serialised event (JSON bytes) to every worker holding its topics;
         returns its positions `{stream: offset}` (empty without history)."""
+        raise NotImplementedError
+
+    def publish_control(self, data: bytes) -> None:
+        """Hand one control message (bytes) to `on_control` of every worker, this one
+        included; BrokerUnavailable if it cannot be sent."""
         raise NotImplementedError
 
     def position(self, stream: str) -> tuple:

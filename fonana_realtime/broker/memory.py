@@ -61,6 +61,9 @@ class MemoryBroker(Broker):
         self.on_message(message)
         return offsets
 
+    def publish_control(self, data: bytes) -> None:
+        self.on_control(data)
+
     def position(self, stream: str):
         return self.store.position(stream)
 

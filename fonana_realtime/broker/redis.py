@@ -129,6 +129,7 @@ class RedisBroker(Broker):
         self._down = False                      # the last connection attempt failed / link lost
         self._stopping = False
         self._private = b""                     # this worker's own topic, for ready()
+        self._control = self._bprefix + b"control"   # every worker's: control messages (control.py)
         self._private_ev = Event()              # set while Redis has acknowledged it on this link
         self._acked: dict[str, Event] = {}      # topic -> event of the last SUBSCRIBE written
         self._waiting: dict[str, Event] = {}    # topic -> event for a SUBSCRIBE not yet written
@@ -185,6 +186,14 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(type(exc).__name__) from None
         metrics.BROKER_PUBLISHED.inc(len(topics))
         return published.offsets
+
+    def publish_control(self, data: bytes) -> None:
+        try:
+            self.client.publish(self._control, data)
+        except redis.RedisError as exc:
+            log.warning("control publish to redis failed", extra={"event": "control_publish_failed",
+                                                                 "error": type(exc).__name__})
+            raise BrokerUnavailable(type(exc).__name__) from None
 
     # ---- positions and history ------------------------------------------------------
 
@@ -397,8 +406,9 @@ class RedisBroker(Broker):
         self._last_rx = time.monotonic()
         self._ping_sent = None
         self._expect.append((b"subscribe", self._private, self._private_ev))
-        self._subscribes_pending = 1
-        conn.send_command("SUBSCRIBE", self._private, check_health=False)
+        self._expect.append((b"subscribe", self._control, None))
+        self._subscribes_pending = 2
+        conn.send_command("SUBSCRIBE", self._private, self._control, check_health=False)
         self._catching_up = True                    # live messages wait until we caught up
         self._held = []
         self._dirty.update(self._wanted)            # everything this worker needs
@@ -539,12 +549,25 @@ class RedisBroker(Broker):
         else:
             if kind == b"subscribe":
                 self._subscribes_pending -= 1
+                if channel == self._control:
+                    self._control_heard()
             if event is not None:
                 event.set()
+
+    def _control_heard(self):
+        """The control channel is heard on this link: every later control message will
+        arrive, so what was sent before (while the link was down) is read now, before any."""
+        try:
+            self.on_control_link()
+        except Exception:
+            log.exception("redis listener: control link hook failed", extra={"event": "control_error"})
 
     # ---- one message from Redis ---------------------------------------------------
 
     def _on_message(self, channel: bytes, data: bytes):
+        if channel == self._control:
+            self.on_control(data)
+            return
         if channel == self._private:
             event = self._nonces.get(data.decode("ascii", "replace"))
             if event is not None:

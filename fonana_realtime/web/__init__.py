@@ -3,6 +3,7 @@
 - websocket.py  `/ws` and `/`: refuse before upgrading, then serve a Connection
 - upgrade.py    the WebSocket upgrade itself, from the environ gunicorn parsed
 - api.py        `/api/*`: event injection and notifications (server-to-server)
+- control.py    `/api/disconnect`, `/api/unsubscribe`, `/api/revoke`: operators (PROTOCOL.md 9)
 - ops.py        `/health`, `/ready`, `/metrics`, `/stats`
 """
 from flask import current_app, jsonify

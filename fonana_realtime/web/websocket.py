@@ -145,6 +145,11 @@ def handshake(app, rt, environ, start_response):
         return _json(app, environ, start_response, 429, "too_many_requests", reason="handshake_rate")
     try:
         identity = rt.tokens.verify(_query_token(environ) or _bearer(environ))
+        if rt.revocations.refuses(identity.user_id, identity.issued_at):
+            metrics.AUTH_FAILURES.labels("token_revoked").inc()
+            log.info("handshake refused", extra={"event": "auth_failed", "reason": "token_revoked",
+                                                 "user_id": identity.user_id, "ip": ip})
+            return _json(app, environ, start_response, 401, "token_revoked")
         if not rt.user_exists(identity.user_id):
             raise AuthError("unknown_user")
     except AuthError as exc:
@@ -197,6 +202,7 @@ def serve(rt, raw, key, subprotocol, identity, ip, started):
     live = rt.resume.live if subprotocol is None and rt.resume is not None else None
     conn = Connection(sock, upgrade.frame_protocol(), identity.user_id, identity.expires_at, ip,
                       rt.settings, protocol=subprotocol, on_marks=live.moved if live is not None else None)
+    conn.issued_at = identity.issued_at
     # The 101 leads the connection's first write (the welcome, one send for both, or an
     # event or close frame that gets there first while registering waits on Redis): nothing
     # can be written ahead of it.

@@ -2,7 +2,8 @@
 
 `start()` waits until it answers PING; `stop()` kills it (SIGKILL: like a crash, clients
 see their links reset); `restart()` brings it back on the same port. Nothing is saved to
-disk. Also `shared_redis()`: a client of the machine's Redis on 127.0.0.1:6379, or
+disk, unless `appendonly=True`: then every write is in its append-only file before Redis
+answers it (`appendfsync always`), so a SIGKILL loses nothing it acknowledged. Also `shared_redis()`: a client of the machine's Redis on 127.0.0.1:6379, or
 of the one FONANA_TEST_REDIS_URL names (README "Testing").
 """
 from __future__ import annotations
@@ -39,7 +40,8 @@ def shared_redis() -> redis.Redis:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, *, appendonly: bool = False):
+        self.appendonly = appendonly
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -52,7 +54,8 @@ class RedisServer:
         assert exe, "redis-server is not on PATH"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.appendonly else ("--appendonly", "no")),
              "--dir", str(self.workdir), "--daemonize", "no"],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
