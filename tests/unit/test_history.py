@@ -90,6 +90,16 @@ def test_sweep_forgets_expired_events_and_keeps_fresh_ones():
 
 # -- ghosts and the total bound (issue 18.3, 18.7) --------------------------------------------------
 
+def test_positions_asked_of_streams_nobody_publishes_to_are_forgotten_within_a_minute():
+    """v2 subscribes to ids nobody publishes to kept ~300 B each for 24 h (5,517: +3.8 MB)."""
+    store, clock = _history(meta=86400)
+    for n in range(100):
+        store.position(f"creator_ghost{n}")
+    clock.now += 61
+    store.sweep()
+    assert store.counts() == (0, 0)
+
+
 def test_a_stream_nobody_published_to_is_forgotten_a_minute_after_its_last_subscriber():
     store, clock = _history()
     store.hold("creator_x")
