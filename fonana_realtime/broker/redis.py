@@ -205,7 +205,7 @@ class RedisBroker(Broker):
             gevent.sleep(GHOST_SECONDS / 3)
             try:
                 self.history_store.keep_ghosts([wire.topic_stream(t) for t in list(self._wanted)])
-            except redis.RedisError as exc:
+            except Exception as exc:        # Redis away, or a bug: this greenlet must outlive it
                 log.warning("redis: ghost metas not renewed", extra={"event": "broker_keep_ghosts_failed",
                                                                     "error": type(exc).__name__})
 
