@@ -7,20 +7,25 @@ departs nobody: before this, its legacy clients reconnected to no marks and the 
 accepted but not yet written to them (held by pacing, in a backlog, published while
 they reconnected) were never replayed. So while a connection is live, every move of its
 marks (a real write, or the join position of a stream) is copied to one hash per worker,
-`<prefix>live:<host>:<pid>`, field `<user>|<connection id>|<stream>`, value
-`epoch|offset|started_at`:
+`<prefix>live:<host>:<pid>`, field `<user>|<connection id>|<started_at>|<stream>`, value
+`epoch|offset`:
 
 - batched: moves are collected in process and written by one greenlet of the worker
-  once it gets the CPU after the turn that made them (one pipeline: HSET of the latest
+  once it gets the CPU after the turn that made them (one script call: HSET of the latest
   position per field, HDEL of departed connections' fields, EXPIRE), so a fan-out to
   5,000 connections is one write, not 5,000; a connection's marks move at most once per
-  pacing gap per type, whatever the publish rate;
+  pacing gap per type, whatever the publish rate. The fields go as one text argument
+  split by the script: redis-py's HSET with a mapping cost the worker 2.2 us per field,
+  this 0.44 us (1,000 fields, bench/live_marks_cost.py has the fan-out figure);
 - a departure (any) deletes the connection's fields: marks of connections that left are
   the departing connection's own business, as before;
 - when a worker exits, the gunicorn master (gunicorn.conf.py child_exit) hands what is
   left in its hash to `release`: each connection found there departs as it would have
   (`RedisMarks.remember`, the same rule per connection), then the hash goes. For a
   graceful exit the hash is already empty.
+
+A user id with `|`, a space or a line break in it (ids are otherwise free text) gets no
+live copy: its connections resume as before this module, from a departure only.
 
 What a kill can still do: an event written to the socket in the turn before the kill,
 whose move had not reached Redis, is replayed once more (never lost). Without Redis
@@ -36,6 +41,21 @@ log = logging.getLogger("fonana_realtime.resume")
 
 # After a failed write, the next attempt waits this long (the moves wait, newest kept).
 RETRY_SECONDS = 1.0
+# Redis's Lua takes at most ~8,000 values in one unpack: HSET/HDEL in slices of this many.
+_SLICE = 7000
+
+# KEYS[1] the worker's hash; ARGV[1] `field value` lines to set, ARGV[2] field lines to
+# delete, ARGV[3] ms until the hash expires (each write pushes it back). PEXPIRE, which no
+# other script of ours calls: a test tells these calls from the others by it.
+_WRITE = """
+local put, gone = {}, {}
+for f, v in string.gmatch(ARGV[1], '([^ \\n]+) ([^\\n]+)') do put[#put + 1] = f; put[#put + 1] = v end
+for i = 1, #put, %d do redis.call('HSET', KEYS[1], unpack(put, i, math.min(i + %d, #put))) end
+for f in string.gmatch(ARGV[2], '[^\\n]+') do gone[#gone + 1] = f end
+for i = 1, #gone, %d do redis.call('HDEL', KEYS[1], unpack(gone, i, math.min(i + %d, #gone))) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return #put / 2
+""" % (_SLICE, _SLICE - 1, _SLICE, _SLICE - 1)
 
 
 def live_key(prefix: str, pid: int, host: str | None = None) -> str:
@@ -51,7 +71,11 @@ class LiveMarks:
         self.client = client
         self.key = key
         self.seconds = max(1, int(seconds))
+        self._script = client.register_script(_WRITE)
         self._moves: dict = {}               # (conn, stream) -> position, or None: delete
+        # conn -> "user|id|started|", the start of its fields, made on its first write
+        # (formatting it per move was ~40 % of this module's cost per move)
+        self._prefixes: dict = {}
         self._wake = None                    # gevent Event once started
 
     def moved(self, conn, pairs):
@@ -70,6 +94,7 @@ class LiveMarks:
         moves = self._moves
         for stream in streams:
             moves[(conn, stream)] = None
+        moves[(conn, None)] = None           # and its field prefix, once written
         if moves and self._wake is not None:
             self._wake.set()
 
@@ -98,21 +123,25 @@ class LiveMarks:
                 self._wake.set()
 
     def write(self, batch: dict):
-        """One pipeline for a batch of moves and departures."""
-        put, gone = {}, []
+        """One script call for a batch of moves and departures."""
+        put, gone, values, prefixes = [], [], {}, self._prefixes
         for (conn, stream), position in batch.items():
-            field = f"{conn.user_id}|{conn.id}|{stream}"
-            if position is None:
-                gone.append(field)
+            prefix = prefixes.get(conn)
+            if prefix is None:
+                user = conn.user_id
+                if "|" in user or " " in user or "\n" in user:
+                    continue                 # see the module doc
+                prefix = prefixes[conn] = f"{user}|{conn.id}|{conn.started_at!r}|"
+            if stream is None:               # departed: the last of its moves in this batch
+                del prefixes[conn]
+            elif position is None:
+                gone.append(prefix + stream)
             else:
-                put[field] = f"{position[0]}|{position[1]}|{conn.started_at!r}"
-        pipe = self.client.pipeline(transaction=False)
-        if put:
-            pipe.hset(self.key, mapping=put)
-        if gone:
-            pipe.hdel(self.key, *gone)
-        pipe.expire(self.key, self.seconds)
-        pipe.execute()
+                value = values.get(position)     # one text per position: a fan-out shares it
+                if value is None:
+                    value = values[position] = f"{position[0]}|{position[1]}"
+                put.append(f"{prefix}{stream} {value}")
+        self._script(keys=[self.key], args=["\n".join(put), "\n".join(gone), self.seconds * 1000])
 
 
 def release(client, store, key: str) -> int:
@@ -125,8 +154,8 @@ def release(client, store, key: str) -> int:
     conns: dict = {}                         # (user, conn id) -> (started_at, {stream: (epoch, offset)})
     for field, value in raw.items():
         try:
-            user, conn_id, stream = field.decode().split("|", 2)
-            epoch, offset, started_at = value.decode().rsplit("|", 2)
+            user, conn_id, started_at, stream = field.decode().split("|", 3)
+            epoch, offset = value.decode().rsplit("|", 1)
             entry = conns.setdefault((user, conn_id), (float(started_at), {}))
             entry[1][stream] = (epoch, int(offset))
         except (ValueError, UnicodeDecodeError):

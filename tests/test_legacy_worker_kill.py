@@ -110,8 +110,8 @@ def live_marks(client, prefix: str) -> dict:
     out = {}
     for key in client.scan_iter(f"{prefix}live:*"):
         for field, value in client.hgetall(key).items():
-            user, _, stream = field.decode().split("|", 2)
-            out[(user, stream)] = int(value.decode().rsplit("|", 2)[1])
+            user, _, _, stream = field.decode().split("|", 3)
+            out[(user, stream)] = int(value.decode().rsplit("|", 1)[1])
     return out
 
 
