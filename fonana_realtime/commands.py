@@ -186,7 +186,7 @@ class Commands:
     def _leave(self, conn, key: str):
         if key in conn.channels:
             self.rt.fanout.unsubscribe(conn, key)
-            metrics.step(metrics.subscriptions(key.partition("_")[0]), -1)
+            metrics.unsubscribed(key)
             if conn.protocol is None and self.rt.resume is not None:
                 self.rt.resume.left(conn, (key,))       # no longer its stream to resume
         self.rt.access_expiry.forget(conn, key)

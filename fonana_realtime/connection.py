@@ -78,7 +78,7 @@ class Connection:
         # v2 only: stream -> (epoch, offset) the connection was told when it joined the stream
         # (welcome, subscribed), and streams whose live events wait while a replay runs.
         self.joined_at: dict = {}
-        self.buffers: dict = {}           # stream -> [Outgoing] (see fanout.Fanout.replay)
+        self.buffers: dict = {}           # stream -> [Outgoing] (see fanout.Fanout.recover)
         self.user_stream = user_stream(user_id)
         self.user_id = user_id
         self.expires_at = expires_at

@@ -1,6 +1,6 @@
 """Joins the hub (who holds what) and the broker (what reaches this worker).
 
-Two jobs, each in one place:
+Three jobs, each in one place:
 
 - membership: `add`/`subscribe` register in the hub and, when a topic got its first
   local subscriber, make the broker listen. That listen is a *visible wait*: with Redis

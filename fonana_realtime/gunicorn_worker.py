@@ -27,7 +27,7 @@ from gunicorn.workers.ggevent import GeventWorker
 from . import turn_end
 from .drain import drain, replaced_by_siblings
 
-log = logging.getLogger("fonana_realtime.drain")
+log = logging.getLogger("fonana_realtime.worker")
 
 
 

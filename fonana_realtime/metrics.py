@@ -92,6 +92,11 @@ def subscriptions(kind: str):
     return child
 
 
+def unsubscribed(key: str) -> None:
+    """One held channel let go (by its key: the kind is what comes before the first `_`)."""
+    step(subscriptions(key.partition("_")[0]), -1)
+
+
 class BatchedHistogram:
     """Observations of one Histogram counted in process and added in one go.
 

@@ -43,7 +43,7 @@ class SharedV2:
 
 class Outgoing:
     __slots__ = ("_message", "payload", "topics", "streams", "published_at", "positions", "legacy",
-                 "_event", "_v2", "_pace_key")
+                 "_event", "_v2", "_conflate")
 
     @classmethod
     def of(cls, message) -> "Outgoing":
@@ -64,7 +64,7 @@ class Outgoing:
         self.legacy = text_frame(message.payload)
         self._event = message.event
         self._v2: dict | None = None
-        self._pace_key = None                   # see pace_key
+        self._conflate = None                   # see conflate
 
     @property
     def id(self) -> str:
@@ -84,27 +84,17 @@ class Outgoing:
         return self.event["type"]
 
     @property
-    def conflate(self) -> str | None:
+    def conflate(self) -> str | bool:
         """Events with the same key carry the same state: a newer one may replace a
-        waiting older one (`"post:"+postId` for post_liked and post_unliked, ...)."""
-        rule = CONFLATE_BY.get(self.event["type"])
-        if rule is None:
-            return None
-        value = self.event.get(rule[1])
-        return rule[0] + value if isinstance(value, str) else None
-
-    @property
-    def pace_key(self):
-        """`conflate`, or False when the event conflates with nothing: worked out once per
-        event, not once per legacy recipient (pacing.py reads it per connection)."""
-        key = self._pace_key
+        waiting older one (`"post:"+postId` for post_liked and post_unliked, ...); False
+        when the event conflates with nothing. Worked out once per event, not once per
+        legacy recipient (pacing.py reads it per connection)."""
+        key = self._conflate
         if key is None:
-            key = self._pace_key = self.conflate or False
+            rule = CONFLATE_BY.get(self.event["type"])
+            value = None if rule is None else self.event.get(rule[1])
+            key = self._conflate = rule[0] + value if isinstance(value, str) else False
         return key
-
-    def offset(self, stream: str):
-        """(epoch, offset) of this event in `stream`, or None without positions."""
-        return self.positions.get(stream)
 
     def v2_frame(self, stream: str) -> bytes:
         """`{"type":"event","id","stream","offset","epoch","data"}` for `stream`, built

@@ -129,7 +129,7 @@ class Pacer:
         waiting = pace.waiting
         replaced = 0
         for out in outgoings:
-            key = out.pace_key or out        # no conflation key: the frame is its own key
+            key = out.conflate or out        # no conflation key: the frame is its own key
             old = waiting.pop(key, None)
             if old is not None:
                 pace.bytes -= len(old[0].legacy)

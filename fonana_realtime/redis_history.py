@@ -105,9 +105,8 @@ end
 return reply
 """
 
-# Why a recovery fails: the in-process history's reasons, so metrics and logs name them alike.
-EPOCH_MISMATCH = EPOCH
-__all__ = ["AHEAD", "EPOCH_MISMATCH", "EXPIRED", "TOO_MANY", "TRIMMED", "Published", "Recovery", "RedisHistory"]
+# Why a read fails: the in-process history's reasons (history.py), so metrics and logs name them alike.
+__all__ = ["AHEAD", "EPOCH", "EXPIRED", "TOO_MANY", "TRIMMED", "Published", "RedisHistory", "StoredRead"]
 
 
 def meta_key(prefix: str, stream: str) -> str:
@@ -136,18 +135,20 @@ class Published(int):
         return {stream: offset for stream, (_, offset) in self.positions.items()}
 
 
-class Recovery:
+class StoredRead:
     """The answer of `since`: either every event after the offset (`ok`, `entries` the
     envelopes in offset order, possibly none) or not recoverable (`reason`), and in both
-    cases the stream's current `epoch` and `top`."""
+    cases the stream's current `epoch` and `top`. Its arguments come in the order of
+    history.Recovery's, which the broker builds from it (envelopes decoded to messages)."""
 
     __slots__ = ("ok", "reason", "epoch", "top", "entries")
 
-    def __init__(self, ok: bool, reason: str | None, epoch: str, top: int, entries: list):
-        self.ok, self.reason, self.epoch, self.top, self.entries = ok, reason, epoch, top, entries
+    def __init__(self, ok: bool, epoch: str, top: int, entries: list | None = None, reason: str | None = None):
+        self.ok, self.epoch, self.top, self.reason = ok, epoch, top, reason
+        self.entries = [] if entries is None else entries
 
     def __repr__(self):
-        return (f"Recovery(ok={self.ok}, reason={self.reason}, epoch={self.epoch!r}, "
+        return (f"StoredRead(ok={self.ok}, reason={self.reason}, epoch={self.epoch!r}, "
                 f"top={self.top}, entries={len(self.entries)})")
 
 
@@ -277,14 +278,14 @@ class RedisHistory:
                 pipe.evalsha(sha, len(keys), *keys, *args)
             return pipe.execute()
 
-    def since(self, stream: str, epoch: str, offset: int, limit: int) -> Recovery:
+    def since(self, stream: str, epoch: str, offset: int, limit: int) -> StoredRead:
         """Every event of `stream` after `offset` of `epoch`, all or nothing: at most
         `limit` of them (more is `too_many`), none older than the history's lifetime."""
         reply = self._since(keys=self._keys(stream),
                             args=[self.meta_seconds, epoch, int(offset), int(limit)])
         return self.recovery(reply, epoch, int(offset), int(limit))
 
-    def since_many(self, requests, limit: int) -> list[Recovery]:
+    def since_many(self, requests, limit: int) -> list[StoredRead]:
         """`since` for many (stream, epoch, offset) at once, in one pipeline (each read
         is atomic on its own): a worker catching up every topic it holds."""
         requests = list(requests)
@@ -296,20 +297,20 @@ class RedisHistory:
         return [self.recovery(reply, epoch, int(offset), int(limit))
                 for reply, (_, epoch, offset) in zip(replies, requests)]
 
-    def recovery(self, reply, epoch: str, offset: int, limit: int) -> Recovery:
+    def recovery(self, reply, epoch: str, offset: int, limit: int) -> StoredRead:
         current, top, length, now = _text(reply[0]), int(reply[1]), int(reply[2]), float(reply[3])
         entries = list(reply[4:])
         missed = top - offset
 
         def fail(reason):
-            return Recovery(False, reason, current, top, [])
+            return StoredRead(False, current, top, reason=reason)
 
         if current != epoch:
-            return fail(EPOCH_MISMATCH)
+            return fail(EPOCH)
         if offset < 0 or missed < 0:
             return fail(AHEAD)
         if missed == 0:
-            return Recovery(True, None, current, top, [])
+            return StoredRead(True, current, top)
         if missed > limit:
             return fail(TOO_MANY)
         if length == 0:
@@ -321,4 +322,4 @@ class RedisHistory:
         oldest = _envelope_ts(entries[0])
         if oldest is None or now - oldest > self.seconds:
             return fail(EXPIRED)            # a busy stream keeps `size` events, but not forever
-        return Recovery(True, None, current, top, entries)
+        return StoredRead(True, current, top, entries)

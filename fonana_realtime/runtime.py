@@ -52,7 +52,7 @@ class Runtime:
         self.access_expiry = AccessExpiry(self.commands.access_until, self.commands.revoke)
         self.handshakes = HandshakeRate(settings.handshakes_per_ip_per_sec,
                                         settings.handshakes_per_ip_burst)
-        self.tokens = VerifiedTokens(settings.jwt_secrets, settings.jwt_leeway_seconds)
+        self.verified_tokens = VerifiedTokens(settings.jwt_secrets, settings.jwt_leeway_seconds)
         # operators' calls (PROTOCOL.md 9): revoked tokens, and the messages acting on every worker
         self.revocations = open_revocations(settings, self.broker)
         self.control = Control(self.hub, self.commands, self.revocations, self.broker)

@@ -152,7 +152,7 @@ def test_revoke_closes_refuses_and_lifts_on_every_host(hosts, seed):
     r = a.api(f"/api/revoke/{user}", method="DELETE")
     assert r.status_code == 202, r.text
     for srv in hosts:
-        def accepted():
+        def accepted(srv=srv):
             ws = srv.connect(user, token=old_token(srv, user))
             ws.close()
             return True

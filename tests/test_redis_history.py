@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from fonana_realtime.redis_history import (AHEAD, EPOCH_MISMATCH, EXPIRED, PUBLISH_SCRIPT_PATH, TOO_MANY,
+from fonana_realtime.redis_history import (AHEAD, EPOCH, EXPIRED, PUBLISH_SCRIPT_PATH, TOO_MANY,
                                            TRIMMED, RedisHistory, history_key, meta_key)
 from support.waiting import wait_until
 from support.redis_server import SHARED_URL, RedisServer, shared_redis
@@ -129,7 +129,7 @@ def test_not_recoverable_reasons(rds):
     assert not many.ok and many.reason == TOO_MANY
     assert h.since("post_t", epoch, 4, 3).ok
     other = h.since("post_t", "not-the-epoch", 6, 300)
-    assert not other.ok and other.reason == EPOCH_MISMATCH
+    assert not other.ok and other.reason == EPOCH
     ahead = h.since("post_t", epoch, 8, 300)                     # an offset this epoch never gave
     assert not ahead.ok and ahead.reason == AHEAD
 
@@ -168,7 +168,7 @@ def test_meta_expiry_starts_a_new_epoch(rds):
     (e1, o1), (e2, o2) = first.positions["post_m"], second.positions["post_m"]
     assert o1 == o2 == 1 and e1 != e2
     rec = h.since("post_m", e1, 1, 300)
-    assert not rec.ok and rec.reason == EPOCH_MISMATCH
+    assert not rec.ok and rec.reason == EPOCH
 
 
 def test_history_off_still_gives_positions(rds):
@@ -269,7 +269,7 @@ def test_redis_losing_its_data_gives_a_new_epoch(tmp_path):
         srv.restart()                                   # SIGKILL, no persistence: data and scripts gone
         assert r.dbsize() == 0 and not r.script_exists(h._publish.sha)[0]
         rec = h.since("post_r", old_epoch, 3, 300)      # the client was up to date, but ...
-        assert not rec.ok and rec.reason == EPOCH_MISMATCH   # ... its offsets mean nothing now
+        assert not rec.ok and rec.reason == EPOCH   # ... its offsets mean nothing now
         new_epoch = rec.epoch
         assert new_epoch != old_epoch and rec.top == 0
         pub = h.publish(["channel:post_r", "user:u9"], event(4))   # EVALSHA -> NOSCRIPT -> loaded again

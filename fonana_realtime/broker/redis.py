@@ -57,8 +57,8 @@ import redis
 from gevent.event import Event
 
 from .. import metrics, wire
-from ..history import UNAVAILABLE, Recovery
-from ..redis_history import EPOCH_MISMATCH, GHOST_SECONDS, RedisHistory
+from ..history import EPOCH, UNAVAILABLE, Recovery
+from ..redis_history import GHOST_SECONDS, RedisHistory
 from . import AFTER_JOIN, Broker, BrokerUnavailable
 from .link import open_link
 from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, link_state, probe_verdict
@@ -678,7 +678,7 @@ class RedisBroker(Broker):
                 for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
                     if rec.ok:
                         replayed.append(self._stored(stream, rec.entries))
-                    elif rec.reason == EPOCH_MISMATCH:
+                    elif rec.reason == EPOCH:
                         again.append((stream, rec.epoch, 0))    # all of the new epoch is newer
                     else:
                         self._give_up(stream, rec, first_held, lost)

@@ -27,6 +27,11 @@ def runtime():
     return current_app.extensions["fonana_realtime"]
 
 
+def bearer_token(header: str) -> str:
+    """The credential of an `Authorization: Bearer ...` header value, "" without one."""
+    return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
+
 def json_error(status: int, error: str, **fields):
     body = {"error": error}
     body.update(fields)

@@ -18,7 +18,7 @@ from ..events import Route, route_event
 from ..notification_push import NotFound
 from ..store import StoreUnavailable, UnknownNotificationType
 from ..wsframes import dumps, loads
-from . import json_error, runtime
+from . import bearer_token, json_error, runtime
 
 log = logging.getLogger("fonana_realtime.api")
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -59,7 +59,7 @@ def require_api_key(settings):
     if not settings.api_secret:
         return json_error(503, "api_disabled", reason="WS_API_SECRET is not set")
     header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    given = bearer_token(header)
     if not hmac.compare_digest(given.encode(), settings.api_secret.encode()):
         return json_error(401, "unauthorized", reason="bad_api_key")
     return None
@@ -101,7 +101,7 @@ def _text(body, name, required=True):
     return value
 
 
-def _user_id(body, name="userId"):
+def _id(body, name: str):
     value = body.get(name)
     if not valid_id(value):
         raise BadRequest(f"{name} must be an id matching [A-Za-z0-9_-]{{1,128}}")
@@ -116,7 +116,7 @@ def _address(body) -> tuple[tuple[str, ...], tuple[str, ...]]:
         except InvalidChannel as exc:
             raise BadRequest(f"channel: {exc}") from None
     if body.get("userId") is not None:
-        users = (_user_id(body),)
+        users = (_id(body, "userId"),)
     return channels, users
 
 
@@ -174,7 +174,7 @@ def _list_item(item, default_address):
 
 def _new_notification(body) -> tuple[str, str, str, str, dict | None]:
     """userId, type, title, message, metadata of a notification body, checked."""
-    user_id = _user_id(body)
+    user_id = _id(body, "userId")
     kind, title, message = _text(body, "type"), _text(body, "title"), _text(body, "message")
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -238,9 +238,9 @@ def post_likes():
     updatePostLikes(postId, userId, isLiked), which read the count from the database:
     without `likesCount` in the body it is the post's `likesCount` there."""
     body = json_body()
-    post_id = _user_id(body, "postId")
+    post_id = _id(body, "postId")
     # the app's updatePostLikes(postId, likesCount, userId?) may not name the liker
-    user_id = None if body.get("userId") is None else _user_id(body)
+    user_id = None if body.get("userId") is None else _id(body, "userId")
     liked = body.get("isLiked", True)
     if not isinstance(liked, bool):
         raise BadRequest("isLiked must be true or false")
@@ -260,8 +260,8 @@ def post_likes():
 @bp.post("/notifications/read")
 def post_notification_read():
     body = json_body()
-    user_id = _user_id(body)
-    notification_id = _user_id(body, "notificationId")
+    user_id = _id(body, "userId")
+    notification_id = _id(body, "notificationId")
     answer = runtime().store.read_notification(user_id, notification_id)
     if answer is None:
         return json_error(404, "not_found")
@@ -275,7 +275,7 @@ def post_notification_read():
 @bp.post("/notifications/clear")
 def post_notifications_clear():
     body = json_body()
-    user_id = _user_id(body)
+    user_id = _id(body, "userId")
     cleared = runtime().store.clear_notifications(user_id)
     if cleared:      # pushed on change only
         publish(Route(users=(user_id,)), dumps({"type": "notifications_cleared", "userId": user_id}))

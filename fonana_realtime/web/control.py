@@ -21,7 +21,7 @@ from ..channels import InvalidChannel, parse_channel_any, valid_id
 from ..revocations import StoreError
 from . import json_error, runtime
 from .api import (BadRequest, PayloadTooLarge, _bad_request, _broker_down, _check_key_and_size,
-                  _too_large, _user_id, json_body)
+                  _id, _too_large, json_body)
 
 log = logging.getLogger("fonana_realtime.control")
 bp = Blueprint("control", __name__, url_prefix="/api")
@@ -47,7 +47,7 @@ def _done(call: str, user_id: str, **what):
 @bp.post("/disconnect")
 def disconnect():
     body = json_body()
-    user_id = _user_id(body)
+    user_id = _id(body, "userId")
     code = body.get("code", close_codes.DISCONNECTED)
     if isinstance(code, bool) or not isinstance(code, int) or not 4000 <= code <= 4999:
         raise BadRequest("code must be a whole number from 4000 to 4999")
@@ -67,7 +67,7 @@ def disconnect():
 @bp.post("/unsubscribe")
 def unsubscribe():
     body = json_body()
-    user_id = _user_id(body)
+    user_id = _id(body, "userId")
     if body.get("channel") is None:
         raise BadRequest("channel is required: a channel object or key")
     try:
@@ -82,7 +82,7 @@ def unsubscribe():
 @bp.post("/revoke")
 def revoke():
     body = json_body()
-    user_id = _user_id(body)
+    user_id = _id(body, "userId")
     before = body.get("before")
     if before is None:
         before = time.time()

@@ -29,7 +29,7 @@ from ..commands import iso_utc
 from ..connection import V2, Connection
 from ..handshake_limits import client_ip
 from ..store import StoreUnavailable
-from . import upgrade
+from . import bearer_token, upgrade
 
 log = logging.getLogger("fonana_realtime.websocket")
 bp = Blueprint("websocket", __name__)
@@ -107,10 +107,7 @@ def _json(app, environ, start_response, status: int, error: str, **fields):
 
 
 def _bearer(environ) -> str | None:
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
-    return None
+    return bearer_token(environ.get("HTTP_AUTHORIZATION", "")) or None
 
 
 def _query_token(environ) -> str | None:
@@ -144,7 +141,7 @@ def handshake(app, rt, environ, start_response):
         metrics.AUTH_FAILURES.labels("handshake_rate").inc()
         return _json(app, environ, start_response, 429, "too_many_requests", reason="handshake_rate")
     try:
-        identity = rt.tokens.verify(_query_token(environ) or _bearer(environ))
+        identity = rt.verified_tokens.verify(_query_token(environ) or _bearer(environ))
         if rt.revocations.refuses(identity.user_id, identity.issued_at):
             metrics.AUTH_FAILURES.labels("token_revoked").inc()
             log.info("handshake refused", extra={"event": "auth_failed", "reason": "token_revoked",
@@ -245,7 +242,7 @@ def _live(rt, conn):
         if conn.protocol is None and rt.resume is not None:
             rt.resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
         for key in conn.channels:
-            metrics.step(metrics.subscriptions(key.partition("_")[0]), -1)
+            metrics.unsubscribed(key)
         rt.fanout.remove(conn)
         metrics.step(metrics.CONNECTIONS, -1)
         conn.abort()

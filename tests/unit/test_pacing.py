@@ -30,8 +30,7 @@ class Ev:
 
     def __init__(self, type_, stream, conflate=None, **fields):
         self.type = type_
-        self.conflate = conflate
-        self.pace_key = conflate or False
+        self.conflate = conflate or False
         self.streams = [stream]
         self.event = {"type": type_, **fields}
         self.legacy = json.dumps(self.event).encode()
