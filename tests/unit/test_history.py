@@ -90,13 +90,18 @@ def test_sweep_forgets_expired_events_and_keeps_fresh_ones():
 
 # -- ghosts and the total bound (issue 18.3, 18.7) --------------------------------------------------
 
+def aged(store, clock, seconds):
+    """`seconds` go by, then the broker's periodic sweep."""
+    clock.now += seconds
+    store.sweep()
+
+
 def test_positions_asked_of_streams_nobody_publishes_to_are_forgotten_within_a_minute():
     """v2 subscribes to ids nobody publishes to kept ~300 B each for 24 h (5,517: +3.8 MB)."""
     store, clock = _history(meta=86400)
     for n in range(100):
         store.position(f"creator_ghost{n}")
-    clock.now += 61
-    store.sweep()
+    aged(store, clock, 61)
     assert store.counts() == (0, 0)
 
 
@@ -106,18 +111,14 @@ def test_a_stream_nobody_published_to_is_forgotten_a_minute_after_its_last_subsc
     epoch, top = store.position("creator_x")                 # a subscribe: the ghost's epoch
     store.position("creator_y")                              # asked, never held (a refused subscribe)
     assert top == 0 and store.counts() == (2, 0)
-    clock.now += h.GHOST_SECONDS + 1
-    store.sweep()
+    aged(store, clock, h.GHOST_SECONDS + 1)
     assert store.counts() == (1, 0)                          # the held one stays
-    clock.now += 3600
-    store.sweep()
+    aged(store, clock, 3600)
     assert store.position("creator_x") == (epoch, 0)         # held all along: the same epoch
     store.release("creator_x")
-    clock.now += h.GHOST_SECONDS - 1
-    store.sweep()
+    aged(store, clock, h.GHOST_SECONDS - 1)
     assert store.counts() == (1, 0)
-    clock.now += 2
-    store.sweep()
+    aged(store, clock, 2)
     assert store.counts() == (0, 0)
 
 
@@ -131,16 +132,14 @@ def test_the_first_publish_keeps_the_ghosts_epoch_so_its_subscriber_recovers():
     assert store.append("creator_x", msg) == (epoch, 1)
     got = store.history("creator_x", epoch, 0, 300)
     assert got.ok and got.events == [msg]
-    clock.now += h.GHOST_SECONDS * 10
-    store.sweep()
+    aged(store, clock, h.GHOST_SECONDS * 10)
     assert store.peek("creator_x") == (epoch, 1)             # published: the meta's full lifetime
 
 
 def test_a_ghost_forgotten_before_the_first_publish_is_another_epoch_never_wrong_events():
     store, clock = _history()
     epoch, _ = store.position("creator_x")
-    clock.now += h.GHOST_SECONDS + 1
-    store.sweep()
+    aged(store, clock, h.GHOST_SECONDS + 1)
     store.append("creator_x", _msg(1))
     got = store.history("creator_x", epoch, 0, 300)
     assert (got.ok, got.reason, got.events) == (False, h.EPOCH, [])
