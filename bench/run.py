@@ -650,6 +650,46 @@ def run_storm_workers(ctx, rep):
             srv.stop()
 
 
+def run_presence(ctx, rep):
+    """Presence's cost (issue 20): ours with REDIS_URL, one worker, WS_PRESENCE on and off
+    (the order alternates per repetition): the connect storm (each connect notes the user's
+    presence, each subscribe the channel's) and the maximum-rate fan-out to 1,000
+    subscribers. The server's CPU includes Redis's (it is pinned to the server's core)."""
+    if not ctx.redis_url:
+        ctx.skips.add("presence: no private redis-server could be started")
+        return
+    p = ctx.p
+    flags = ("1", "0") if rep % 2 == 0 else ("0", "1")
+    for flag in flags:
+        name = "on" if flag == "1" else "off"
+        srv = Server("ours", ctx, redis_url=ctx.redis_url, label=f"ours+redis-presence-{name}")
+        srv.extra_env = {"WS_PRESENCE": flag}
+        try:
+            srv.start()
+            for _ in range(30):
+                if http_get(srv.port, "/ready", 2.0)[0] == 200:
+                    break
+                time.sleep(0.5)
+            loadgen(ctx, srv, "c20", tokens=ctx.tokens_main, channel="notifications", deadline=30)
+            time.sleep(1.0)
+            steps, _ = loadgen(ctx, srv, f"c{p['storm_n']}", tokens=ctx.tokens_storm, channel="notifications",
+                               deadline=90, inflight=p["storm_inflight"])
+            st = steps[0]
+            steps, res = loadgen(ctx, srv, f"c1000,max:{p['max_seconds']}", tokens=ctx.tokens_main, channel="post",
+                                 deadline=120 + p["max_seconds"] + 20)
+            fan = [s for s in steps if s["kind"] == "publish"][0]
+            ctx.record(f"presence_{name}", "ours", rep, {
+                "connects_per_sec": st["per_sec"], "p99_ms": st["p99_ms"],
+                "server_us_per_connect": st["server_us_per_connect"],
+                "deliveries_per_sec": fan["deliveries_per_sec"],
+                "server_us_per_delivery": fan["server_us_per_delivery"]})
+            log(f"  presence {name}: storm {st['per_sec']:.0f} connects/s, server {st['server_us_per_connect']:.0f} "
+                f"us/connect (with Redis); fan-out 1,000: {fan['deliveries_per_sec']:.0f} deliveries/s, "
+                f"server {fan['server_us_per_delivery']:.2f} us/delivery")
+        finally:
+            srv.stop()
+
+
 def start_profile(ctx, srv, name):
     """py-spy on the worker (pip install py-spy into .venv by hand; not a dependency)."""
     worker = [pid for pid in srv.refresh_pids() if pid != srv.proc.pid and pid not in ctx.extra_server_pids]
@@ -1125,8 +1165,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one repetition, smaller sizes, shorter windows")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     ap.add_argument("--servers", default="ours,reference", help="which servers (ours,reference)")
-    ap.add_argument("--only", default="idle,fanout,redis,storm,storm2,reconnect",
-                    help="scenario groups (default: all of them): idle,fanout,redis,storm,storm2,reconnect "
+    ap.add_argument("--only", default="idle,fanout,redis,storm,storm2,reconnect,presence",
+                    help="scenario groups (default: all of them): idle,fanout,redis,storm,storm2,reconnect,presence "
                     "(fanout includes the fixed load, the sweep and the connect storm, unless storm is "
                     "given: then the storm runs alone on a fresh server)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the worker during the storm group and storm2's one-worker storm (raw "
@@ -1181,7 +1221,7 @@ def main():
             first = Server("ours", ctx, label="ours-seed").start()
             first.stop()
             add_bench_users(ctx.data_dir / "fonana.sqlite3", USERS)
-            if groups & {"redis", "storm2"}:
+            if groups & {"redis", "storm2", "presence"}:
                 redis = Redis(ctx)
                 ctx.redis_url = redis.start()
                 if redis.proc:
@@ -1210,6 +1250,14 @@ def main():
                 except (RunFailed, RuntimeError) as exc:
                     ctx.failures.append(f"rep {rep + 1}, storm2: {exc}")
                     banner(f"FAILED: rep {rep + 1}, storm2: {exc}")
+            if "presence" in groups and "ours" in servers:
+                wait_quiet(ctx)
+                log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL: presence on and off")
+                try:
+                    run_presence(ctx, rep)
+                except (RunFailed, RuntimeError) as exc:
+                    ctx.failures.append(f"rep {rep + 1}, presence: {exc}")
+                    banner(f"FAILED: rep {rep + 1}, presence: {exc}")
             if "redis" in groups and "ours" in servers:
                 wait_quiet(ctx)
                 log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL (one worker)")

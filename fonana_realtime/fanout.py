@@ -25,6 +25,7 @@ import gevent
 from . import metrics
 from .history import Recovery
 from .connection import merged_positions
+from .presence import DisabledPresence
 from .outgoing import Outgoing, SharedV2
 from .wire import channel_topic, topic_stream, user_topic
 
@@ -40,9 +41,11 @@ GAP_REREADS = 2
 
 
 class Fanout:
-    def __init__(self, hub, broker, recovery_max: int = 300):
+    def __init__(self, hub, broker, recovery_max: int = 300, presence=None):
         self.hub = hub
         self.broker = broker
+        # presence.py: told of every membership change (none noted without one)
+        self.presence = presence if presence is not None else DisabledPresence(hub, broker)
         self.recovery_max = recovery_max        # WS_RECOVERY_MAX
         broker.on_message = self.on_message
         self._pending: list[Outgoing] = []      # waiting for this turn's write
@@ -59,8 +62,11 @@ class Fanout:
     def add(self, conn):
         """A new connection: registered under its user topic, heard from on return."""
         self._joined(user_topic(conn.user_id), self.hub.add(conn))
+        self.presence.arrived(conn)
 
     def remove(self, conn):
+        if conn in self.hub.connections:
+            self.presence.left(conn, tuple(conn.channels))
         for topic in self.hub.remove(conn):
             self.broker.unlisten(topic)
 
@@ -68,10 +74,13 @@ class Fanout:
         if key in conn.channels:
             return
         self._joined(channel_topic(key), self.hub.subscribe(conn, key))
+        self.presence.joined(conn, key)
 
     def unsubscribe(self, conn, key: str):
         conn.marks.pop(key, None)
         conn.joined_at.pop(key, None)
+        if key in conn.channels:
+            self.presence.parted(conn, key)
         if self.hub.unsubscribe(conn, key):
             self.broker.unlisten(channel_topic(key))
 

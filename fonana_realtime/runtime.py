@@ -24,6 +24,7 @@ from .live_marks import LiveMarks, live_key
 from .notification_push import NotificationPush
 from .pacing import Pacer
 from .push_claims import open_claims
+from .presence import open_presence
 from .resume import Resume
 from .resume_marks import MemoryMarks, RedisMarks
 from .revocations import open_revocations
@@ -38,7 +39,9 @@ class Runtime:
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
         self.hub = Hub()
         self.broker = open_broker(settings)
-        self.fanout = Fanout(self.hub, self.broker, settings.recovery_max)
+        # who holds what, over every worker and host (PROTOCOL.md 9)
+        self.presence = open_presence(settings, self.hub, self.broker)
+        self.fanout = Fanout(self.hub, self.broker, settings.recovery_max, self.presence)
         # legacy pacing (PROTOCOL.md 8): one scheduler for the worker, None when turned off
         gap = settings.legacy_type_gap_ms / 1000.0
         self.pacer = Pacer(gap, on_written=Connection.written) if gap > 0 else None
@@ -69,6 +72,7 @@ class Runtime:
         # back (Control.on_link). Unreadable now (Redis down): the link's return reads it.
         self.revocations.reload()
         self.broker.start()
+        self.presence.start()
         if self.pacer is not None:
             self.pacer.start()
         if self.resume is not None and self.resume.live is not None:

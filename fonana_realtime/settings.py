@@ -241,6 +241,8 @@ class Settings:
     # POST /api/notifications/push: how old a row the app wrote may be to be the one a push
     # names by its content (PROTOCOL.md 4.1); the routes push well within a second of writing
     push_match_seconds: float = setting("WS_PUSH_MATCH_SECONDS", 10.0, between(0, 3600, number))
+    # presence (PROTOCOL.md 9): each worker copies its membership to Redis; 0 turns it off
+    presence: bool = setting("WS_PRESENCE", True, flag)
     # POST /api/revoke holds this long: as long as a token can live (the app's: 30 days; PROTOCOL.md 9)
     revocation_seconds: float = setting("WS_REVOCATION_SECONDS", 2592000.0, between(60, 366 * 86400, number))
     # positions, history and recovery (PROTOCOL.md 7)

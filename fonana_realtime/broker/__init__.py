@@ -90,6 +90,10 @@ class Broker:
     def unlisten(self, topic: str):
         raise NotImplementedError
 
+    def link_state(self) -> str:
+        """The link's state without a round trip (readiness.py's words), for operators."""
+        return "ok"
+
     def ready(self) -> tuple[bool, str]:
         """Whether events can flow now, and a short reason if not."""
         return True, "ok"

@@ -156,6 +156,7 @@ class RedisBroker(Broker):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        metrics.BROKER_LINK_DOWN.set(1)         # until the first link is up
         self._greenlet = gevent.spawn(self._run)
         self._keeper = gevent.spawn(self._keep_ghosts)
         self._prober = gevent.spawn(self._probe_loop)
@@ -304,6 +305,11 @@ class RedisBroker(Broker):
 
     # ---- readiness ----------------------------------------------------------------------
 
+    def link_state(self) -> str:
+        return link_state(started=self._greenlet is not None, down=self._down,
+                          subscribed=self._private_ev.is_set(), live=self._live.is_set(),
+                          stalled=self._stalled)
+
     def ready(self) -> tuple[bool, str]:
         """The link's state (readiness.link_state), then a real round trip: publish a
         nonce to our private topic, wait for our own listener to receive it."""
@@ -410,6 +416,8 @@ class RedisBroker(Broker):
         self._subscribes_pending = 2
         conn.send_command("SUBSCRIBE", self._private, self._control, check_health=False)
         self._catching_up = True                    # live messages wait until we caught up
+        metrics.BROKER_LINK_DOWN.set(0)
+        metrics.BROKER_CATCHING_UP.set(1)
         self._held = []
         self._dirty.update(self._wanted)            # everything this worker needs
         self._flush()
@@ -419,6 +427,8 @@ class RedisBroker(Broker):
 
     def _lost(self):
         """The link is gone: release everyone waiting on it; the next link resubscribes."""
+        metrics.BROKER_LINK_DOWN.set(1)
+        metrics.BROKER_CATCHING_UP.set(0)
         conn, self._conn = self._conn, None
         self._down = True
         if conn is not None:
@@ -647,6 +657,7 @@ class RedisBroker(Broker):
         for message in held:
             self._hand(message)
         self._live.set()
+        metrics.BROKER_CATCHING_UP.set(0)
         if count:
             metrics.BROKER_CATCHUP_EVENTS.inc(count)
         if lost:

@@ -4,6 +4,7 @@
 - upgrade.py    the WebSocket upgrade itself, from the environ gunicorn parsed
 - api.py        `/api/*`: event injection and notifications (server-to-server)
 - control.py    `/api/disconnect`, `/api/unsubscribe`, `/api/revoke`: operators (PROTOCOL.md 9)
+- presence.py   `/api/presence`, `/api/connections`, `/api/channels`, `/api/info`: who is where
 - ops.py        `/health`, `/ready`, `/metrics`, `/stats`
 """
 from flask import current_app, jsonify
