@@ -144,9 +144,9 @@ class LiveMarks:
         self._script(keys=[self.key], args=["\n".join(put), "\n".join(gone), self.seconds * 1000])
 
 
-def release(client, store, key: str) -> int:
+def release(client, resume_marks, key: str) -> int:
     """A worker ended (in the master, gunicorn child_exit): every connection left in its
-    hash departs as it would have (`store` is the RedisMarks); then the hash goes.
+    hash departs as it would have (`resume_marks` is the RedisMarks); then the hash goes.
     Returns the connections released."""
     raw = client.hgetall(key)
     if not raw:
@@ -162,7 +162,7 @@ def release(client, store, key: str) -> int:
             continue                         # not ours: never fails a worker's exit
     pipe = client.pipeline(transaction=False)
     for (user, _), (started_at, marks) in conns.items():
-        store.remember(user, marks, started_at, client=pipe)
+        resume_marks.remember(user, marks, started_at, client=pipe)
     pipe.delete(key)
     pipe.execute()
     return len(conns)
@@ -180,9 +180,9 @@ def release_worker(settings, pid: int) -> None:
         from .resume_marks import RedisMarks
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         try:
-            store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
-                               max_marks=settings.resume_max_marks)
-            count = release(client, store, live_key(settings.redis_prefix, pid))
+            resume_marks = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
+                                      max_marks=settings.resume_max_marks)
+            count = release(client, resume_marks, live_key(settings.redis_prefix, pid))
         finally:
             client.close()
     except Exception as exc:

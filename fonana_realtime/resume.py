@@ -54,8 +54,8 @@ class Pending:
 
 
 class Resume:
-    def __init__(self, store, broker, seconds: float, limit: int, clock=time.time, live=None):
-        self.store = store          # resume_marks.MemoryMarks or RedisMarks
+    def __init__(self, marks, broker, seconds: float, limit: int, clock=time.time, live=None):
+        self.marks = marks          # resume_marks.MemoryMarks or RedisMarks
         self.broker = broker
         self.seconds = seconds
         self.limit = limit          # WS_RECOVERY_MAX: more missed events than this → nothing
@@ -71,7 +71,7 @@ class Resume:
         leave off? Then join the user stream (see `before_join`)."""
         conn.started_at = self.clock()
         try:
-            marks = self.store.recall(conn.user_id)
+            marks = self.marks.recall(conn.user_id)
         except Exception as exc:        # Redis unreachable: no resume, the connection goes on
             log.warning("resume marks unavailable", extra={"event": "resume_unavailable",
                                                             "user_id": conn.user_id, "reason": type(exc).__name__})
@@ -178,7 +178,7 @@ class Resume:
         if not marks:
             return
         try:
-            self.store.remember(conn.user_id, marks, conn.started_at)
+            self.marks.remember(conn.user_id, marks, conn.started_at)
         except Exception as exc:
             log.warning("resume marks not kept", extra={"event": "resume_unavailable",
                                                          "user_id": conn.user_id, "reason": type(exc).__name__})

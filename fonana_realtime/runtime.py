@@ -105,9 +105,9 @@ def _open_resume(settings, broker) -> Resume:
     client = getattr(broker, "client", None)
     live = None
     if settings.redis_url and client is not None:
-        store = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
+        marks = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
                            max_marks=settings.resume_max_marks)
         live = LiveMarks(client, live_key(settings.redis_prefix, os.getpid()), settings.resume_seconds)
     else:
-        store = MemoryMarks(settings.resume_seconds, max_marks=settings.resume_max_marks)
-    return Resume(store, broker, settings.resume_seconds, settings.recovery_max, live=live)
+        marks = MemoryMarks(settings.resume_seconds, max_marks=settings.resume_max_marks)
+    return Resume(marks, broker, settings.resume_seconds, settings.recovery_max, live=live)

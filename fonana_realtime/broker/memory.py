@@ -22,7 +22,7 @@ class MemoryBroker(Broker):
 
     def __init__(self, history: MemoryHistory | None = None):
         super().__init__()
-        self.store = history if history is not None else MemoryHistory()
+        self.memory = history if history is not None else MemoryHistory()
         self._sweeper = None
 
     def start(self):
@@ -38,13 +38,13 @@ class MemoryBroker(Broker):
         while True:
             gevent.sleep(SWEEP_EVERY)
             try:
-                store = self.store
-                store.sweep()
-                streams, events = store.counts()
-                metrics.HISTORY_BYTES.set(store.approx_bytes())
+                history = self.memory
+                history.sweep()
+                streams, events = history.counts()
+                metrics.HISTORY_BYTES.set(history.approx_bytes())
                 metrics.HISTORY_EVENTS.set(events)
                 metrics.HISTORY_STREAMS.set(streams)
-                for what, total in (("stream", store.evicted_streams), ("event", store.evicted_events)):
+                for what, total in (("stream", history.evicted_streams), ("event", history.evicted_events)):
                     if total > counted[what]:
                         metrics.HISTORY_EVICTED.labels(what).inc(total - counted[what])
                         counted[what] = total
@@ -57,7 +57,7 @@ class MemoryBroker(Broker):
         offsets = {}
         for topic in topics:
             stream = topic_stream(topic)
-            offsets[stream] = self.store.append(stream, message)[1]     # fills message.positions
+            offsets[stream] = self.memory.append(stream, message)[1]     # fills message.positions
         self.on_message(message)
         return offsets
 
@@ -65,17 +65,17 @@ class MemoryBroker(Broker):
         self.on_control(data)
 
     def position(self, stream: str):
-        return self.store.position(stream)
+        return self.memory.position(stream)
 
     def peek(self, stream: str):
-        return self.store.peek(stream)
+        return self.memory.peek(stream)
 
     def history(self, stream, epoch, since, limit):
-        return self.store.history(stream, epoch, since, limit)
+        return self.memory.history(stream, epoch, since, limit)
 
     def listen(self, topic: str):
         # every topic of this process is already "heard"; a held stream's ghost stays
-        self.store.hold(topic_stream(topic))
+        self.memory.hold(topic_stream(topic))
 
     def unlisten(self, topic: str):
-        self.store.release(topic_stream(topic))
+        self.memory.release(topic_stream(topic))

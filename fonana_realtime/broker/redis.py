@@ -105,7 +105,7 @@ class RedisBroker(Broker):
         self.prefix = prefix
         self._bprefix = prefix.encode()
         self.client = self.link.client
-        self.history_store = RedisHistory(self.client, prefix, size=history_size,
+        self.redis_history = RedisHistory(self.client, prefix, size=history_size,
                                           seconds=max(1, int(history_seconds)),
                                           meta_seconds=max(1, int(history_meta_seconds)))
         self.recovery_max = recovery_max
@@ -180,7 +180,7 @@ class RedisBroker(Broker):
         again (a frozen Redis does): the event is then delivered and kept, not lost."""
         topics = wire.route_topics(route)
         try:
-            published = self.history_store.publish(topics, payload)
+            published = self.redis_history.publish(topics, payload)
         except redis.RedisError as exc:
             log.warning("publish to redis failed", extra={"event": "broker_publish_failed",
                                                          "error": type(exc).__name__})
@@ -205,7 +205,7 @@ class RedisBroker(Broker):
         while True:
             gevent.sleep(GHOST_SECONDS / 3)
             try:
-                self.history_store.keep_ghosts([wire.topic_stream(t) for t in list(self._wanted)])
+                self.redis_history.keep_ghosts([wire.topic_stream(t) for t in list(self._wanted)])
             except Exception as exc:        # Redis away, or a bug: this greenlet must outlive it
                 log.warning("redis: ghost metas not renewed", extra={"event": "broker_keep_ghosts_failed",
                                                                     "error": type(exc).__name__})
@@ -214,7 +214,7 @@ class RedisBroker(Broker):
         """(epoch, top) of `stream`, creating its epoch when it has none; (None, 0) while
         Redis does not answer (like a broker without history)."""
         try:
-            return self.history_store.position(stream)
+            return self.redis_history.position(stream)
         except redis.RedisError:
             return None, 0
 
@@ -234,7 +234,7 @@ class RedisBroker(Broker):
           connection's start, given by `peek_after_join`.
 
         Otherwise (that SUBSCRIBE on its way, Redis down, no history kept) Redis is asked."""
-        if self._conn is not None and not self._down and self.history_store.size:
+        if self._conn is not None and not self._down and self.redis_history.size:
             topic = wire.stream_topic(stream)
             acked = self._acked.get(topic)
             if acked is not None:
@@ -254,7 +254,7 @@ class RedisBroker(Broker):
         ids as their live copies had them), all or nothing; reason `unavailable` while
         Redis does not answer."""
         try:
-            rec = self.history_store.since(stream, epoch if isinstance(epoch, str) else "", since, limit)
+            rec = self.redis_history.since(stream, epoch if isinstance(epoch, str) else "", since, limit)
         except redis.RedisError:
             return Recovery(False, None, 0, reason=UNAVAILABLE)
         if not rec.ok:
@@ -605,12 +605,12 @@ class RedisBroker(Broker):
         at or before it can arrive on the new subscription, so it never hides a live one."""
         streams = [wire.topic_stream(t) for t in topics]
         streams = [s for s in streams if s not in self._marks]
-        if not streams or not self.history_store.size:
+        if not streams or not self.redis_history.size:
             return
         try:
             for start in range(0, len(streams), CATCHUP_BATCH):
                 chunk = streams[start:start + CATCHUP_BATCH]
-                for stream, position in zip(chunk, self.history_store.positions(chunk)):
+                for stream, position in zip(chunk, self.redis_history.positions(chunk)):
                     self._marks.setdefault(stream, position)
                     self._baselines[stream] = position
         except redis.RedisError as exc:
@@ -675,9 +675,9 @@ class RedisBroker(Broker):
         wanted = self._wanted
         requests = [(stream, epoch, offset) for stream, (epoch, offset) in self._marks.items()
                     if wire.stream_topic(stream) in wanted]
-        if not requests or not self.history_store.size:
+        if not requests or not self.redis_history.size:
             return [], {}
-        store, limit = self.history_store, self.recovery_max
+        history, limit = self.redis_history, self.recovery_max
         replayed, lost, again = [], {}, []
         first_held: dict = {}                   # (stream, epoch) -> first offset received live
         for message in held:
@@ -686,7 +686,7 @@ class RedisBroker(Broker):
         try:
             for start in range(0, len(requests), CATCHUP_BATCH):
                 chunk = requests[start:start + CATCHUP_BATCH]
-                for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
+                for (stream, _, _), rec in zip(chunk, history.since_many(chunk, limit)):
                     if rec.ok:
                         replayed.append(self._stored(stream, rec.entries))
                     elif rec.reason == EPOCH:
@@ -695,7 +695,7 @@ class RedisBroker(Broker):
                         self._give_up(stream, rec, first_held, lost)
             for start in range(0, len(again), CATCHUP_BATCH):
                 chunk = again[start:start + CATCHUP_BATCH]
-                for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
+                for (stream, _, _), rec in zip(chunk, history.since_many(chunk, limit)):
                     if rec.ok:
                         replayed.append(self._stored(stream, rec.entries))
                     else:

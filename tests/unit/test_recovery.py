@@ -141,7 +141,7 @@ def test_a_gap_in_the_buffered_events_is_filled_from_history():
     fanout.add(conn)
     conn.buffers["post_p"] = []
     fanout.subscribe(conn, "post_p")
-    answer = broker.store.history("post_p", epoch, 0, 300)       # snapshot: 1, 2
+    answer = broker.memory.history("post_p", epoch, 0, 300)       # snapshot: 1, 2
     _publish(broker, fanout, 3, start=2)                          # 3, 4, 5 published ...
     conn.buffers["post_p"] = conn.buffers["post_p"][2:]           # ... but 3 and 4 never came live
     fanout._replay(conn, "post_p", 0, answer)
