@@ -25,12 +25,11 @@ import gevent  # noqa: E402
 
 from fonana_realtime.broker.memory import MemoryBroker  # noqa: E402
 from fonana_realtime.connection import Connection  # noqa: E402
-from fonana_realtime.events import Route  # noqa: E402
 from fonana_realtime.fanout import Fanout  # noqa: E402
 from fonana_realtime.history import MemoryHistory  # noqa: E402
 from fonana_realtime.hub import Hub  # noqa: E402
 
-from socketpair_subscribers import CHANNEL, PAYLOAD, drain, subscribe  # noqa: E402  (bench/)
+from socketpair_subscribers import alternate, cpu_per_delivery, subscribe  # noqa: E402  (bench/)
 
 
 class NoPositions(MemoryBroker):
@@ -48,19 +47,6 @@ def setup(n, history_on):
     return broker, fanout, subscribe(n, fanout, Connection)
 
 
-def run_once(broker, fanout, readers, events, batch):
-    route = Route(channels=(CHANNEL,))
-    spent = 0.0
-    for start in range(0, events, batch):
-        t0 = time.process_time()
-        for n in range(start, min(events, start + batch)):
-            broker.publish(route, PAYLOAD % n)
-        fanout._write_pending()
-        spent += time.process_time() - t0
-        drain(readers)
-    return spent / (events * len(readers))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--subscribers", type=int, default=1000)
@@ -71,10 +57,8 @@ def main():
     setups = {on: setup(args.subscribers, on if not args.same else True) for on in (False, True)}
     gevent.sleep(0)
     for batch in (1, 16):
-        runs = {True: [], False: []}
-        for rep in range(args.reps):
-            for on in ((True, False) if rep % 2 == 0 else (False, True)):
-                runs[on].append(run_once(*setups[on], args.events // (1 if batch > 1 else 4), batch))
+        runs = alternate(lambda on, events, b: cpu_per_delivery(*setups[on], events, b),
+                         args.events // (1 if batch > 1 else 4), args.reps, batch)
         on, off = statistics.median(runs[True]), statistics.median(runs[False])
         print(f"batch {batch:2d}, {args.subscribers} subscribers: history on {on * 1e6:.3f} us/delivery, "
               f"off {off * 1e6:.3f} us/delivery -> history costs {(on / off - 1) * 100:+.1f} % "

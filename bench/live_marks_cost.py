@@ -22,7 +22,6 @@ import functools
 import secrets
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,13 +31,12 @@ import redis  # noqa: E402
 
 from fonana_realtime.broker.memory import MemoryBroker  # noqa: E402
 from fonana_realtime.connection import Connection  # noqa: E402
-from fonana_realtime.events import Route  # noqa: E402
 from fonana_realtime.fanout import Fanout  # noqa: E402
 from fonana_realtime.history import MemoryHistory  # noqa: E402
 from fonana_realtime.hub import Hub  # noqa: E402
 from fonana_realtime.live_marks import LiveMarks  # noqa: E402
 
-from socketpair_subscribers import CHANNEL, PAYLOAD, drain, subscribe  # noqa: E402  (bench/)
+from socketpair_subscribers import alternate, cpu_per_delivery, subscribe  # noqa: E402  (bench/)
 
 
 def setup(n, live):
@@ -48,20 +46,13 @@ def setup(n, live):
     return broker, fanout, subscribe(n, fanout, cls), live
 
 
-def run_once(broker, fanout, readers, live, events, batch):
-    route = Route(channels=(CHANNEL,))
-    spent = 0.0
-    for start in range(0, events, batch):
-        t0 = time.process_time()
-        for n in range(start, min(events, start + batch)):
-            broker.publish(route, PAYLOAD % n)
-        fanout._write_pending()
-        if live is not None:
-            moves, live._moves = live._moves, {}
-            live.write(moves)
-        spent += time.process_time() - t0
-        drain(readers)
-    return spent / (events * len(readers))
+def measure(setups, on, events, batch):
+    broker, fanout, readers, live = setups[on]
+
+    def write_moves():                    # what the worker's writer greenlet does, timed
+        moves, live._moves = live._moves, {}
+        live.write(moves)
+    return cpu_per_delivery(broker, fanout, readers, events, batch, write_moves if live is not None else None)
 
 
 def main():
@@ -78,10 +69,8 @@ def main():
     gevent.sleep(0)
     try:
         for batch in (1, 16):
-            runs = {True: [], False: []}
-            for rep in range(args.reps):
-                for on in ((True, False) if rep % 2 == 0 else (False, True)):
-                    runs[on].append(run_once(*setups[on], args.events // (1 if batch > 1 else 4), batch))
+            runs = alternate(lambda on, events, b: measure(setups, on, events, b),
+                             args.events // (1 if batch > 1 else 4), args.reps, batch)
             on, off = statistics.median(runs[True]), statistics.median(runs[False])
             print(f"batch {batch:2d}, {args.subscribers} subscribers: live marks on {on * 1e6:.3f} us/delivery, "
                   f"off {off * 1e6:.3f} us/delivery -> {(on / off - 1) * 100:+.1f} % "

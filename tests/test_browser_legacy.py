@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from support.browser import Browser, chromium_path
+from support.bursts import burst, like_burst, notify
 from support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres,
@@ -50,12 +51,6 @@ def post_channels(scene):
     return [{"type": "post", "postId": p} for p in scene["posts"]]
 
 
-def like_burst(scene, per_post=10, base=0):
-    """30 post_liked for 3 posts, interleaved, counts rising per post (base+1 .. base+10)."""
-    return [{"type": "post_liked", "postId": scene["posts"][i % 3], "userId": scene["creator"],
-             "likesCount": base + i // 3 + 1} for i in range(3 * per_post)]
-
-
 def test_the_page_drops_events_like_the_fonana_client_when_nothing_paces_them(server_factory, pg_url,
                                                                               browser, scene):
     """The harness itself: with pacing off, the page loses what the issue describes."""
@@ -76,12 +71,7 @@ def test_bursts_across_posts_and_notifications_all_reach_the_page(server_factory
     tab = browser.open(srv.ws_url, srv.token(scene["fan"]), post_channels(scene))
     tab.wait_subscribed(3)
     srv.publish({"events": like_burst(scene)})
-    notes = []
-    for n in range(3):
-        r = srv.api("/api/notifications", {"userId": scene["fan"], "type": "SYSTEM_ANNOUNCEMENT",
-                                           "title": f"note {n}", "message": "hello"})
-        assert r.status_code == 201, r.text
-        notes.append(r.json()["id"])
+    notes = notify(srv, scene["fan"], [f"note {n}" for n in range(3)])
     final = {p: 10 for p in scene["posts"]}
     tab.wait("Object.keys(f.likes).length === 3 && Object.values(f.likes).every(v => v === 10)"
              " && f.notifications.length === 3", "every final count and every notification")
@@ -93,13 +83,7 @@ def test_bursts_across_posts_and_notifications_all_reach_the_page(server_factory
 def missed_burst(srv, scene):
     """What happens while the page is away: 30 likes across its 3 posts, 3 notifications."""
     srv.publish({"events": like_burst(scene)})
-    notes = []
-    for n in range(3):
-        r = srv.api("/api/notifications", {"userId": scene["fan"], "type": "SYSTEM_ANNOUNCEMENT",
-                                           "title": f"missed {n}", "message": "hello"})
-        assert r.status_code == 201, r.text
-        notes.append(r.json()["id"])
-    return notes
+    return notify(srv, scene["fan"], [f"missed {n}" for n in range(3)])
 
 
 def assert_everything_once(tab, scene, notes, opens):
@@ -181,12 +165,7 @@ def test_bursts_behind_a_jittering_relay_all_reach_the_page(server_factory, pg_u
                 # the pause between bursts is part of the scenario (the server drops a quiet
                 # connection's pacing state after 1 s), not a wait for anything
                 time.sleep(4.0)
-            srv.publish({"events": like_burst(scene, base=10 * (n - 1))})
-            for k in range(3):
-                r = srv.api("/api/notifications", {"userId": scene["fan"], "type": "SYSTEM_ANNOUNCEMENT",
-                                                   "title": f"burst {n} note {k}", "message": "hello"})
-                assert r.status_code == 201, r.text
-                notes.append(r.json()["id"])
+            notes += burst(srv, scene, n)
             tab.wait(f"Object.values(f.likes).length === 3 && Object.values(f.likes).every(v => v === {10 * n})"
                      f" && f.notifications.length >= {len(notes)}", f"burst {n}'s final counts and notifications")
             assert tab.likes() == {p: 10 * n for p in scene["posts"]}

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from support.bursts import burst
 from support.tcpproxy import TcpProxy
 from support.ws import open_ws
 
@@ -22,20 +23,6 @@ DEFAULTS = {"WS_LEGACY_TYPE_GAP_MS": None, "WS_RESUME_SECONDS": None}   # the se
 def scene(seed):
     creator = seed.user(is_creator=True)
     return {"creator": creator, "fan": seed.user(), "posts": [seed.post(creator) for _ in range(3)]}
-
-
-def burst(srv, scene, n: int) -> list[str]:
-    """The issue's burst: 30 interleaved post_liked on 3 posts in one list publish (counts
-    ending at 10n per post), then 3 notifications. Returns the notifications' ids."""
-    srv.publish({"events": [{"type": "post_liked", "postId": scene["posts"][i % 3], "userId": scene["creator"],
-                             "likesCount": 10 * (n - 1) + i // 3 + 1} for i in range(30)]})
-    notes = []
-    for k in range(3):
-        r = srv.api("/api/notifications", {"userId": scene["fan"], "type": "SYSTEM_ANNOUNCEMENT",
-                                           "title": f"burst {n} note {k}", "message": "hello"})
-        assert r.status_code == 201, r.text
-        notes.append(r.json()["id"])
-    return notes
 
 
 def receive_burst(client, scene, n: int, notes: list[str], timeout: float = 10.0):
