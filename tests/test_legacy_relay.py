@@ -40,7 +40,10 @@ def receive_burst(client, scene, n: int, notes: list[str], timeout: float = 10.0
         elif frame.get("type") == "notification":
             got.append(frame["notification"]["id"])
             assert got == notes[:len(got)], f"burst {n}: notifications {got}, want {notes}"
-    client.barrier()                                   # and nothing after them
+    # and after them nothing but re-sends of the final counts (PROTOCOL.md 8) up to a pong
+    client.send_json({"type": "ping"})
+    while (frame := client.recv_json()).get("type") != "pong":
+        assert frame.get("type") == "post_liked" and frame["likesCount"] == 10 * n, frame
 
 
 def subscribe_all(client, scene):

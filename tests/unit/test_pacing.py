@@ -337,3 +337,53 @@ def test_held_frames_waits_reach_the_histogram_once_per_turn():
     assert after["0.125"] - before_buckets["0.125"] == 1            # 0.12 ≤ 0.125
     assert after["0.3"] - before_buckets["0.3"] == 2                # cumulative: 0.24 ≤ 0.3
     assert after["0.1"] - before_buckets["0.1"] == 0
+
+
+# ---- re-sends of the latest state (issue 17) -------------------------------------------
+
+CONFIRM = 2 * GAP
+
+
+def confirming():
+    clock = Clock()
+    written = []
+    pacer = Pacer(GAP, clock=clock, confirm_after=CONFIRM,
+                  on_written=lambda c, outs: written.extend(o.event for o in outs))
+    return clock, pacer, Conn(clock), written
+
+
+def test_each_posts_latest_count_is_written_once_more_after_its_type_went_quiet():
+    clock, pacer, conn, written = confirming()
+    burst = [like(p, n) for n in range(1, 11) for p in ("a", "b", "c")]
+    assert pacer.offer(conn, burst + [notification("u", 1), notification("u", 2)])
+    run_until_idle(pacer, clock)
+    likes = [(e["postId"], e["likesCount"]) for e in conn.events() if e["type"] == "post_liked"]
+    assert sorted(likes[:3]) == [("a", 10), ("b", 10), ("c", 10)]
+    assert sorted(likes[3:]) == sorted(likes[:3])               # each once more, nothing else
+    assert [e["n"] for e in conn.events() if e["type"] == "notification"] == [1, 2]   # never re-sent
+    times = conn.times_by_type()["post_liked"]
+    assert all(b - a >= CONFIRM - 1e-9 for a, b in zip(times[2:], times[3:]))   # each after a quiet spell
+    assert_gap_kept(conn)
+    assert len(written) == 5                                     # a re-send is not a new event written
+    assert conn.pace is not None and not conn.pace.confirm
+
+
+def test_a_newer_state_on_its_way_replaces_the_re_send():
+    clock, pacer, conn, _ = confirming()
+    assert pacer.offer(conn, [like("a", 1)])
+    clock.now += CONFIRM / 2
+    assert pacer.offer(conn, [like("a", 2)])
+    run_until_idle(pacer, clock)
+    assert [e["likesCount"] for e in conn.events()] == [1, 2, 2]      # 1 is never written again
+
+
+def test_a_type_that_never_goes_quiet_is_not_re_sent_until_it_does():
+    clock, pacer, conn, _ = confirming()
+    for n in range(1, 21):                                     # a hot post: a like every 100 ms
+        assert pacer.offer(conn, [like("a", n)])
+        clock.now += 0.100
+        pacer.run_due()
+    counts = [e["likesCount"] for e in conn.events()]
+    assert counts == sorted(counts) and len(counts) == len(set(counts))   # no repeat while busy
+    run_until_idle(pacer, clock)
+    assert [e["likesCount"] for e in conn.events()][-2:] == [20, 20]
