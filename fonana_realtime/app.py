@@ -11,7 +11,7 @@ from werkzeug.routing import WebsocketMismatch
 from .logs import console_format, logging_config
 from .runtime import Runtime
 from .settings import Settings, load_settings
-from .web import StandardJSONProvider, api, control, json_error, ops, presence, websocket
+from .web import StandardJSONProvider, admin, api, control, json_error, ops, presence, websocket
 
 log = logging.getLogger("fonana_realtime.app")
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(control.bp)
     app.register_blueprint(presence.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(websocket.bp)
     app.wsgi_app = websocket.Upgrades(app, rt, app.wsgi_app)
 

@@ -206,3 +206,12 @@ def snapshot() -> dict:
             value = sample.value if math.isfinite(sample.value) else str(sample.value)
             out[sample.name + (f"{{{labels}}}" if labels else "")] = value
     return out
+
+
+def own_total(metric) -> float:
+    """This process's own value of a counter, summed over its labels (the operator page's
+    per-worker figures, presence.py); /metrics sums every worker's."""
+    children = getattr(metric, "_metrics", None)
+    if metric._labelnames:
+        return sum(child._value.get() for child in list((children or {}).values()))
+    return metric._value.get()

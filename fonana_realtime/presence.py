@@ -92,7 +92,10 @@ class Presence:
         conns = self.hub.connections
         return {"host": self.host, "pid": os.getpid(), "started": self.started,
                 "connections": len(conns), "subscriptions": sum(len(c.channels) for c in conns),
-                "deliveries": metrics.EVENTS_DELIVERED._value.get(),
+                "deliveries": metrics.own_total(metrics.EVENTS_DELIVERED),
+                "published": metrics.own_total(metrics.EVENTS_PUBLISHED),
+                "slowConsumerCloses": metrics.own_total(metrics.SLOW_CLIENT_CLOSES),
+                "recoveries": metrics.own_total(metrics.RECOVERIES) + metrics.own_total(metrics.LEGACY_RESUMES),
                 "broker": self.broker.name, "brokerLink": self.broker.link_state()}
 
 

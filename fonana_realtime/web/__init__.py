@@ -5,6 +5,7 @@
 - api.py        `/api/*`: event injection and notifications (server-to-server)
 - control.py    `/api/disconnect`, `/api/unsubscribe`, `/api/revoke`: operators (PROTOCOL.md 9)
 - presence.py   `/api/presence`, `/api/connections`, `/api/channels`, `/api/info`: who is where
+- admin.py      `/admin`: the operator page, its login and the data its script reads
 - ops.py        `/health`, `/ready`, `/metrics`, `/stats`
 """
 from flask import current_app, jsonify

@@ -110,6 +110,14 @@ class Browser:
         page.goto(self.pages.url("fonana_client.html", ws=ws_url, token=token, channels=json.dumps(list(channels))))
         return FonanaPage(page)
 
+    def tab(self, url: str):
+        """A fresh tab (own context: no cookies shared) at `url`; the Playwright page."""
+        context = self.browser.new_context()
+        self._contexts.append(context)
+        page = context.new_page()
+        page.goto(url)
+        return page
+
     def close_tabs(self):
         while self._contexts:
             self._contexts.pop().close()
