@@ -31,18 +31,18 @@ probe (readiness.py) and rebuilt like a lost one.
 Redis goes away: the listener reconnects with capped, jittered back-off and
 resubscribes every topic it was asked for; publishes raise BrokerUnavailable (the
 HTTP API answers 503); waits are bounded everywhere. Before it goes live again it
-catches up: per stream it holds, the worker knows up to which offset it has handed
-everything on (`_marks`: read from Redis before the stream's first SUBSCRIBE, then
-moved by every message); once the new SUBSCRIBEs are acknowledged it reads each
-stream's history after its mark and hands the missed events on, in order, before the
-live messages that arrived meanwhile (held, then handed unless already replayed). So
-an event Redis accepted while this worker's link was down still reaches its clients,
-once. A stream whose epoch changed (Redis lost its data) is replayed from the start of
-its new epoch (all of it is newer than the loss), never from an old offset.
+catches up (the decisions are catchup.py's, the reads are here): per stream it holds,
+the worker knows up to which offset it has handed everything on (its mark: read from
+Redis before the stream's first SUBSCRIBE, then moved by every message); once the new
+SUBSCRIBEs are acknowledged it reads each stream's history after its mark and hands the
+missed events on, in order, before the live messages that arrived meanwhile (held, then
+handed unless already replayed). So an event Redis accepted while this worker's link was
+down still reaches its clients, once. A stream whose epoch changed (Redis lost its data,
+a failover) is replayed from the start of its new epoch (all of it is newer than the
+loss), never from an old offset.
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import os
@@ -57,9 +57,10 @@ import redis
 from gevent.event import Event
 
 from .. import metrics, wire
-from ..history import EPOCH, UNAVAILABLE, Recovery
+from ..history import UNAVAILABLE, Recovery
 from ..redis_history import GHOST_SECONDS, RedisHistory
 from . import AFTER_JOIN, Broker, BrokerUnavailable
+from .catchup import Catchup
 from .link import open_link
 from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, link_state, probe_verdict
 from .readiness import UNAVAILABLE as LINK_UNAVAILABLE
@@ -109,14 +110,9 @@ class RedisBroker(Broker):
                                           seconds=max(1, int(history_seconds)),
                                           meta_seconds=max(1, int(history_meta_seconds)))
         self.recovery_max = recovery_max
-        # catch-up state (only the listener greenlet changes it, but for the baselines
-        # read in _flush and the marks moved by _hand, both in that greenlet too)
-        self._marks: dict[str, tuple[str, int]] = {}   # stream -> (epoch, offset) handed on up to
-        # stream -> its position read before its first SUBSCRIBE, until a join takes it
-        # (peek_after_join) or the stream is no longer heard
-        self._baselines: dict[str, tuple[str, int]] = {}
-        self._catching_up = False               # a new link: hold live messages until caught up
-        self._held: list = []                   # live Messages received while catching up
+        # catch-up state: changed by the listener greenlet only (peek_before_join and
+        # peek_after_join read it from client greenlets)
+        self.catchup = Catchup()                # marks, baselines, held messages (catchup.py)
         self._live = Event()                    # set while this link is caught up
         self._subscribes_pending = 0            # SUBSCRIBE replies still to come on this link
         # listener state (only the listener greenlet writes the subscriber socket)
@@ -239,15 +235,15 @@ class RedisBroker(Broker):
             acked = self._acked.get(topic)
             if acked is not None:
                 if acked.is_set():
-                    mark = self._marks.get(stream)
+                    mark = self.catchup.mark(stream)
                     if mark is not None:
                         return mark
-            elif topic not in self._wanted and stream not in self._marks:
+            elif topic not in self._wanted and self.catchup.mark(stream) is None:
                 return AFTER_JOIN
         return self.peek(stream)
 
     def peek_after_join(self, stream: str):
-        return self._baselines.pop(stream, None)
+        return self.catchup.take_baseline(stream)
 
     def history(self, stream: str, epoch, since: int, limit: int):
         """The events of `stream` after `since` of `epoch` (wire.Messages, positions and
@@ -415,10 +411,9 @@ class RedisBroker(Broker):
         self._expect.append((b"subscribe", self._control, None))
         self._subscribes_pending = 2
         conn.send_command("SUBSCRIBE", self._private, self._control, check_health=False)
-        self._catching_up = True                    # live messages wait until we caught up
+        self.catchup.link_up()                      # live messages wait until we caught up
         metrics.BROKER_LINK_DOWN.set(0)
         metrics.BROKER_CATCHING_UP.set(1)
-        self._held = []
         self._dirty.update(self._wanted)            # everything this worker needs
         self._flush()
         log.info("redis listener connected", extra={
@@ -448,7 +443,7 @@ class RedisBroker(Broker):
         self._ping_sent = None
         self._private_ev.clear()
         self._live.clear()
-        self._held = []                 # received on a dead link: the next catch-up covers them
+        self.catchup.link_lost()
         metrics.BROKER_TOPICS.set(0)
 
     def _serve(self):
@@ -465,7 +460,7 @@ class RedisBroker(Broker):
                 self._last_rx = time.monotonic()
                 self._on_reply(reply)
                 handled += 1
-                if self._catching_up and not self._subscribes_pending:
+                if self.catchup.catching_up and not self._subscribes_pending:
                     self._catch_up()                # at once, even while messages keep coming
                 if handled % YIELD_EVERY == 0:
                     gevent.sleep(0)
@@ -474,7 +469,7 @@ class RedisBroker(Broker):
             if self._dirty:
                 self._flush()
                 continue
-            if self._catching_up and not self._subscribes_pending:
+            if self.catchup.catching_up and not self._subscribes_pending:
                 self._catch_up()
                 continue
             readable, _, _ = gevent.select.select([fd, wake], [], [], self._idle_timeout(conn))
@@ -521,9 +516,7 @@ class RedisBroker(Broker):
                     event.set()
                 if self._acked.pop(topic, None) is not None:
                     unsubscribe.append(self._bprefix + topic.encode())
-                stream = wire.topic_stream(topic)
-                self._marks.pop(stream, None)
-                self._baselines.pop(stream, None)
+                self.catchup.forget(wire.topic_stream(topic))
         if subscribe:
             self._read_baselines([topic for topic, _ in subscribe])
             subscribe = [(self._bprefix + topic.encode(), event) for topic, event in subscribe]
@@ -591,10 +584,8 @@ class RedisBroker(Broker):
             return self._drop(drop.reason, topic)
         if message is None:                       # another copy of a union delivered
             return None
-        if self._catching_up:
-            self._held.append(message)
-        else:
-            self._hand(message)
+        if self.catchup.receive(message, self._hears):
+            self.on_message(message)
         return None
 
     # ---- marks and catching up ---------------------------------------------------------
@@ -604,15 +595,14 @@ class RedisBroker(Broker):
         this worker does not receive live is what a catch-up reads from history; nothing
         at or before it can arrive on the new subscription, so it never hides a live one."""
         streams = [wire.topic_stream(t) for t in topics]
-        streams = [s for s in streams if s not in self._marks]
+        streams = self.catchup.unmarked(streams)
         if not streams or not self.redis_history.size:
             return
         try:
             for start in range(0, len(streams), CATCHUP_BATCH):
                 chunk = streams[start:start + CATCHUP_BATCH]
                 for stream, position in zip(chunk, self.redis_history.positions(chunk)):
-                    self._marks.setdefault(stream, position)
-                    self._baselines[stream] = position
+                    self.catchup.baseline(stream, position)
         except redis.RedisError as exc:
             # Subscribing still works; these streams just cannot be caught up after a
             # drop until their next message gives them a mark.
@@ -620,44 +610,21 @@ class RedisBroker(Broker):
                         extra={"event": "broker_baseline_failed", "error": type(exc).__name__,
                                "streams": len(streams)})
 
-    def _hand(self, message) -> bool:
-        """Give a message to fanout unless every held stream it names is already handed
-        on up to its offset (a live copy of an event the catch-up replayed)."""
-        positions = message.positions
-        if positions:
-            marks = self._marks
-            fresh = known = False
-            for stream, (epoch, offset) in positions.items():
-                mark = marks.get(stream)
-                if mark is None:
-                    if wire.stream_topic(stream) in self._wanted:
-                        marks[stream] = (epoch, offset)
-                        fresh = True
-                    continue
-                known = True
-                if mark[0] != epoch or offset > mark[1]:
-                    marks[stream] = (epoch, offset)
-                    fresh = True
-            if known and not fresh:
-                return False
-        self.on_message(message)
-        return True
+    def _hears(self, stream: str) -> bool:
+        return wire.stream_topic(stream) in self._wanted
 
     def _catch_up(self):
         """Every SUBSCRIBE of this link is acknowledged: read what each held stream
         missed since its mark, hand it on in order, then the held live messages."""
-        held, self._held = self._held, []
-        replayed, lost = self._read_missed(held)
-        failed = sum(lost.values())
-        count = 0
-        for message in heapq.merge(*replayed, key=lambda m: m.published_at or 0.0):
-            if self._hand(message):
-                count += 1
-        self._catching_up = False
-        for message in held:
-            self._hand(message)
+        replayed, lost = self._read_missed()
+        messages, count = self.catchup.finish(replayed, self._hears)
+        for message in messages:
+            self.on_message(message)
         self._live.set()
         metrics.BROKER_CATCHING_UP.set(0)
+        failed = sum(lost.values())
+        for reason, streams in lost.items():
+            metrics.BROKER_CATCHUP_FAILED.labels(reason).inc(streams)
         if count:
             metrics.BROKER_CATCHUP_EVENTS.inc(count)
         if lost:
@@ -667,39 +634,32 @@ class RedisBroker(Broker):
                                "reason": ",".join(f"{k}:{v}" for k, v in sorted(lost.items()))})
         if count or failed or self._connects > 1:
             log.info("redis listener caught up", extra={
-                "event": "broker_caught_up", "count": count, "streams": len(self._marks)})
+                "event": "broker_caught_up", "count": count, "streams": len(self.catchup.marks)})
 
-    def _read_missed(self, held) -> tuple[list, dict]:
+    def _read_missed(self) -> tuple[list, dict]:
         """Per held stream with a mark: its missed events (lists of Messages, each in
         offset order), and how many streams could not be recovered, by reason."""
-        wanted = self._wanted
-        requests = [(stream, epoch, offset) for stream, (epoch, offset) in self._marks.items()
-                    if wire.stream_topic(stream) in wanted]
+        requests = self.catchup.requests(self._hears)
         if not requests or not self.redis_history.size:
             return [], {}
-        history, limit = self.redis_history, self.recovery_max
-        replayed, lost, again = [], {}, []
-        first_held: dict = {}                   # (stream, epoch) -> first offset received live
-        for message in held:
-            for stream, position in message.positions.items():
-                first_held.setdefault((stream, position[0]), position[1])
+        store, limit = self.redis_history, self.recovery_max
+        first_held = self.catchup.first_held()
+        replayed, lost = [], {}
         try:
-            for start in range(0, len(requests), CATCHUP_BATCH):
-                chunk = requests[start:start + CATCHUP_BATCH]
-                for (stream, _, _), rec in zip(chunk, history.since_many(chunk, limit)):
-                    if rec.ok:
-                        replayed.append(self._stored(stream, rec.entries))
-                    elif rec.reason == EPOCH:
-                        again.append((stream, rec.epoch, 0))    # all of the new epoch is newer
-                    else:
-                        self._give_up(stream, rec, first_held, lost)
-            for start in range(0, len(again), CATCHUP_BATCH):
-                chunk = again[start:start + CATCHUP_BATCH]
-                for (stream, _, _), rec in zip(chunk, history.since_many(chunk, limit)):
-                    if rec.ok:
-                        replayed.append(self._stored(stream, rec.entries))
-                    else:
-                        self._give_up(stream, rec, first_held, lost)
+            for again in (False, True):     # a stream whose epoch changed: read its new epoch
+                retry = []
+                for start in range(0, len(requests), CATCHUP_BATCH):
+                    chunk = requests[start:start + CATCHUP_BATCH]
+                    for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
+                        if rec.ok:
+                            replayed.append(self._stored(stream, rec.entries))
+                            continue
+                        request = self.catchup.settle(stream, rec, first_held, lost, again=again)
+                        if request is not None:
+                            retry.append(request)
+                requests = retry
+                if not requests:
+                    break
         except redis.RedisError as exc:
             # Redis answered the SUBSCRIBEs but not this: go live with what we have;
             # the marks stay, so the next link tries again.
@@ -716,16 +676,6 @@ class RedisBroker(Broker):
             except wire.Drop:                   # the script only stores what decodes
                 pass
         return out
-
-    def _give_up(self, stream: str, rec, first_held: dict, lost: dict):
-        """The missed events of `stream` are gone (trimmed, expired, too many): they are
-        not replayed, and the held live ones still go out, so the mark moves to just
-        before the first of those (or to the top when none arrived)."""
-        first = first_held.get((stream, rec.epoch))
-        self._marks[stream] = (rec.epoch, rec.top if first is None else first - 1)
-        reason = rec.reason or "unknown"
-        metrics.BROKER_CATCHUP_FAILED.labels(reason).inc()
-        lost[reason] = lost.get(reason, 0) + 1
 
     def _drop(self, reason: str, topic: str):
         """An untrusted message we cannot deliver: counted, logged without its payload."""
