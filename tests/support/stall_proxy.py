@@ -29,19 +29,11 @@ class StallProxy(TcpProxy):
             self._stalled = set(self._subscribers)
             return len(self._stalled)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if SUBSCRIBER_NAME in data:             # client -> server: a listener names itself
-                    with self._marks_lock:
-                        self._subscribers.add(src)
-                if dst in self._stalled and PUSHED_MESSAGE in data:
-                    self.dropped += 1                   # server -> a stalled listener
-                    continue
-                dst.sendall(data)
-        except OSError:
-            pass
-        self._end(src, dst)
+    def _forward(self, src: socket.socket, dst: socket.socket, data: bytes) -> None:
+        if SUBSCRIBER_NAME in data:                     # client -> server: a listener names itself
+            with self._marks_lock:
+                self._subscribers.add(src)
+        if dst in self._stalled and PUSHED_MESSAGE in data:
+            self.dropped += 1                           # server -> a stalled listener
+            return
+        dst.sendall(data)

@@ -101,10 +101,14 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                dst.sendall(data)
+                self._forward(src, dst, data)
         except OSError:
             pass
         self._end(src, dst)
+
+    def _forward(self, src: socket.socket, dst: socket.socket, data: bytes) -> None:
+        """One chunk on its way (a subclass may hold it back: tests/support/stall_proxy.py)."""
+        dst.sendall(data)
 
     def _end(self, src: socket.socket, dst: socket.socket) -> None:
         for s in (src, dst):
