@@ -27,6 +27,7 @@ from collections import defaultdict
 
 import pytest
 
+from fonana_realtime.publisher import RedisPublisher
 from support.redis_sentinel import SentinelSet
 from support.redis_server import SPREAD_WORKER_CONNECTIONS
 from support.server import Server
@@ -203,6 +204,14 @@ def test_a_master_killed_under_publishing_loses_no_accepted_event_silently(tmp_p
 
         twice = {key: ns for key, ns in by_position.items() if len(ns) > 1}
         assert not twice, f"two events under one (epoch, stream, offset): {twice}"
+
+        # Another Python service publishing straight into Redis finds the new master too.
+        pub = RedisPublisher(sentinels.url, prefix)
+        published = pub.publish({"type": "tick", "n": MAX_EVENTS}, channel=channel)
+        pub.close()
+        assert published.positions[stream][0] == epoch
+        for ws in live:
+            assert ticks([ws.recv_json(timeout=10)]) == [MAX_EVENTS]
     finally:
         if publisher is not None:
             publisher.stop.set()
