@@ -1,7 +1,7 @@
 """Catching up after a lost link: what a worker has handed on, and what it must read from
 history when its link to Redis comes back (issue 9, item 4; issue 21: a failover is one
 more lost link). Pure logic, no Redis and no gevent: the broker (redis.py) reads the
-history and hands the answers in; tests/test_catchup_unit.py drives it directly.
+history and hands the answers in; tests/unit/test_broker_catchup.py drives it directly.
 
 Per stream this worker hears, its *mark*: the (epoch, offset) up to which it has handed
 everything on. It starts at the stream's position read right before the stream's first
