@@ -111,7 +111,7 @@ class Catchup:
         return first
 
     def settle(self, stream: str, rec, first_held: dict, lost: dict, *, again: bool):
-        """One stream's history answer (a redis_history.Recovery) that is not ok: the
+        """One stream's history answer (a redis_history.StoredRead) that is not ok: the
         request to read the whole new epoch when its epoch changed (once: `again`
         False), else None after giving up (the mark moved, `lost` counts the reason)."""
         if rec.reason == EPOCH and not again:

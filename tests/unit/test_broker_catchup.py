@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fonana_realtime.broker.catchup import Catchup
 from fonana_realtime.history import EPOCH, TRIMMED
-from fonana_realtime.redis_history import Recovery
+from fonana_realtime.redis_history import StoredRead
 from fonana_realtime.wire import Message
 
 
@@ -68,11 +68,11 @@ def test_a_new_epoch_is_read_again_from_its_start_and_lost_history_gives_up_past
     c.link_up()
     c.receive(msg(20, t=("T", 20)), hears)
     first, lost = c.first_held(), {}
-    again = c.settle("s", Recovery(False, EPOCH, "F", 3, []), first, lost, again=False)
+    again = c.settle("s", StoredRead(False, "F", 3, reason=EPOCH), first, lost, again=False)
     assert again == ("s", "F", 0) and lost == {}
-    assert c.settle("t", Recovery(False, TRIMMED, "T", 20, []), first, lost, again=False) is None
+    assert c.settle("t", StoredRead(False, "T", 20, reason=TRIMMED), first, lost, again=False) is None
     assert lost == {TRIMMED: 1} and c.mark("t") == ("T", 19)       # the held 20 still goes on
-    assert c.settle("s", Recovery(False, EPOCH, "G", 1, []), first, lost, again=True) is None
+    assert c.settle("s", StoredRead(False, "G", 1, reason=EPOCH), first, lost, again=True) is None
     assert lost == {TRIMMED: 1, EPOCH: 1} and c.mark("s") == ("G", 1)
     out, count = c.finish([], hears)
     assert ids(out) == ["m20"] and count == 0
