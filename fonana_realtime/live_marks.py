@@ -170,7 +170,8 @@ def release(client, resume_marks, key: str) -> int:
 
 def release_worker(settings, pid: int) -> None:
     """gunicorn.conf.py child_exit (in the master): one short-lived Redis client; a
-    failure is logged, never raised into the master."""
+    failure is logged, never raised into the master. Timeouts of 1 s: the master does
+    nothing else meanwhile (Redis away costs each exiting worker that much)."""
     if not settings.redis_url or settings.resume_seconds <= 0:
         return
     started = time.perf_counter()
@@ -178,7 +179,7 @@ def release_worker(settings, pid: int) -> None:
         import redis
 
         from .resume_marks import RedisMarks
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
         try:
             resume_marks = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
                                       max_marks=settings.resume_max_marks)

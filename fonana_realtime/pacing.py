@@ -144,7 +144,7 @@ class Pacer:
         once their type has been quiet for confirm_after (see the module's doc)."""
         confirm = pace.confirm
         for out in written:
-            key = out.pace_key
+            key = out.conflate
             if key:
                 confirm[key] = out
                 self._schedule(pace, conn, now + self.confirm_after)
