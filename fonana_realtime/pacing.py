@@ -49,7 +49,7 @@ import itertools
 import logging
 import time
 
-from . import metrics
+from . import close_codes, metrics
 
 log = logging.getLogger("fonana_realtime.pacing")
 
@@ -294,11 +294,26 @@ class Pacer:
             if pace is None or pace.due != due:
                 continue                     # superseded by an earlier schedule, or released
             pace.due = 0.0
-            self._flush(conn, pace, now)
+            try:
+                self._flush(conn, pace, now)
+            except Exception:
+                self._failed(conn, pace)
         self._count()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_SECONDS
             self.prune(now)
+
+    def _failed(self, conn, pace: Paced):
+        """A bug while writing one connection's held frames. Its frames would wait for a
+        schedule that never comes: the tab would go silent with no error anywhere (issue
+        17). Close it 1011 instead: the client reconnects and resumes what it missed."""
+        log.exception("pacing failed for a connection", extra={"event": "pacing_error", "conn_id": conn.id,
+                                                                "user_id": conn.user_id})
+        self._drop(pace)
+        try:
+            conn.close(close_codes.INTERNAL_ERROR)
+        except Exception:
+            conn.abort()
 
     def _count(self):
         if self.replaced:

@@ -387,3 +387,18 @@ def test_a_type_that_never_goes_quiet_is_not_re_sent_until_it_does():
     assert counts == sorted(counts) and len(counts) == len(set(counts))   # no repeat while busy
     run_until_idle(pacer, clock)
     assert [e["likesCount"] for e in conn.events()][-2:] == [20, 20]
+
+
+def test_a_bug_while_writing_one_connection_closes_it_1011_and_spares_the_others():
+    clock, pacer, conn = setup()
+    other = Conn(clock)
+    conn.id, conn.user_id, other.id, other.user_id = 1, "u1", 2, "u2"
+    closed = []
+    conn.close = closed.append
+    for c in (conn, other):
+        assert pacer.offer(c, [comment("p", 1), comment("p", 2)])
+    conn.send = lambda data, frames=1: 1 / 0                     # the bug
+    run_until_idle(pacer, clock)
+    assert closed == [1011]                                      # the client reconnects and resumes
+    assert not conn.pace.waiting
+    assert [e["n"] for e in other.events()] == [1, 2]
