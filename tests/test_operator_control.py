@@ -8,15 +8,14 @@ restarts of the workers and of Redis.
 """
 from __future__ import annotations
 
-import secrets
 import time
 
 import jwt
 import pytest
 
-from support.redis_server import SPREAD_WORKER_CONNECTIONS, RedisServer
+from support.redis_server import RedisServer
+from support.redis_server import hosts as start_hosts
 from support.redis_server import spread as spread_over
-from support.server import Server
 from support.waiting import wait_until
 from support.ws import refused_handshake
 
@@ -34,22 +33,8 @@ def rs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory, pg_url, rs):
-    jwt_secret, api_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    servers = [Server(tmp_path_factory.mktemp(f"control-host-{n}"), name=f"host-{n}", database_url=pg_url,
-                      jwt_secret=jwt_secret, api_key=api_key,
-                      env={"REDIS_URL": rs.url, "WS_WORKERS": WORKERS,
-                           "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS})
-               for n in ("a", "b")]
-    try:
-        for srv in servers:
-            srv.start(wait=False)
-        for srv in servers:
-            srv.wait_healthy()
+    with start_hosts(tmp_path_factory, "control-host", rs.url, WORKERS, pg_url) as servers:
         yield servers
-    finally:
-        for srv in servers:
-            if srv.proc is not None:
-                srv.stop()
 
 
 def spread(hosts, user_id):

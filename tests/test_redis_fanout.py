@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from support.redis_server import SHARED_URL, SPREAD_WORKER_CONNECTIONS, shared_redis
+from support.redis_server import SHARED_URL, shared_redis
+from support.redis_server import hosts as start_hosts
 from support.redis_server import spread as spread_over
-from support.server import Server
 
 pytestmark = pytest.mark.postgres
 
@@ -37,22 +37,9 @@ def rds():
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory, pg_url, prefix, rds):
-    jwt_secret, api_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    servers = [Server(tmp_path_factory.mktemp(f"redis-host-{n}"), name=f"host-{n}", database_url=pg_url,
-                      jwt_secret=jwt_secret, api_key=api_key,
-                      env={"REDIS_URL": SHARED_URL, "REDIS_PREFIX": prefix, "WS_WORKERS": WORKERS,
-                           "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS})
-               for n in ("a", "b")]
-    try:
-        for srv in servers:
-            srv.start(wait=False)
-        for srv in servers:
-            srv.wait_healthy()
+    with start_hosts(tmp_path_factory, "redis-host", SHARED_URL, WORKERS, pg_url,
+                     env={"REDIS_PREFIX": prefix}) as servers:
         yield servers
-    finally:
-        for srv in servers:
-            if srv.proc is not None:
-                srv.stop()
 
 
 @pytest.fixture

@@ -9,16 +9,18 @@ of the one FONANA_TEST_REDIS_URL names (README "Testing").
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 
-from .server import free_port
+from .server import Server, free_port
 
 SHARED_URL = os.environ.get("FONANA_TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
@@ -92,6 +94,29 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+@contextmanager
+def hosts(tmp_path_factory, label: str, redis_url: str, workers: int, database_url: str | None = None,
+          env: dict | None = None, names=("a", "b")):
+    """Servers ("hosts": one gunicorn master each, `workers` gevent workers) sharing one
+    Redis, one JWT secret and one API key, started together, stopped at the end."""
+    jwt_secret, api_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    servers = [Server(tmp_path_factory.mktemp(f"{label}-{n}"), name=f"host-{n}", database_url=database_url,
+                      jwt_secret=jwt_secret, api_key=api_key,
+                      env={"REDIS_URL": redis_url, "WS_WORKERS": workers,
+                           "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS, **(env or {})})
+               for n in names]
+    try:
+        for srv in servers:
+            srv.start(wait=False)
+        for srv in servers:
+            srv.wait_healthy()
+        yield servers
+    finally:
+        for srv in servers:
+            if srv.proc is not None:
+                srv.stop()
 
 
 # The kernel hands a shared listening socket's connections to gevent workers very
