@@ -241,6 +241,7 @@ class RedisPresence(Presence):
         info = dict(self.own_info(), node=self.node, top=_top(self.local_counts(), TOP_CHANNELS))
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(self._nodes_key, {self.node: now})
+        pipe.expire(self._nodes_key, KEY_SECONDS)   # gone with the last worker, like the hashes
         pipe.set(self._info_key, json.dumps(info), ex=int(NODE_DEAD) + 1)
         # nodes silent for a long while are no one's business any more
         pipe.zremrangebyscore(self._nodes_key, "-inf", now - KEY_SECONDS * 10)

@@ -9,6 +9,7 @@ import os
 import time
 
 import gevent
+from gevent.event import Event
 
 from . import heartbeat
 from .access_expiry import AccessExpiry
@@ -31,6 +32,8 @@ from .revocations import open_revocations
 from .store import open_store
 
 log = logging.getLogger("fonana_realtime.runtime")
+
+START_WAIT = 5.0    # a request arriving while the worker starts waits at most this for it
 
 
 class Runtime:
@@ -62,12 +65,24 @@ class Runtime:
         self.draining = False
         self._user_cache: dict[str, float] = {}   # user id -> seen-until (monotonic)
         self._started = False
+        self._start_done = Event()      # set once start() has run to its end
 
     def start(self):
         """Start the worker's background greenlets, once, from inside the worker."""
         if self._started:
+            # Another greenlet is starting the worker (the revocations read waits on Redis):
+            # a handshake judged before it ends would miss every revocation (seen in the
+            # suite: a restarted worker let a revoked token in). Bounded.
+            if not self._start_done.is_set():
+                self._start_done.wait(START_WAIT)
             return
         self._started = True
+        try:
+            self._start()
+        finally:
+            self._start_done.set()
+
+    def _start(self):
         # before any handshake is judged; with Redis read again each time the link comes
         # back (Control.on_link). Unreadable now (Redis down): the link's return reads it.
         self.revocations.reload()
