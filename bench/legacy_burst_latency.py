@@ -106,9 +106,11 @@ def one_burst(port: int, api_key: str, token: str, kind: str, via: int | None, t
             pass
         if kind == "notifications":
             last = f"{tag}-{BURST - 1}"
-            done = lambda f: f.get("type") == "notification" and f["notification"]["id"] == last
+            def done(f):
+                return f.get("type") == "notification" and f["notification"]["id"] == last
         else:
-            done = lambda f: f.get("type") == "post_liked" and f.get("likesCount") == LIKES
+            def done(f):
+                return f.get("type") == "post_liked" and f.get("likesCount") == LIKES
         frames: list = []
         reader = threading.Thread(target=read_until, args=(ws, done, frames), daemon=True)
         reader.start()
