@@ -74,9 +74,11 @@ def tree_of(commit: str, work: Path) -> Path:
     return dest
 
 
-def instructions(harness: Path, tree: Path, subscribers: int, events: int, batch: int) -> int:
+def instructions(harness: Path, tree: Path, *args) -> int:
+    """Instructions valgrind counts for `harness` run on `tree` (argv: tree, bench dir, *args);
+    bench/connect_instructions.py counts with it too."""
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                          str(harness), str(tree), str(ROOT / "bench"), str(subscribers), str(events), str(batch)],
+                          str(harness), str(tree), str(ROOT / "bench"), *map(str, args)],
                          capture_output=True, text=True)
     found = re.search(r"Collected : (\d+)", out.stderr)
     if out.returncode != 0 or not found:

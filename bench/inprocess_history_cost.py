@@ -5,7 +5,7 @@
 The real MemoryBroker + Fanout + Connection write path to `--subscribers` legacy
 connections over real socketpairs (the kernel `send` is most of a delivery, as in
 production), publishing `--events` events in batches of 1 and of 16. "history on" is the
-server as it runs (offsets per stream, the last 100 events kept, `Connection.marks`
+server as it runs (offsets per stream, the last 100 events kept, the connections' marks (`streams.Streams`)
 updated); "history off" is the same broker with WS_HISTORY_SIZE=0 and no positions (what
 a broker without history does). Repetitions alternate on/off; medians of the CPU time
 per delivery (time.process_time, this process only, the readers' draining excluded).

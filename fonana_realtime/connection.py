@@ -1,7 +1,8 @@
 """One client connection: its one write path, its bounded backlog, its read loop.
 
-Events enter through `Connection.deliver` (fanout hands it the Outgoings of a batch);
-everything written to the socket goes through this class: events, replies and pings
+Events enter through `Connection.deliver` (fanout hands it the Outgoings of a batch): its
+`Streams` (streams.py), which owns where the connection stands on each stream, delivers
+them the legacy or the v2 way, chosen once here. Everything written to the socket goes through this class: events, replies and pings
 through `Connection.send`, close frames and pongs through `_write` (they go out while
 closing too). `_write` first tries a non-blocking write straight from
 the caller's greenlet, so a publisher never waits on a client; only when the kernel
@@ -24,6 +25,7 @@ from gevent import getcurrent, sleep
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import close_codes, error_codes, metrics
+from .streams import Streams
 from .wire import user_stream
 from .wsframes import close_frame, json_frame, loads, pong_frame
 
@@ -55,7 +57,7 @@ class Connection:
     """State of one WebSocket client. Created once the handshake passed every check; its
     first write is the 101 answer (`head`) with the welcome frame (web/websocket.serve)."""
 
-    __slots__ = ("id", "head", "sock", "proto", "protocol", "marks", "joined_at", "buffers", "user_stream", "user_id",
+    __slots__ = ("id", "head", "sock", "proto", "protocol", "streams", "deliver", "user_stream", "user_id",
                  "expires_at", "issued_at", "connected_at", "ip", "channels",
                  "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "writer", "closing", "closed",
                  "close_deadline",
@@ -74,11 +76,6 @@ class Connection:
         self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.proto = proto                # wsproto frame protocol: parses what the client sends
         self.protocol = protocol          # "fonana.v2" when the handshake negotiated it, else legacy
-        self.marks: dict = {}             # stream -> (epoch, offset) of the last event written to it
-        # v2 only: stream -> (epoch, offset) the connection was told when it joined the stream
-        # (welcome, subscribed), and streams whose live events wait while a replay runs.
-        self.joined_at: dict = {}
-        self.buffers: dict = {}           # stream -> [Outgoing] (see fanout.Fanout.recover)
         self.user_stream = user_stream(user_id)
         self.user_id = user_id
         self.expires_at = expires_at
@@ -87,6 +84,17 @@ class Connection:
         self.ip = ip
         self.limits = limits              # the Settings (frame, backlog and rate limits)
         self.channels: set[str] = set()
+        # where it stands on each stream it holds, and how its events are delivered
+        self.streams = Streams(self, protocol is not None)
+        # The one entry point for events (a batch of `Outgoing`, in order):
+        # deliver(outgoings, joined_legacy=None, positions=None, shared_v2=None) -> bool.
+        # `joined_legacy` is their legacy frames already joined, and `positions` their
+        # streams' last positions merged, as `((stream, (epoch, offset)), ...)` pairs,
+        # both built once per batch and shared by every recipient (a union's entry may name
+        # a stream this connection does not hold); `shared_v2` (outgoing.SharedV2) the
+        # batch's joined v2 frames when it is on one stream. False if the connection is
+        # gone or overflowed. Legacy or v2, decided here once (streams.Streams).
+        self.deliver = self.streams.deliver
         self.pacer = None                 # the worker's Pacer for a legacy connection (pacing on)
         self.pace = None                  # its pacing state, only while it is being written to
         self.resume = None                # legacy: what it may replay where a dropped one left off
@@ -115,108 +123,6 @@ class Connection:
         self._in_frames = 0
         self._in_binary = False
         self.corked: Cork | None = None   # replies held while one read's frames are handled
-
-    # ---- events in -----------------------------------------------------------
-
-    def deliver(self, outgoings, joined_legacy: bytes | None = None, positions=None,
-                shared_v2=None) -> bool:
-        """The one entry point for events (a batch of `Outgoing`, in order) into this
-        connection. `joined_legacy` is their legacy frames already joined, and
-        `positions` their streams' last positions merged, as `((stream, (epoch,
-        offset)), ...)` pairs, both built once per batch and shared by every recipient
-        (a union's entry may name a stream this connection does not hold). False if the
-        connection is gone or overflowed.
-
-        A legacy connection with pacing on (PROTOCOL.md 8) hands them to the pacer, which
-        writes now what may go now and holds the rest (pacing.py). A v2 connection uses
-        `shared_v2` (outgoing.SharedV2: the batch is on one stream) when it can take the
-        whole batch as it is."""
-        if self.protocol is not None:
-            if shared_v2 is not None and self._take_shared(outgoings, shared_v2):
-                return not (self.closing or self.closed)
-            return self._deliver_v2(outgoings)
-        if self.buffers:                  # a stream replays (resume.py): its live events wait
-            outgoings = self._hold_replaying(outgoings)
-            if not outgoings:
-                return not (self.closing or self.closed)
-            joined_legacy = positions = None
-        if self.pacer is not None:
-            return self.pacer.offer(self, outgoings, joined_legacy)
-        if joined_legacy is None:
-            joined_legacy = b"".join(o.legacy for o in outgoings)
-        if positions is None:
-            positions = merged_positions(outgoings).items()
-        if not self.send(joined_legacy, len(outgoings)):
-            return False
-        if positions:
-            # Pairs, not dict.update: ~55 vs ~175 ns per call on one dict. Across 1,000
-            # connections it measured +~110 ns per connection per batch (each its own dict,
-            # out of cache): the main per-recipient cost of positions (docs/BENCHMARKS.md).
-            marks = self.marks
-            for stream, position in positions:
-                marks[stream] = position
-            if self.on_marks is not None:
-                self.on_marks(self, positions)
-        return True
-
-    def stream_of(self, out) -> str | None:
-        """The first stream of the event's route that this connection holds."""
-        for stream in out.streams:
-            if stream == self.user_stream or stream in self.channels:
-                return stream
-        return None
-
-    def _take_shared(self, outgoings, shared) -> bool:
-        """The batch's shared joined v2 frames, if none of it is held back (no replay of
-        its stream running) or already written (all offsets after this connection's
-        mark): one check per batch instead of one per event. False: not taken."""
-        stream = shared.stream
-        if self.buffers or not (stream == self.user_stream or stream in self.channels):
-            return False
-        first, last = outgoings[0].positions.get(stream), outgoings[-1].positions.get(stream)
-        if first is None or last is None or first[0] != last[0]:
-            return False
-        mark = self.marks.get(stream)
-        if mark is not None and mark[0] == first[0] and mark[1] >= first[1]:
-            return False                                    # some already written: per event
-        if self.send(shared.joined(), len(outgoings)):
-            self.marks[stream] = last
-        return True
-
-    def _deliver_v2(self, outgoings) -> bool:
-        """Each event once, under its first held stream; held back while that stream
-        replays; skipped if its offset was already written (a replay sent it)."""
-        frames = []
-        marks = self.marks
-        buffers = self.buffers
-        for out in outgoings:
-            stream = self.stream_of(out)
-            if stream is None:
-                continue
-            if buffers and stream in buffers:
-                buffers[stream].append(out)
-                continue
-            position = out.positions.get(stream)
-            if position is not None:
-                mark = marks.get(stream)
-                if mark is not None and mark[0] == position[0] and position[1] <= mark[1]:
-                    continue                                # already written
-                marks[stream] = position
-            if len(out.streams) > 1:
-                self._mark_union(out, stream)
-            frames.append(out.v2_frame(stream))
-        if not frames:
-            return not (self.closing or self.closed)
-        return self.send(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
-
-    def _mark_union(self, out, sent_under: str):
-        """A union sent under one stream was written for the other streams it holds too:
-        a later replay of those must not send it again."""
-        for stream in out.streams:
-            if stream != sent_under and (stream == self.user_stream or stream in self.channels):
-                position = out.positions.get(stream)
-                if position is not None:
-                    self.marks[stream] = position
 
     # ---- the one write path -------------------------------------------------
 
@@ -292,24 +198,9 @@ class Connection:
         if self.writer is None:
             self.writer = gevent.spawn(self._drain)
 
-    def _hold_replaying(self, outgoings) -> list:
-        kept = []
-        buffers = self.buffers
-        for out in outgoings:
-            stream = self.stream_of(out)
-            if stream is not None and stream in buffers:
-                buffers[stream].append(out)
-            else:
-                kept.append(out)
-        return kept
-
     def written(self, outgoings):
-        """The pacer wrote these (held) events: remember their positions."""
-        positions = merged_positions(outgoings)
-        if positions:
-            self.marks.update(positions)
-            if self.on_marks is not None:
-                self.on_marks(self, positions.items())
+        """The pacer wrote these (held) events: their positions move (streams.py)."""
+        self.streams.written(outgoings)
 
     def _park(self, data, frames: int) -> bool:
         self.backlog.append((data, frames))
@@ -546,15 +437,6 @@ class Cork:
         self.parts: list = []
         self.frames = 0
         self.size = 0
-
-
-def merged_positions(outgoings) -> dict:
-    """{stream: (epoch, offset)} of the last of `outgoings` in each stream."""
-    merged: dict = {}
-    for out in outgoings:
-        if out.positions:
-            merged.update(out.positions)
-    return merged
 
 
 def parse_command(text: str):

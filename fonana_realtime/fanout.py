@@ -10,11 +10,11 @@ Three jobs, each in one place:
 - delivery: the broker calls `on_message(message)` once per publication; each becomes
   one `Outgoing` (framed once for every recipient), queued, and written in batches by
   `deliver_batch` through `Connection.deliver`.
-- replay then live (protocol v2, PROTOCOL.md 7): `recover` buffers a stream's live
-  events on the connection, reads the history after the client's offset, sends it,
-  then the buffered events it did not already send, by offset, then goes live. Dedupe
-  is by offset (`Connection.marks`), so an event published during the replay is sent
-  once, in its place.
+- replay then live (protocol v2, PROTOCOL.md 7): `recover` has the connection's streams
+  (streams.Streams.replay_then_live, the routine legacy resume calls too) hold a
+  stream's live events, reads the history after the client's offset for them, and
+  counts the outcome. Dedupe is by offset (the connection's marks), so an event
+  published during the replay is sent once, in its place.
 """
 from __future__ import annotations
 
@@ -24,20 +24,15 @@ import gevent
 
 from . import metrics
 from .history import Recovery
-from .connection import merged_positions
-from .presence import DisabledPresence
 from .outgoing import Outgoing, SharedV2
+from .presence import DisabledPresence
+from .streams import merged_positions
 from .wire import channel_topic, topic_stream, user_topic
 
 # A batch of queued deliveries is written at the latest when it holds this many events
 # or its first event has waited this long (see Fanout.on_message).
 MAX_BATCH = 256
 MAX_BATCH_SECONDS = 0.005
-
-
-# A replay whose buffered live events start beyond the replayed ones (a gap: the broker
-# lost messages while the replay ran) reads history again, at most this many times.
-GAP_REREADS = 2
 
 
 class Fanout:
@@ -77,8 +72,7 @@ class Fanout:
         self.presence.joined(conn, key)
 
     def unsubscribe(self, conn, key: str):
-        conn.marks.pop(key, None)
-        conn.joined_at.pop(key, None)
+        conn.streams.left(key)
         if key in conn.channels:
             self.presence.parted(conn, key)
         if self.hub.unsubscribe(conn, key):
@@ -90,84 +84,26 @@ class Fanout:
         """(epoch, top) a v2 connection is told on joining `stream` (welcome, a
         subscribe without `since`); later events are the ones after it."""
         epoch, top = self.broker.position(stream)
-        if epoch is not None and stream not in conn.joined_at:
-            conn.marks[stream] = conn.joined_at[stream] = (epoch, top)
+        conn.streams.join_position(stream, epoch, top)
         return epoch, top
 
     def recover(self, conn, stream: str, since: tuple, reply, join=None) -> Recovery | None:
         """Replay then live for one stream of a v2 connection (all or nothing).
 
-        `since` is the client's (epoch, offset). Live events of the stream are buffered
-        on the connection from before `join()` (a subscribe) until the replay is out;
-        `reply(recovery)` writes the reply frame (`subscribed` / `recovered`) before the
-        replayed events. May wait on the broker (history read, listen)."""
-        conn.buffers[stream] = []
-        try:
-            if join is not None:
-                join()
-            recovery = self.broker.history(stream, since[0], since[1], self.recovery_max)
-            metrics.RECOVERIES.labels("succeeded" if recovery.ok else recovery.reason).inc()
-            if conn.closing or conn.closed:
-                return recovery
-            reply(recovery)
-            if recovery.ok:
-                self._replay(conn, stream, since[1], recovery)
-                for _ in range(GAP_REREADS):
-                    if not self._gap(conn, stream):
-                        break
-                    mark = conn.marks[stream]
-                    again = self.broker.history(stream, mark[0], mark[1], self.recovery_max)
-                    if not again.ok:
-                        break
-                    self._replay(conn, stream, mark[1], again)
-            elif recovery.epoch is not None:
-                # Nothing replayed: the client reloads over HTTP and is live from TOP on.
-                conn.marks[stream] = conn.joined_at[stream] = (recovery.epoch, recovery.top)
-            self._go_live(conn, stream)
+        `since` is the client's (epoch, offset). Live events of the stream wait from
+        before `join()` (a subscribe) until the replay is out; `reply(recovery)` writes
+        the reply frame (`subscribed` / `recovered`) before the replayed events
+        (streams.Streams.replay_then_live). May wait on the broker (history read, listen)."""
+        counted = []
+
+        def read(epoch, offset):
+            recovery = self.broker.history(stream, epoch, offset, self.recovery_max)
+            if not counted:                   # the client's own read; a gap's rereads are not
+                counted.append(recovery)
+                metrics.RECOVERIES.labels("succeeded" if recovery.ok else recovery.reason).inc()
             return recovery
-        finally:
-            conn.buffers.pop(stream, None)
 
-    def _replay(self, conn, stream: str, since: int, recovery: Recovery):
-        """Write the held events after `since` that this connection has not had yet."""
-        epoch = recovery.epoch
-        joined, mark = conn.joined_at.get(stream), conn.marks.get(stream)
-        live_from = live_to = 0          # (live_from, live_to]: already written live
-        if joined is not None and mark is not None and joined[0] == epoch == mark[0]:
-            live_from, live_to = joined[1], mark[1]
-        frames = []
-        last = since
-        for message in recovery.events:
-            offset = message.positions[stream][1]
-            if offset <= since or live_from < offset <= live_to:
-                continue
-            frames.append(Outgoing.of(message).v2_frame(stream))
-            last = max(last, offset)
-        conn.marks[stream] = (epoch, max(last, live_to))
-        if joined is None or joined[0] != epoch:
-            conn.joined_at[stream] = (epoch, since)
-        if frames:
-            metrics.REPLAYED_EVENTS.inc(len(frames))
-            conn.send(b"".join(frames), len(frames))
-
-    @staticmethod
-    def _gap(conn, stream: str) -> bool:
-        """Whether the buffered live events start after an offset nobody sent."""
-        mark = conn.marks.get(stream)
-        if mark is None:
-            return False
-        offsets = [out.positions[stream][1] for out in conn.buffers.get(stream, ())
-                   if stream in out.positions and out.positions[stream][0] == mark[0]]
-        return bool(offsets) and min(offsets) > mark[1] + 1
-
-    @staticmethod
-    def _go_live(conn, stream: str):
-        """The buffered events (in offset order; those already replayed are skipped by
-        their offset) and live from here on: no yield between the two."""
-        pending = conn.buffers.pop(stream, None)
-        if pending:
-            pending.sort(key=lambda out: out.positions.get(stream, ("", 0))[1])
-            conn._deliver_v2(pending)
+        return conn.streams.replay_then_live(stream, since, read, reply, join)
 
     # ---- delivery --------------------------------------------------------------------
 

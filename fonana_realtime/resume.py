@@ -3,15 +3,16 @@
 The Fonana client cannot send positions, but it resubscribes every channel after each
 reconnect. So when a legacy connection ends for any reason other than the client
 closing it (drain 1001, network loss, missed pings, 4009, 4001...), the server keeps,
-per stream it held, the position of the last event written to it (`Connection.marks`,
-which pacing moves only on a real write) in `resume_marks` for WS_RESUME_SECONDS. A new
+per stream it held, the position of the last event written to it (its marks, kept by
+`streams.Streams`, which pacing moves only on a real write) in `resume_marks` for WS_RESUME_SECONDS. A new
 legacy connection of that user then gets the events it missed:
 
 - the user stream right after the welcome frame, the stream of a channel right after
   its `subscribed` reply;
 - in order, paced like live events (they go through `Connection.deliver`), before any
-  live event of that stream: live ones wait in `conn.buffers[stream]` from before the
-  join until the replay is handed over, then follow it, each once (by offset);
+  live event of that stream: live ones wait from before the join until the replay is
+  handed over, then follow it, each once (by offset): `Streams.replay_then_live`, the
+  routine v2 recovery runs too;
 - all or nothing, like a v2 recovery: nothing recoverable (another epoch, trimmed,
   expired, too many, history unreachable) → nothing replayed.
 
@@ -29,7 +30,6 @@ import time
 
 from . import metrics
 from .broker import AFTER_JOIN
-from .outgoing import Outgoing
 
 log = logging.getLogger("fonana_realtime.resume")
 
@@ -84,73 +84,66 @@ class Resume:
         where it stands now."""
         pending = conn.resume
         mark = pending.marks.get(stream) if pending is not None else None
+        streams = conn.streams
         if mark is not None and self.clock() - mark[2] < self.seconds:
-            conn.buffers[stream] = []
+            streams.hold(stream)
             return
-        if stream not in conn.marks:
+        if streams.mark(stream) is None:
             try:
                 position = self.broker.peek_before_join(stream)
             except Exception:
                 return
             if position is None:
-                conn.marks[stream] = FRESH_MARK
+                streams.set_mark(stream, FRESH_MARK)
             elif position is AFTER_JOIN:
-                conn.marks[stream] = AWAITING_MARK
+                streams.set_mark(stream, AWAITING_MARK)
             elif position[0] is not None:
-                conn.marks[stream] = position
+                streams.set_mark(stream, position)
 
     def after_join(self, conn, stream: str):
         """Right after the welcome (user stream) or `subscribed`: the missed events, then
         the live ones that waited, then live."""
-        if conn.marks.get(stream) is AWAITING_MARK:       # nothing written to it since the join
+        streams = conn.streams
+        if streams.mark(stream) is AWAITING_MARK:         # nothing written to it since the join
             position = self.broker.peek_after_join(stream)
             if position is not None and position[0] is not None:
-                conn.marks[stream] = position
+                streams.set_mark(stream, position)
             else:
-                del conn.marks[stream]
-        if stream not in conn.buffers:
+                streams.forget_mark(stream)
+        if not streams.holding(stream):
             self._live_join(conn, stream)
             return
         pending = conn.resume
         epoch, since, _ = pending.marks.pop(stream)
-        try:
-            if epoch == FRESH:                 # nothing existed when it joined: all of it is missed
-                epoch = self.broker.position(stream)[0]
-            recovery = self.broker.history(stream, epoch, since, self.limit)
-        except Exception:
-            recovery = None
-        waiting = conn.buffers.pop(stream, [])
-        replay, last = [], since
-        if recovery is not None and recovery.ok:
-            for message in recovery.events:
-                offset = message.positions[stream][1]
-                if offset > since:
-                    replay.append(Outgoing.of(message))
-                    last = max(last, offset)
-            metrics.LEGACY_RESUMES.labels("replayed").inc()
-        else:
-            epoch = None
-            metrics.LEGACY_RESUMES.labels(recovery.reason if recovery is not None else "unavailable").inc()
-        live = [out for out in waiting if not _already(out, stream, epoch, last)]
-        if stream not in conn.marks and recovery is not None and recovery.epoch is not None:
-            # where this connection now stands, should it drop before anything is written
-            # (a replay still held by pacing moves it only when written)
-            conn.marks[stream] = (recovery.epoch, since if recovery.ok else recovery.top)
-        self._live_join(conn, stream)
-        pending.streams.append(stream)
-        pending.count += len(replay)
-        if replay:
-            metrics.LEGACY_REPLAYED_EVENTS.inc(len(replay))
-        if replay or live:
-            # No yield since the buffer was popped: nothing live of the stream overtakes.
-            conn.deliver(replay + live)
+
+        def read(epoch, offset):
+            try:
+                if epoch == FRESH:             # nothing existed when it joined: all of it is missed
+                    epoch = self.broker.position(stream)[0]
+                recovery = self.broker.history(stream, epoch, offset, self.limit)
+            except Exception:
+                recovery = None
+            if recovery is not None and recovery.ok:
+                metrics.LEGACY_RESUMES.labels("replayed").inc()
+            else:
+                metrics.LEGACY_RESUMES.labels(recovery.reason if recovery is not None else "unavailable").inc()
+            return recovery
+
+        def before_live(recovery, replay):
+            self._live_join(conn, stream)
+            pending.streams.append(stream)
+            pending.count += len(replay)
+            if replay:
+                metrics.LEGACY_REPLAYED_EVENTS.inc(len(replay))
+
+        streams.replay_then_live(stream, (epoch, since), read, before_live=before_live)
         if not pending.marks:
             self._logged(conn)
 
     def _live_join(self, conn, stream: str):
         """Where the connection stands on a stream it just joined, in the live copy (its
         later moves come from Connection.on_marks)."""
-        mark = conn.marks.get(stream)
+        mark = conn.streams.mark(stream)
         if self.live is not None and mark is not None:
             self.live.moved(conn, ((stream, mark),))
 
@@ -170,11 +163,7 @@ class Resume:
             self.live.left(conn, held)      # its own marks follow, unless the client closed
         if by_client:
             return
-        marks = {}
-        for stream in held:
-            mark = conn.marks.get(stream)
-            if mark is not None and mark[0] is not None:
-                marks[stream] = (mark[0], mark[1])
+        marks = conn.streams.held_marks()
         if not marks:
             return
         try:
@@ -188,11 +177,3 @@ class Resume:
         pending, conn.resume = conn.resume, None
         log.info("resumed", extra={"event": "resumed", "user_id": conn.user_id, "conn_id": conn.id,
                                    "streams": pending.streams, "count": pending.count})
-
-
-def _already(out, stream: str, epoch, last: int) -> bool:
-    """Whether a live event that waited during the replay was part of the replay."""
-    if epoch is None:
-        return False
-    position = out.positions.get(stream) if out.positions else None
-    return position is not None and position[0] == epoch and position[1] <= last

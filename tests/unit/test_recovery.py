@@ -1,4 +1,4 @@
-"""Replay then live (fanout.recover + Connection's v2 path) on its own, with small fakes:
+"""Replay then live (fanout.recover + streams.Streams, the v2 path) on its own, with small fakes:
 a broker whose history read lets live events through *during* the read, the classic race
 the integration test cannot force with the in-process broker (its read never yields)."""
 from __future__ import annotations
@@ -21,8 +21,7 @@ class Recording(Connection):
     """A real Connection whose one write path records the frames instead of a socket."""
 
     def __init__(self, user_id, protocol=V2):
-        super().__init__(None, None, user_id, 0.0, "127.0.0.1", LIMITS)
-        self.protocol = protocol
+        super().__init__(None, None, user_id, 0.0, "127.0.0.1", LIMITS, protocol=protocol)
         self.frames: list[dict] = []
 
     def send(self, data, frames=1):
@@ -44,27 +43,34 @@ class Recording(Connection):
 
 class RacingBroker(MemoryBroker):
     """History reads that let `during` publishes happen mid-read (before or after the
-    read's snapshot), as a networked history read does."""
+    read's snapshot), as a networked history read does; a LOST one is stored after the
+    snapshot but never delivered live (the broker lost it)."""
 
     def __init__(self):
         super().__init__(MemoryHistory(100, 300, 3600))
-        self.during = []          # (route, payload, before_snapshot)
+        self.during = []          # (route, payload, True: before the snapshot, False: after, LOST)
         self.fanout = None
 
     def history(self, stream, epoch, since, limit):
-        early = [d for d in self.during if d[2]]
-        late = [d for d in self.during if not d[2]]
+        early = [d for d in self.during if d[2] is True]
+        late = [d for d in self.during if d[2] is not True]
         self.during = []
         for route, payload, _ in early:               # in the snapshot AND delivered live
             self.publish(route, payload)
         answer = super().history(stream, epoch, since, limit)
-        for route, payload, _ in late:                # only delivered live
-            self.publish(route, payload)
+        for route, payload, when in late:             # only delivered live, or lost
+            if when is LOST:
+                deliver, self.on_message = self.on_message, lambda message: None
+                self.publish(route, payload)
+                self.on_message = deliver
+            else:
+                self.publish(route, payload)
         self.fanout._write_pending()                  # their live delivery reaches us now
         return answer
 
 
 ROUTE = Route(channels=("post_p",))
+LOST = "lost"
 
 
 def _setup():
@@ -139,17 +145,11 @@ def test_a_gap_in_the_buffered_events_is_filled_from_history():
     epoch = broker.position("post_p")[0]
     conn = Recording("u")
     fanout.add(conn)
-    conn.buffers["post_p"] = []
-    fanout.subscribe(conn, "post_p")
-    answer = broker.memory.history("post_p", epoch, 0, 300)       # snapshot: 1, 2
-    _publish(broker, fanout, 3, start=2)                          # 3, 4, 5 published ...
-    conn.buffers["post_p"] = conn.buffers["post_p"][2:]           # ... but 3 and 4 never came live
-    fanout._replay(conn, "post_p", 0, answer)
-    assert fanout._gap(conn, "post_p")
-    again = broker.history("post_p", epoch, conn.marks["post_p"][1], 300)
-    fanout._replay(conn, "post_p", conn.marks["post_p"][1], again)
-    fanout._go_live(conn, "post_p")
-    assert conn.events("post_p") == [1, 2, 3, 4, 5]
+    # after the snapshot (1, 2): 3 and 4 are stored but never come live, 5 comes live
+    broker.during = [(ROUTE, b'{"type":"x","n":%d}' % n, LOST if n < 4 else False) for n in range(2, 5)]
+    reply = _subscribe_since(fanout, conn, (epoch, 0))
+    assert reply.ok and reply.top == 2
+    assert conn.events("post_p") == [1, 2, 3, 4, 5]               # the gap read again, 5 once
 
 
 def test_a_union_goes_under_the_first_held_stream_and_is_deduped_there():
@@ -170,7 +170,7 @@ def test_legacy_connections_get_flat_frames_and_track_positions():
     fanout.subscribe(conn, "post_p")
     _publish(broker, fanout, 3)
     assert conn.frames == [{"type": "x", "n": n} for n in range(3)]
-    assert conn.marks["post_p"] == (broker.position("post_p")[0], 3)
+    assert conn.streams.mark("post_p") == (broker.position("post_p")[0], 3)
 
 
 def test_a_union_written_under_its_channel_is_not_replayed_on_the_user_stream():
@@ -200,7 +200,7 @@ def test_v2_recipients_of_a_one_stream_batch_share_one_joined_write():
     _publish(broker, fanout, 3)
     assert sent["u"][0] is sent["w"][0]                   # one bytes object for both
     assert a.events("post_p") == b.events("post_p") == [1, 2, 3]
-    assert a.marks["post_p"] == (broker.position("post_p")[0], 3)
+    assert a.streams.mark("post_p") == (broker.position("post_p")[0], 3)
 
 
 def test_a_shared_batch_overlapping_what_was_written_is_deduped_per_event():
@@ -210,6 +210,6 @@ def test_a_shared_batch_overlapping_what_was_written_is_deduped_per_event():
     fanout.subscribe(conn, "post_p")
     _publish(broker, fanout, 2)
     epoch = broker.position("post_p")[0]
-    conn.marks["post_p"] = (epoch, 3)                     # as if a replay had sent up to 3
+    conn.streams.set_mark("post_p", (epoch, 3))           # as if a replay had sent up to 3
     _publish(broker, fanout, 3, start=2)                  # offsets 3, 4, 5
     assert conn.events("post_p") == [1, 2, 4, 5]

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""User-space instructions per connect, counted by valgrind: the connect path's cost in a
+figure that does not move with the machine's load (a connect storm's CPU per connect moved
+by ±7 % between runs of one tree on the loaded 2-core VM; issue 23 asks for ±3 %).
+
+    .venv/bin/python bench/connect_instructions.py --commits d27978b .      # a commit against this tree
+    .venv/bin/python bench/connect_instructions.py --protocol fonana.v2 --commits d27978b .
+
+For each tree (a commit, taken with `git archive`, or this working tree as `.`), one process
+builds the real app (`create_app`: embedded SQLite store, in-process broker, pacing and
+resume on, as `make run` has them) and runs CONNECTS clients one after another over
+socketpairs, each as the storm's (bench/run) do: the WebSocket handshake with its token
+goes through `web/websocket.handshake` (token verified, user checked, upgrade, Connection,
+registration, welcome), the client subscribes to its own notifications and reads
+`subscribed`, then closes; the server's read loop answers the close and unregisters it.
+`valgrind --tool=callgrind` counts two such runs, CONNECTS_LOW and CONNECTS_HIGH; their
+difference over (CONNECTS_HIGH - CONNECTS_LOW) is one connect, set-up excluded. What this
+leaves out, the same for every tree: gunicorn's HTTP parsing, the kernel, and the
+database's cold read (the user is one demo user, so after the first connect its check is
+the user cache's). Needs valgrind (Debian: valgrind).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from delivery_instructions import instructions, tree_of
+
+CONNECTS_LOW, CONNECTS_HIGH = 20, 120
+
+# Runs inside valgrind: argv = tree, bench dir, connects, protocol ("" for legacy).
+HARNESS = r'''
+import sys, os, tempfile
+tree, bench, n, protocol = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else ""
+sys.path[:0] = [tree, bench]
+from gevent import monkey; monkey.patch_all()
+import base64, json, socket, struct
+import gevent
+from gevent import socket as gsocket
+from fonana_realtime.app import create_app
+from fonana_realtime.auth import mint_token
+from fonana_realtime.settings import load_settings
+from fonana_realtime.store.demo import FAN
+from fonana_realtime.web import websocket
+
+secret = "bench-secret-" + "x" * 40
+settings = load_settings({"DATA_DIR": tempfile.mkdtemp(), "JWT_SECRET": secret, "WS_API_SECRET": "k" * 40,
+                          "WS_HANDSHAKES_PER_IP_PER_SEC": "100000", "WS_HANDSHAKES_PER_IP_BURST": "100000"})
+app = create_app(settings)
+rt = app.extensions["fonana_realtime"]
+rt.start()
+token = mint_token(FAN, secret)
+SUBSCRIBE = json.dumps({"type": "subscribe", "channel": {"type": "notifications", "userId": FAN}}).encode()
+
+
+def masked(opcode, payload):
+    head = bytes([0x80 | opcode])
+    head += bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    key = b"\x01\x02\x03\x04"
+    return head + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+
+
+def read_until(sock, needle, got=b""):
+    while needle not in got:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("the server closed the connection early")
+        got += chunk
+    return got
+
+
+def one():
+    server, client = socket.socketpair()
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "QUERY_STRING": "token=" + token,
+               "HTTP_HOST": "127.0.0.1", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+               "HTTP_SEC_WEBSOCKET_VERSION": "13",
+               "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode(),
+               "REMOTE_ADDR": "127.0.0.1", "gunicorn.socket": gsocket.socket(fileno=server.detach())}
+    if protocol:
+        environ["HTTP_SEC_WEBSOCKET_PROTOCOL"] = protocol
+    client = gsocket.socket(fileno=client.detach())
+    try:
+        websocket.handshake(app, rt, environ, lambda *a: None)
+        raise SystemExit("the handshake was refused")
+    except StopIteration:
+        pass
+    read_until(client, b'"connected"')
+    client.sendall(masked(1, SUBSCRIBE))
+    read_until(client, b'"subscribed"')
+    client.sendall(masked(8, struct.pack("!H", 1000)))
+    while client.recv(65536):            # the close echo, then the server's end of the TCP
+        pass
+    client.close()
+
+
+for _ in range(n):
+    one()
+gevent.sleep(0.05)
+assert not rt.hub.connections, "a connection was left registered"
+'''
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--commits", nargs="+", default=["."], help="trees to measure: commits, or . for this working tree")
+    ap.add_argument("--protocol", default="", help="the subprotocol to ask for (fonana.v2); legacy without")
+    args = ap.parse_args()
+    if not shutil.which("valgrind"):
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="fonana-instr-") as tmp:
+        work = Path(tmp)
+        harness = work / "harness.py"
+        harness.write_text(HARNESS)
+        base = None
+        for commit in args.commits:
+            tree = tree_of(commit, work)
+            low = instructions(harness, tree, CONNECTS_LOW, args.protocol)
+            high = instructions(harness, tree, CONNECTS_HIGH, args.protocol)
+            per = (high - low) / (CONNECTS_HIGH - CONNECTS_LOW)
+            base = per if base is None else base
+            print(f"{commit:>10}: instructions per {args.protocol or 'legacy'} connect {per:,.0f} "
+                  f"({per / base - 1:+.1%} against {args.commits[0]})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
