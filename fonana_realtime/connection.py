@@ -55,7 +55,7 @@ READ_TURN_SECONDS = 0.002
 
 class Connection:
     """State of one WebSocket client. Created once the handshake passed every check; its
-    first write is the 101 answer (`head`) with the welcome frame (web/websocket.serve)."""
+    first write is the 101 answer (`head`) with the welcome frame (lifecycle.serve)."""
 
     __slots__ = ("id", "head", "sock", "proto", "protocol", "streams", "deliver", "user_stream", "user_id",
                  "expires_at", "issued_at", "connected_at", "ip", "channels",
@@ -66,20 +66,21 @@ class Connection:
                  "corked")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
-                 protocol: str | None = None, on_marks=None):
+                 protocol: str | None = None, on_marks=None, pacer=None, head: bytes | None = None,
+                 issued_at: float | None = None):
         self.id = next(_ids)
         # Bytes that must precede anything written (the 101 head), joined to the first write,
         # whatever it is (the welcome, or a close frame if it is closed before): one send
         # instead of two per connect, and nothing can ever be written ahead of them. The
         # check costs every later write ~5 ns (micro-benchmark), against a delivery's ~3 µs.
-        self.head: bytes | None = None
+        self.head = head
         self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.proto = proto                # wsproto frame protocol: parses what the client sends
         self.protocol = protocol          # "fonana.v2" when the handshake negotiated it, else legacy
         self.user_stream = user_stream(user_id)
         self.user_id = user_id
         self.expires_at = expires_at
-        self.issued_at: float | None = None   # its token's `iat` (revocations.py), set by the handshake
+        self.issued_at = issued_at        # its token's `iat` (revocations.py)
         self.connected_at = time.time()       # wall clock, for operators (GET /api/connections)
         self.ip = ip
         self.limits = limits              # the Settings (frame, backlog and rate limits)
@@ -95,7 +96,7 @@ class Connection:
         # batch's joined v2 frames when it is on one stream. False if the connection is
         # gone or overflowed. Legacy or v2, decided here once (streams.Streams).
         self.deliver = self.streams.deliver
-        self.pacer = None                 # the worker's Pacer for a legacy connection (pacing on)
+        self.pacer = pacer                # the worker's Pacer for a legacy connection (pacing on)
         self.pace = None                  # its pacing state, only while it is being written to
         self.resume = None                # legacy: what it may replay where a dropped one left off
         # legacy with resume marks in Redis: (conn, (stream, position) pairs) after its marks

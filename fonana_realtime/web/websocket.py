@@ -13,20 +13,16 @@ reconnect storm that machinery was ~8 % of a connect's CPU (issue 11).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from urllib.parse import parse_qsl
 
-import gevent
 from flask import Blueprint
 from werkzeug import urls as _registers_url_quote  # noqa: F401  (the errors= handler below)
 from werkzeug.exceptions import HTTPException
 
-from .. import close_codes, metrics
+from .. import lifecycle, metrics
 from ..auth import AuthError
-from ..commands import iso_utc
-from ..connection import V2, Connection
 from ..handshake_limits import client_ip
 from ..store import StoreUnavailable
 from . import bearer_token, upgrade
@@ -34,7 +30,6 @@ from . import bearer_token, upgrade
 log = logging.getLogger("fonana_realtime.websocket")
 bp = Blueprint("websocket", __name__)
 
-WELCOME = "Successfully connected to WebSocket server"
 ENDPOINTS = frozenset({"websocket.ws", "websocket.ws_root"})
 # Distinct upgrade requests (path, host, ...) whose route is remembered; past it, matched
 # each time (the path and the headers are the client's to vary).
@@ -169,23 +164,18 @@ def handshake(app, rt, environ, start_response):
     if raw is None:
         return _json(app, environ, start_response, 500, "internal_error",
                      reason="the WebSocket upgrade needs gunicorn")
-    serve(rt, raw, key, subprotocol, identity, ip, started)
+    lifecycle.serve(rt, _take_socket(raw), upgrade.frame_protocol(), upgrade.accept_head(key, subprotocol),
+                    subprotocol, identity, ip, started)
     # gunicorn's gevent worker ends a request whose application raises StopIteration
     # without writing anything (the signal flask-sock used), and closes its copy of
     # the socket: ours is a dup.
     raise StopIteration()
 
 
-def serve(rt, raw, key, subprotocol, identity, ip, started):
-    """Every refusal has happened: upgrade, then let the request end.
-
-    The client's life runs in a fresh, shallow greenlet holding only the socket, the
-    wsproto frame parser and a Connection. Keeping the request greenlet instead would
-    keep its whole stack alive per idle client (gunicorn's parser, environ, werkzeug
-    objects): tens of KB each.
-    """
-    # Ours now: gunicorn's socket object lets go of the descriptor, so its close when the
-    # request ends does nothing (a dup cost a dup and a close syscall per connect).
+def _take_socket(raw):
+    """gunicorn's socket, ours from now on: its object lets go of the descriptor, so its
+    close when the request ends does nothing (a dup cost a dup and a close syscall per
+    connect)."""
     sock = type(raw)(raw.family, raw.type, raw.proto, fileno=raw.detach())
     try:
         # Every write is a whole batch of frames, meant to leave now. With Nagle's algorithm a
@@ -196,59 +186,4 @@ def serve(rt, raw, key, subprotocol, identity, ip, started):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass                        # not TCP (a unix socket behind a proxy)
-    live = rt.resume.live if subprotocol is None and rt.resume is not None else None
-    conn = Connection(sock, upgrade.frame_protocol(), identity.user_id, identity.expires_at, ip,
-                      rt.settings, protocol=subprotocol, on_marks=live.moved if live is not None else None)
-    conn.issued_at = identity.issued_at
-    # The 101 leads the connection's first write (the welcome, one send for both, or an
-    # event or close frame that gets there first while registering waits on Redis): nothing
-    # can be written ahead of it.
-    conn.head = upgrade.accept_head(key, subprotocol)
-    if conn.protocol is None:
-        conn.pacer = rt.pacer       # legacy: events paced for the Fonana client (PROTOCOL.md 8)
-        if rt.resume is not None:
-            rt.resume.arrive(conn)  # where its dropped connections left off (may ask Redis)
-    rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
-    metrics.step(metrics.CONNECTIONS)
-    metrics.observe(metrics.HANDSHAKE_SECONDS, time.perf_counter() - started)
-    log.info("connected", extra={"event": "connected", "user_id": conn.user_id, "conn_id": conn.id,
-                                 "ip": conn.ip})
-    try:
-        welcome = {"userId": conn.user_id, "message": WELCOME, "connectionId": conn.id,
-                   "expiresAt": iso_utc(conn.expires_at), "pingInterval": rt.settings.ping_interval,
-                   "worker": os.getpid()}
-        if conn.protocol == V2:
-            epoch, top = rt.fanout.join_position(conn, conn.user_stream)
-            welcome["protocol"] = V2
-            welcome["user"] = {"stream": conn.user_stream, "offset": top, "epoch": epoch}
-        conn.send_json({"type": "connected", "data": welcome})
-        if conn.protocol is None and rt.resume is not None:
-            rt.resume.after_join(conn, conn.user_stream)     # missed user events, right after the welcome
-    except Exception:
-        # It is registered: the read loop below answers the client's close echo (or the
-        # heartbeat cuts it), then unregisters it. Left as it was, a connection that never
-        # got its welcome stayed in the hub and counted against the user's limit for good.
-        log.exception("welcome failed", extra={"event": "internal_error", "user_id": conn.user_id,
-                                               "conn_id": conn.id})
-        conn.close(close_codes.INTERNAL_ERROR)
-    gevent.spawn_raw(_live, rt, conn)      # a bare greenlet: no Greenlet bookkeeping per client
-
-
-def _live(rt, conn):
-    """One client's greenlet: read until it goes, then unregister and close."""
-    try:
-        conn.read_loop(rt.commands.handle)
-    finally:
-        if conn.protocol is None and rt.resume is not None:
-            rt.resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
-        for key in conn.channels:
-            metrics.unsubscribed(key)
-        rt.fanout.remove(conn)
-        metrics.step(metrics.CONNECTIONS, -1)
-        conn.abort()
-        conn.sock.close()
-        # At debug level (LOG_LEVEL=DEBUG): the `connected` line is the one record of a
-        # connection at info; a second per client was ~2.5 % of a connect in a reconnect
-        # storm (issue 11). Server-side closes have their own lines (slow_client, ...).
-        log.debug("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
-                                         "conn_id": conn.id})
+    return sock
