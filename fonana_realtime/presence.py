@@ -344,7 +344,7 @@ class RedisPresence(Presence):
 def open_presence(settings, hub, broker) -> Presence:
     if not settings.presence:
         return DisabledPresence(hub, broker)
-    client = getattr(broker, "client", None)
+    client = broker.client
     if settings.redis_url and client is not None:
         return RedisPresence(hub, broker, client, settings.redis_prefix)
     return LocalPresence(hub, broker)

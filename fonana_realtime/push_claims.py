@@ -53,7 +53,7 @@ class RedisClaims:
 
 def open_claims(settings, broker):
     """In Redis with REDIS_URL (every worker and host sees them), else in process."""
-    client = getattr(broker, "client", None)
+    client = broker.client
     if settings.redis_url and client is not None:
         return RedisClaims(client, settings.redis_prefix, settings.push_match_seconds)
     return MemoryClaims(settings.push_match_seconds)

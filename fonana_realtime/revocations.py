@@ -176,7 +176,7 @@ class SqliteRevocationStore:
 
 
 def open_revocations(settings, broker) -> Revocations:
-    client = getattr(broker, "client", None)
+    client = broker.client
     if settings.redis_url and client is not None:
         store = RedisRevocationStore(client, settings.redis_prefix)
     else:

@@ -117,7 +117,7 @@ class Runtime:
 def _open_resume(settings, broker) -> Resume:
     """Marks in Redis with REDIS_URL (every worker and host, and the next deploy, sees
     them), else in process."""
-    client = getattr(broker, "client", None)
+    client = broker.client
     live = None
     if settings.redis_url and client is not None:
         marks = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,

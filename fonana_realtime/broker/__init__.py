@@ -25,6 +25,10 @@ class BrokerUnavailable(Exception):
 
 class Broker:
     name = "base"
+    # The Redis client of this broker's link (any REDIS_URL topology), for what a worker
+    # keeps in the same Redis beside the events: resume marks, push claims, revocations,
+    # presence. None in process: those stay in the worker.
+    client = None
 
     def __init__(self):
         self.on_message = lambda message: None     # replaced by Fanout
