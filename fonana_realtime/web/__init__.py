@@ -1,6 +1,6 @@
 """The HTTP side: one blueprint per concern.
 
-- websocket.py  `/ws` and `/`: refuse before upgrading, then serve a Connection
+- websocket.py  `/ws` and `/`: refuse before upgrading, then hand the socket to lifecycle.serve
 - upgrade.py    the WebSocket upgrade itself, from the environ gunicorn parsed
 - api.py        `/api/*`: event injection and notifications (server-to-server)
 - control.py    `/api/disconnect`, `/api/unsubscribe`, `/api/revoke`: operators (PROTOCOL.md 9)
