@@ -234,8 +234,7 @@ class Commands:
             conn.send_error(error_codes.INVALID_TOKEN)
             conn.close(close_codes.TOKEN_EXPIRED, "unknown user")
             return
-        conn.expires_at = identity.expires_at
-        conn.issued_at = identity.issued_at
+        conn.renew(identity.expires_at, identity.issued_at)
         conn.send_json({"type": "authenticated", "data": {"expiresAt": iso_utc(identity.expires_at)}})
 
     _handlers = {"ping": ping, "subscribe": subscribe, "unsubscribe": unsubscribe, "auth": auth,

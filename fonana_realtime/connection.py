@@ -286,6 +286,17 @@ class Connection:
 
     # ---- replies ------------------------------------------------------------
 
+    def ping(self, frame: bytes, next_ping: float) -> None:
+        """The heartbeat's ping (heartbeat.py): a pong is awaited until `next_ping`."""
+        self.awaiting_pong = True
+        self.next_ping = next_ping
+        self.send(frame)
+
+    def renew(self, expires_at: float, issued_at: float | None) -> None:
+        """A new token (`auth`): the connection lives until it expires."""
+        self.expires_at = expires_at
+        self.issued_at = issued_at
+
     def send_json(self, obj) -> bool:
         if self.send(json_frame(obj)):
             metrics.step(metrics.FRAMES_OUT)

@@ -37,9 +37,7 @@ def sweep(hub, settings, now_mono: float, now_wall: float):
                                                       "user_id": conn.user_id})
                 conn.abort()
                 continue
-            conn.awaiting_pong = True
-            conn.next_ping = now_mono + settings.ping_interval
-            conn.send(PING)
+            conn.ping(PING, now_mono + settings.ping_interval)
 
 
 def run(hub, settings, tick: float = 1.0):
