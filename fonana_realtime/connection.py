@@ -1,16 +1,12 @@
-"""One client connection: its one write path, its bounded backlog, its read loop.
+"""One client connection: its socket, its read loop, its rate bucket, its closing.
 
 Events enter through `Connection.deliver` (fanout hands it the Outgoings of a batch): its
 `Streams` (streams.py), which owns where the connection stands on each stream, delivers
-them the legacy or the v2 way, chosen once here. Everything written to the socket goes through this class: events, replies and pings
-through `Connection.send`, close frames and pongs through `_write` (they go out while
-closing too). `_write` first tries a non-blocking write straight from
-the caller's greenlet, so a publisher never waits on a client; only when the kernel
-buffer is full is the rest parked in a bounded backlog, drained by a writer
-greenlet that exists only for that moment. A backlog over its limits closes that
-one client with 4009 (`overflow`). Writes are all-or-backlog, so a slow reader can
-never get a torn frame. While the read loop handles one read's frames the
-connection is corked: the replies that brings about leave as one write (`cork`).
+them the legacy or the v2 way, chosen once here. Everything written to the socket goes
+through its `Writer` (writer.py: the one write path, the bounded backlog, the cork):
+events, replies and pings through `Connection.send`, which refuses once the connection
+is closing, close frames and pongs straight to the writer (they go out while closing
+too). A backlog over its limits closes that one client with 4009 (`overflow`).
 """
 from __future__ import annotations
 
@@ -18,15 +14,14 @@ import itertools
 import logging
 import socket
 import time
-from collections import deque
 
-import gevent
-from gevent import getcurrent, sleep
+from gevent import sleep
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import close_codes, error_codes, metrics
 from .streams import Streams
 from .wire import user_stream
+from .writer import Writer
 from .wsframes import close_frame, json_frame, loads, pong_frame
 
 log = logging.getLogger("fonana_realtime.connection")
@@ -40,8 +35,6 @@ V2 = "fonana.v2"
 CLOSE_GRACE_SECONDS = 5.0
 # A refusal this long after the previous one starts a new excess run (rate limit).
 ABUSE_QUIET_SECONDS = 1.0
-# While corked (`Connection.cork`), held writes past this many bytes go out at once.
-CORK_MAX_BYTES = 65536
 # Most frames one inbound message may come in (close 1009 past it, like a message over
 # WS_MAX_MESSAGE_BYTES). Empty fragments carry no payload for the size limit to count:
 # 3M of them cost +21.8 MB RSS and 25 s of CPU (issue 18). Browsers do not fragment.
@@ -57,24 +50,19 @@ class Connection:
     """State of one WebSocket client. Created once the handshake passed every check; its
     first write is the 101 answer (`head`) with the welcome frame (lifecycle.serve)."""
 
-    __slots__ = ("id", "head", "sock", "proto", "protocol", "streams", "deliver", "user_stream", "user_id",
+    __slots__ = ("id", "writer", "sock", "proto", "protocol", "streams", "deliver", "user_stream", "user_id",
                  "expires_at", "issued_at", "connected_at", "ip", "channels",
-                 "backlog", "backlog_bytes", "backlog_frames", "mid_frame", "writer", "closing", "closed",
+                 "closing", "closed",
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "limits", "pacer", "pace", "resume", "on_marks", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary",
-                 "corked")
+                 "limits", "pacer", "pace", "resume", "on_marks", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary")
 
     def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
                  protocol: str | None = None, on_marks=None, pacer=None, head: bytes | None = None,
                  issued_at: float | None = None):
         self.id = next(_ids)
-        # Bytes that must precede anything written (the 101 head), joined to the first write,
-        # whatever it is (the welcome, or a close frame if it is closed before): one send
-        # instead of two per connect, and nothing can ever be written ahead of them. The
-        # check costs every later write ~5 ns (micro-benchmark), against a delivery's ~3 µs.
-        self.head = head
         self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
+        self.writer = Writer(self, sock, head)   # the one write path (the 101 head leads it)
         self.proto = proto                # wsproto frame protocol: parses what the client sends
         self.protocol = protocol          # "fonana.v2" when the handshake negotiated it, else legacy
         self.user_stream = user_stream(user_id)
@@ -104,11 +92,6 @@ class Connection:
         self.on_marks = on_marks
         self.started_at = 0.0             # wall clock, set when resume is on (resume.py)
         self.closed_by_client = False     # the client started the closing handshake
-        self.backlog: deque | None = None   # (bytes, frame count) not yet written
-        self.backlog_bytes = 0
-        self.backlog_frames = 0
-        self.mid_frame = False
-        self.writer = None                # the greenlet draining the backlog, while there is one
         self.closing = False              # close frame queued; no more events
         self.closed = False               # socket is gone
         self.close_deadline = 0.0
@@ -123,117 +106,33 @@ class Connection:
         self._in_size = 0
         self._in_frames = 0
         self._in_binary = False
-        self.corked: Cork | None = None   # replies held while one read's frames are handled
 
-    # ---- the one write path -------------------------------------------------
+    # ---- writing ------------------------------------------------------------
 
     def send(self, data: bytes, frames: int = 1) -> bool:
         """Write whole frames (`frames` of them, back to back in `data`), now or via the
         backlog. False if the connection is gone or this write overflowed it."""
         if self.closing or self.closed:
             return False
-        return self._write(data, frames)
-
-    def _write(self, data: bytes, frames: int = 1) -> bool:
-        cork = self.corked
-        if cork is not None:
-            if getcurrent() is cork.owner:
-                cork.parts.append(data)
-                cork.frames += frames
-                cork.size += len(data)
-                if cork.size >= CORK_MAX_BYTES:
-                    self.uncork()
-                    self.cork()
-                return not self.closed
-            self.corked = None               # an event: the replies held before it go with it
-            if cork.parts:
-                cork.parts.append(data)
-                data, frames = b"".join(cork.parts), frames + cork.frames
-        if self.head is not None:
-            data, self.head = self.head + data, None
-        if self.backlog is not None:
-            return self._park(data, frames)
-        try:
-            sent = self.sock.send(data, 0, 0.0)     # gevent: timeout 0 = never wait
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.abort()
-            return False
-        if sent == len(data):
-            return True
-        self.backlog = deque()
-        self.backlog_bytes = self.backlog_frames = 0
-        self.mid_frame = sent > 0                    # the client holds part of a frame
-        if not self._park(memoryview(data)[sent:], frames):
-            return False                             # overflowed at once: closing with 4009
-        self._start_writer()
-        return True
-
-    def cork(self):
-        """Hold the writes of this greenlet until `uncork`, then write them as one.
-
-        The read loop corks while it handles what one read brought: a `subscribe` answers
-        `subscribed` and then `unread_notifications` (and a replay), a ping its pong, a
-        close its echo. One send instead of two or three, each of which on loopback also
-        paid the receiver's TCP input (~2 % of a connect in a reconnect storm, issue 11).
-        Writes from other greenlets (events, paced frames, pings) are never held: one that
-        comes while replies are held writes them first, then itself, so the order on the
-        wire is the order things were written and no event waits on a command's database
-        query, nor pacing's spacing on a cork."""
-        if self.corked is None:
-            self.corked = Cork(getcurrent())
-
-    def uncork(self):
-        cork = self.corked
-        if cork is not None:
-            self._flush_cork(cork)
-
-    def _flush_cork(self, cork):
-        self.corked = None
-        if cork.parts and not self.closed:
-            parts = cork.parts
-            self._write(parts[0] if len(parts) == 1 else b"".join(parts), cork.frames)
-
-    def _start_writer(self):
-        if self.writer is None:
-            self.writer = gevent.spawn(self._drain)
+        return self.writer.write(data, frames)
 
     def written(self, outgoings):
         """The pacer wrote these (held) events: their positions move (streams.py)."""
         self.streams.written(outgoings)
 
-    def _park(self, data, frames: int) -> bool:
-        self.backlog.append((data, frames))
-        self.backlog_bytes += len(data)
-        self.backlog_frames += frames
-        pace = self.pace                  # frames held by pacing count against the same limits
-        held_bytes, held_frames = (pace.bytes, len(pace.waiting)) if pace is not None else (0, 0)
-        if (self.backlog_bytes + held_bytes > self.limits.send_backlog_bytes
-                or self.backlog_frames + held_frames > self.limits.send_backlog_frames):
-            self.overflow()
-            return False
-        return True
+    # What the socket has not taken yet (pacing.py counts its held frames against the same
+    # limits and writes nothing while it is there).
+    @property
+    def backlog(self):
+        return self.writer.backlog
 
-    def _drain(self):
-        """Writer greenlet: empties the backlog with blocking writes, then ends. A closing
-        connection's writes are bounded by its close deadline: the heartbeat aborts it
-        then, which makes a blocked `sendall` fail."""
-        try:
-            while self.backlog:
-                self.mid_frame = True
-                self.sock.sendall(self.backlog[0][0])
-                if self.backlog is None:       # aborted while we were writing
-                    return
-                self.mid_frame = False
-                data, frames = self.backlog.popleft()
-                self.backlog_bytes -= len(data)
-                self.backlog_frames -= frames
-            self.backlog = None
-        except (OSError, AttributeError):
-            self.abort()
-        finally:
-            self.writer = None
+    @property
+    def backlog_bytes(self) -> int:
+        return self.writer.backlog_bytes
+
+    @property
+    def backlog_frames(self) -> int:
+        return self.writer.backlog_frames
 
     def overflow(self):
         """The client does not read: close it with 4009, in a way it can still see.
@@ -251,22 +150,17 @@ class Connection:
         if self.pace is not None:          # frames held by pacing were never started either
             self.pace.waiting.clear()
             self.pace.bytes = 0
-        in_flight = self.backlog[0] if self.mid_frame and self.backlog else None
-        self.backlog = deque([in_flight] if in_flight is not None else ())
-        self.backlog_bytes = len(in_flight[0]) if in_flight is not None else 0
-        self.backlog_frames = in_flight[1] if in_flight is not None else 0
         self.closing = True
         self.close_deadline = time.monotonic() + CLOSE_GRACE_SECONDS
         code = close_codes.SLOW_CONSUMER
-        self.backlog.append((close_frame(code, close_codes.REASONS[code]), 1))
-        self._start_writer()
+        self.writer.last(close_frame(code, close_codes.REASONS[code]))
 
     def close(self, code: int, reason: str | None = None):
         """Start the closing handshake: queue our close frame; the read loop ends when
         the client answers, or the heartbeat cuts it after CLOSE_GRACE_SECONDS."""
         if self.closing or self.closed:
             return
-        self._write(close_frame(code, close_codes.REASONS.get(code, "") if reason is None else reason))
+        self.writer.write(close_frame(code, close_codes.REASONS.get(code, "") if reason is None else reason))
         if not self.closing:               # (an overflow on this write is closing it with 4009)
             self.closing = True
             self.close_deadline = time.monotonic() + CLOSE_GRACE_SECONDS
@@ -277,8 +171,7 @@ class Connection:
             return
         self.closed = True
         self.closing = True
-        self.backlog = None
-        self.corked = None
+        self.writer.stop()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -357,7 +250,7 @@ class Connection:
     def read_loop(self, on_text):
         """Read until the peer closes or we abort. `on_text(conn, str)` handles one
         complete text message; binary messages are answered with invalid_message."""
-        sock, proto = self.sock, self.proto
+        sock, proto, writer = self.sock, self.proto, self.writer
         while not self.closed:
             try:
                 data = sock.recv(65536)
@@ -367,7 +260,7 @@ class Connection:
                 break
             try:
                 proto.receive_data(data)
-                self.cork()
+                writer.cork()
                 try:
                     turn_ends = time.monotonic() + READ_TURN_SECONDS
                     for event in proto.events():
@@ -377,7 +270,7 @@ class Connection:
                             self._give_way()
                             turn_ends = time.monotonic() + READ_TURN_SECONDS
                 finally:
-                    self.uncork()
+                    writer.uncork()
             except Exception:          # a parser bug must cost one connection, not a worker
                 log.exception("read loop failed", extra={"event": "conn_error", "conn_id": self.id})
                 self.close(close_codes.INTERNAL_ERROR)
@@ -390,9 +283,9 @@ class Connection:
     def _give_way(self):
         """Let the other greenlets run in the middle of one read's frames (what the read
         brought about so far goes out first)."""
-        self.uncork()
+        self.writer.uncork()
         sleep(0)
-        self.cork()
+        self.writer.cork()
 
     def _on_event(self, event, on_text) -> bool:
         if isinstance(event, (TextMessage, BytesMessage)):
@@ -423,7 +316,7 @@ class Connection:
             # Nothing may follow our close frame. A ping over the rate is not answered
             # (RFC 6455 5.5.3 lets a pong answer only the latest of several pings).
             if not self.closing and self.admit():
-                self._write(pong_frame(event.payload))
+                self.writer.write(pong_frame(event.payload))
         elif isinstance(event, Pong):
             self.awaiting_pong = False
             self.admit()                       # unsolicited pongs are a flood like any other
@@ -433,22 +326,10 @@ class Connection:
                 # Echo the client's code; 1005 "no status" (a close without a code) and
                 # 1006 are never sent on the wire, so those are answered with 1000.
                 code = event.code if event.code not in (1005, 1006) else close_codes.NORMAL
-                self._write(close_frame(code, (event.reason or "")[:100]))
+                self.writer.write(close_frame(code, (event.reason or "")[:100]))
                 self.closing = True
             return False
         return True
-
-
-class Cork:
-    """The replies a corked connection holds (Connection.cork), and whose they are."""
-
-    __slots__ = ("owner", "parts", "frames", "size")
-
-    def __init__(self, owner):
-        self.owner = owner           # the greenlet that corked (the read loop's)
-        self.parts: list = []
-        self.frames = 0
-        self.size = 0
 
 
 def parse_command(text: str):

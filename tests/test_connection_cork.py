@@ -1,4 +1,4 @@
-"""Connection.cork: the writes one read of the client's frames brings about leave as one
+"""Writer.cork: the writes one read of the client's frames brings about leave as one
 send, in order (pure logic over a real gevent socket pair; no server)."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import gevent
 import gevent.socket
 import pytest
 
-from fonana_realtime.connection import CORK_MAX_BYTES, Connection
+from fonana_realtime.connection import Connection
+from fonana_realtime.writer import CORK_MAX_BYTES
 from fonana_realtime.wsframes import text_frame
 
 
@@ -48,13 +49,13 @@ def _read_all(peer, n: int) -> bytes:
 
 def test_corked_writes_leave_as_one_send_in_their_order(conn_and_peer):
     conn, sock, peer = conn_and_peer
-    conn.head = b"HEAD"
+    conn.writer.head = b"HEAD"
     frames = [text_frame(f"frame {i}".encode()) for i in range(3)]
-    conn.cork()
+    conn.writer.cork()
     for frame in frames:
         assert conn.send(frame)
     assert sock.sends == 0
-    conn.uncork()
+    conn.writer.uncork()
     assert sock.sends == 1
     expected = b"HEAD" + b"".join(frames)
     assert _read_all(peer, len(expected)) == expected
@@ -65,34 +66,34 @@ def test_corked_writes_leave_as_one_send_in_their_order(conn_and_peer):
 def test_held_bytes_past_the_bound_go_out_without_waiting(conn_and_peer):
     conn, sock, peer = conn_and_peer
     big = text_frame(b"x" * (CORK_MAX_BYTES // 2 + 1))
-    conn.cork()
+    conn.writer.cork()
     conn.send(big)
     assert sock.sends == 0
     conn.send(big)                        # past CORK_MAX_BYTES: both go now
     assert sock.sends == 1
     conn.send(b"tail")
-    conn.uncork()
+    conn.writer.uncork()
     assert sock.sends == 2
     assert _read_all(peer, 2 * len(big) + 4) == big + big + b"tail"
 
 
 def test_an_aborted_connection_drops_what_it_held(conn_and_peer):
     conn, sock, peer = conn_and_peer
-    conn.cork()
+    conn.writer.cork()
     conn.send(text_frame(b"never"))
     conn.abort()
-    conn.uncork()
-    assert sock.sends == 0 and conn.corked is None
+    conn.writer.uncork()
+    assert sock.sends == 0 and conn.writer.corked is None
 
 
 def test_a_write_from_another_greenlet_is_not_held_and_follows_the_held_replies(conn_and_peer):
     conn, sock, peer = conn_and_peer
     reply, event, later = text_frame(b"subscribed"), text_frame(b"an event"), text_frame(b"unread")
-    conn.cork()
+    conn.writer.cork()
     conn.send(reply)
     gevent.spawn(conn.send, event).join()        # fanout or the pacer, in its own greenlet
     assert sock.sends == 1                       # the held reply, then the event, at once
     assert _read_all(peer, len(reply) + len(event)) == reply + event
     conn.send(later)
-    conn.uncork()
+    conn.writer.uncork()
     assert _read_all(peer, len(later)) == later

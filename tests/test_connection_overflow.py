@@ -116,14 +116,14 @@ def test_a_slow_client_that_reads_again_finds_whole_frames_then_close_4009(pair)
     assert payload[2:].decode() == close_codes.REASONS[close_codes.SLOW_CONSUMER]
     assert [op for op, _ in frames].count(OP_CLOSE) == 1
     gevent.sleep(0)
-    assert conn.backlog is None and conn.writer is None     # all written, writer gone
+    assert conn.backlog is None and conn.writer.greenlet is None     # all written, writer gone
 
 
 def test_a_slow_client_that_never_reads_is_cut_at_the_close_deadline(pair):
     server_end, _ = pair
     conn, _ = _overflowed_connection(server_end)
     gevent.sleep(0)                         # the writer runs and blocks on the full buffer
-    writer = conn.writer
+    writer = conn.writer.greenlet
     assert not conn.closed and writer is not None and not writer.dead
     hub = SimpleNamespace(connections=[conn])
     heartbeat.sweep(hub, _limits(), time.monotonic(), time.time())
@@ -132,4 +132,4 @@ def test_a_slow_client_that_never_reads_is_cut_at_the_close_deadline(pair):
     heartbeat.sweep(hub, _limits(), conn.close_deadline + 0.01, time.time())
     assert conn.closed
     writer.join(timeout=5)                  # the blocked write fails once the socket is shut
-    assert writer.dead and conn.writer is None and conn.backlog is None
+    assert writer.dead and conn.writer.greenlet is None and conn.backlog is None
