@@ -104,14 +104,13 @@ class Commands:
             self._subscribe_v2(conn, obj, channel, raw)
         else:
             resume = self.rt.resume if key not in conn.channels else None
-            if resume is not None:
-                resume.before_join(conn, key)
+            joined = resume.before_join(conn, key) if resume is not None else None
             try:
                 self._join(conn, channel)
                 conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
             finally:
                 if resume is not None:
-                    resume.after_join(conn, key)         # missed events, right after `subscribed`
+                    resume.after_join(conn, key, joined)     # missed events, right after `subscribed`
         if channel.kind == "notifications" and not (conn.closed or conn.closing):
             self._send_unread(conn, raw)
 

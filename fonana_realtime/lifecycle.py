@@ -39,8 +39,8 @@ def serve(rt, sock, parser, head: bytes, subprotocol, identity, ip: str, started
                       protocol=subprotocol, on_marks=live.moved if live is not None else None,
                       pacer=rt.pacer if subprotocol is None else None, head=head,
                       issued_at=identity.issued_at)
-    if resume is not None:
-        resume.arrive(conn)         # where its dropped connections left off (may ask Redis)
+    # where its dropped connections left off (may ask Redis), where it starts on its stream
+    joined = resume.arrive(conn) if resume is not None else None
     rt.fanout.add(conn)             # waits (bounded) until the broker hears the user's topic
     metrics.step(metrics.CONNECTIONS)
     metrics.observe(metrics.HANDSHAKE_SECONDS, time.perf_counter() - started)
@@ -56,7 +56,7 @@ def serve(rt, sock, parser, head: bytes, subprotocol, identity, ip: str, started
             welcome["user"] = {"stream": conn.user_stream, "offset": top, "epoch": epoch}
         conn.send_json({"type": "connected", "data": welcome})
         if resume is not None:
-            resume.after_join(conn, conn.user_stream)     # missed user events, right after the welcome
+            resume.after_join(conn, conn.user_stream, joined)     # missed user events, after the welcome
     except Exception:
         # It is registered: the read loop below answers the client's close echo (or the
         # heartbeat cuts it), then unregisters it. Left as it was, a connection that never

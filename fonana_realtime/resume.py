@@ -21,7 +21,7 @@ position is taken when the connection joins it (before it is registered, so a ma
 claims an event that was not written; or, with Redis, the position the worker read right
 before its first SUBSCRIBE of the stream: nothing at or before it can arrive on that
 subscription). Only legacy connections with resume on pay that, and with Redis only
-when the worker hears the stream without knowing its position (Broker.peek_before_join).
+when the worker hears the stream without knowing its position (Broker.join_position).
 """
 from __future__ import annotations
 
@@ -29,17 +29,13 @@ import logging
 import time
 
 from . import metrics
-from .broker import AFTER_JOIN
+from .broker import NO_HISTORY
 
 log = logging.getLogger("fonana_realtime.resume")
 
 # The epoch of a mark for a stream that had no history at all when the connection joined
-# it (in-process broker only, see Broker.peek): every event it holds now came later.
-FRESH = ""
-FRESH_MARK = (FRESH, 0)          # one shared tuple, not one per idle connection
-# The mark of a stream whose start the broker gives once the join is done (after_join);
-# an epoch of None, so a connection that ends before then leaves no mark for it.
-AWAITING_MARK = (None, 0)
+# it (in-process broker only, see Broker.join_position): every event it holds now came later.
+FRESH = NO_HISTORY[0]
 
 
 class Pending:
@@ -77,39 +73,34 @@ class Resume:
                                                             "user_id": conn.user_id, "reason": type(exc).__name__})
             marks = {}
         conn.resume = Pending(marks) if marks else None
-        self.before_join(conn, conn.user_stream)
+        return self.before_join(conn, conn.user_stream)
 
     def before_join(self, conn, stream: str):
-        """Before `stream` is joined: hold its live events if it will be replayed, else note
-        where it stands now."""
+        """Before `stream` is joined: hold its live events if it will be replayed, else ask
+        the broker where it starts (Broker.join_position). Returns what to hand to
+        `after_join`."""
         pending = conn.resume
         mark = pending.marks.get(stream) if pending is not None else None
         streams = conn.streams
         if mark is not None and self.clock() - mark[2] < self.seconds:
             streams.hold(stream)
-            return
-        if streams.mark(stream) is None:
-            try:
-                position = self.broker.peek_before_join(stream)
-            except Exception:
-                return
-            if position is None:
-                streams.set_mark(stream, FRESH_MARK)
-            elif position is AFTER_JOIN:
-                streams.set_mark(stream, AWAITING_MARK)
-            elif position[0] is not None:
-                streams.set_mark(stream, position)
+            return None
+        if streams.mark(stream) is not None:
+            return None
+        try:
+            return self.broker.join_position(stream)
+        except Exception:
+            return None
 
-    def after_join(self, conn, stream: str):
-        """Right after the welcome (user stream) or `subscribed`: the missed events, then
-        the live ones that waited, then live."""
+    def after_join(self, conn, stream: str, joined=None):
+        """Right after the welcome (user stream) or `subscribed` (`joined`: what
+        `before_join` answered): where the connection started in the stream, or the missed
+        events, then the live ones that waited, then live."""
         streams = conn.streams
-        if streams.mark(stream) is AWAITING_MARK:         # nothing written to it since the join
-            position = self.broker.peek_after_join(stream)
+        if joined is not None and streams.mark(stream) is None:     # nothing written to it since the join
+            position = joined()
             if position is not None and position[0] is not None:
                 streams.set_mark(stream, position)
-            else:
-                streams.forget_mark(stream)
         if not streams.holding(stream):
             self._live_join(conn, stream)
             return

@@ -15,8 +15,10 @@ from __future__ import annotations
 from ..history import UNAVAILABLE, Recovery
 
 
-# `Broker.peek_before_join`: the position is known once the join is done (`peek_after_join`).
-AFTER_JOIN = object()
+# The position of a stream that has no history anywhere yet (only a broker that sees every
+# publication can say so: the in-process one): every event it will hold comes later. Its
+# epoch is one no stream has.
+NO_HISTORY = ("", 0)
 
 
 class BrokerUnavailable(Exception):
@@ -58,24 +60,15 @@ class Broker:
         """(epoch, top offset) of `stream`; (None, 0) without history."""
         return None, 0
 
-    def peek(self, stream: str):
-        """(epoch, top) of `stream` without making it exist, or None if it has no history
-        yet *anywhere* (only a broker that sees every publication can say so: the
-        in-process one). Others answer `position`."""
-        return self.position(stream)
-
-    def peek_before_join(self, stream: str):
-        """`peek`, asked right before a connection joins `stream` (nothing yields between
-        the two): where that connection starts in it. A broker that can tell from what it
-        already holds answers without a round trip; one whose join will read the position
-        anyway (Redis: before its first SUBSCRIBE of the stream) answers AFTER_JOIN, and
-        `peek_after_join` gives that position once the join is done."""
-        return self.peek(stream)
-
-    def peek_after_join(self, stream: str):
-        """For a join `peek_before_join` answered AFTER_JOIN: the position read before this
-        worker began hearing the stream, or None if none was read."""
-        return None
+    def join_position(self, stream: str):
+        """Where a connection about to join `stream` starts in it, asked right before the
+        join (nothing yields between the two): a function to call once the join is done,
+        which answers the (epoch, offset) after which every event of the stream reaches the
+        connection, NO_HISTORY, or None when no position was read. A broker that can tell
+        from what it already holds answers without a round trip; one whose join reads the
+        position anyway (Redis: before its first SUBSCRIBE of the stream) answers that."""
+        position = self.position(stream)
+        return lambda: position
 
     def history(self, stream: str, epoch, since: int, limit: int) -> Recovery:
         """The events (wire.Message, positions filled) of `stream` after offset `since`

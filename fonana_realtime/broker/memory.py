@@ -10,7 +10,7 @@ import gevent
 from .. import metrics
 from ..history import MemoryHistory
 from ..wire import Message, route_topics, topic_stream
-from . import Broker
+from . import NO_HISTORY, Broker
 
 log = logging.getLogger("fonana_realtime.broker")
 
@@ -67,8 +67,10 @@ class MemoryBroker(Broker):
     def position(self, stream: str):
         return self.memory.position(stream)
 
-    def peek(self, stream: str):
-        return self.memory.peek(stream)
+    def join_position(self, stream: str):
+        position = self.memory.peek(stream)          # None: no history yet, it sees every publication
+        position = NO_HISTORY if position is None else position
+        return lambda: position
 
     def history(self, stream, epoch, since, limit):
         return self.memory.history(stream, epoch, since, limit)

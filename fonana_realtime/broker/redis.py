@@ -59,7 +59,7 @@ from gevent.event import Event
 from .. import metrics, wire
 from ..history import UNAVAILABLE, Recovery
 from ..redis_history import GHOST_SECONDS, RedisHistory
-from . import AFTER_JOIN, Broker, BrokerUnavailable
+from . import Broker, BrokerUnavailable
 from .catchup import Catchup
 from .link import open_link
 from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, link_state, probe_verdict
@@ -110,8 +110,8 @@ class RedisBroker(Broker):
                                           seconds=max(1, int(history_seconds)),
                                           meta_seconds=max(1, int(history_meta_seconds)))
         self.recovery_max = recovery_max
-        # catch-up state: changed by the listener greenlet only (peek_before_join and
-        # peek_after_join read it from client greenlets)
+        # catch-up state: changed by the listener greenlet only (join_position reads it
+        # from client greenlets)
         self.catchup = Catchup()                # marks, baselines, held messages (catchup.py)
         self._live = Event()                    # set while this link is caught up
         self._subscribes_pending = 0            # SUBSCRIBE replies still to come on this link
@@ -214,7 +214,7 @@ class RedisBroker(Broker):
         except redis.RedisError:
             return None, 0
 
-    def peek_before_join(self, stream: str):
+    def join_position(self, stream: str):
         """Where a connection joining `stream` now starts, without a round trip when this
         worker can tell (a legacy connection's resume mark, resume.py; two reads of Redis
         per legacy connect otherwise, a quarter of its CPU in a reconnect storm, issue 11):
@@ -227,7 +227,7 @@ class RedisBroker(Broker):
         - nobody here hears it yet: the join makes the first SUBSCRIBE, and the listener
           reads the stream's position right before writing it (`_read_baselines`). No
           event at or before that position can arrive on the new subscription: the
-          connection's start, given by `peek_after_join`.
+          connection's start, taken once the join is done.
 
         Otherwise (that SUBSCRIBE on its way, Redis down, no history kept) Redis is asked."""
         if self._conn is not None and not self._down and self.redis_history.size:
@@ -237,13 +237,11 @@ class RedisBroker(Broker):
                 if acked.is_set():
                     mark = self.catchup.mark(stream)
                     if mark is not None:
-                        return mark
+                        return lambda: mark
             elif topic not in self._wanted and self.catchup.mark(stream) is None:
-                return AFTER_JOIN
-        return self.peek(stream)
-
-    def peek_after_join(self, stream: str):
-        return self.catchup.take_baseline(stream)
+                return lambda: self.catchup.take_baseline(stream)
+        position = self.position(stream)
+        return lambda: position
 
     def history(self, stream: str, epoch, since: int, limit: int):
         """The events of `stream` after `since` of `epoch` (wire.Messages, positions and
