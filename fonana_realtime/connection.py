@@ -50,20 +50,20 @@ class Connection:
     """State of one WebSocket client. Created once the handshake passed every check; its
     first write is the 101 answer (`head`) with the welcome frame (lifecycle.serve)."""
 
-    __slots__ = ("id", "writer", "sock", "proto", "protocol", "streams", "deliver", "user_stream", "user_id",
+    __slots__ = ("id", "writer", "sock", "parser", "protocol", "streams", "deliver", "user_stream", "user_id",
                  "expires_at", "issued_at", "connected_at", "ip", "channels",
                  "closing", "closed",
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "limits", "pacer", "pace", "resume", "on_marks", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary")
+                 "settings", "pacer", "pace", "resume", "on_marks", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary")
 
-    def __init__(self, sock, proto, user_id: str, expires_at: float, ip: str, limits,
+    def __init__(self, sock, parser, user_id: str, expires_at: float, ip: str, settings,
                  protocol: str | None = None, on_marks=None, pacer=None, head: bytes | None = None,
                  issued_at: float | None = None):
         self.id = next(_ids)
         self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.writer = Writer(self, sock, head)   # the one write path (the 101 head leads it)
-        self.proto = proto                # wsproto frame protocol: parses what the client sends
+        self.parser = parser              # wsproto frame protocol: parses what the client sends
         self.protocol = protocol          # "fonana.v2" when the handshake negotiated it, else legacy
         self.user_stream = user_stream(user_id)
         self.user_id = user_id
@@ -71,7 +71,7 @@ class Connection:
         self.issued_at = issued_at        # its token's `iat` (revocations.py)
         self.connected_at = time.time()       # wall clock, for operators (GET /api/connections)
         self.ip = ip
-        self.limits = limits              # the Settings (frame, backlog and rate limits)
+        self.settings = settings          # frame, backlog and rate limits, ping interval
         self.channels: set[str] = set()
         # where it stands on each stream it holds, and how its events are delivered
         self.streams = Streams(self, protocol is not None)
@@ -97,8 +97,8 @@ class Connection:
         self.close_deadline = 0.0
         now = time.monotonic()
         self.awaiting_pong = False
-        self.next_ping = now + limits.ping_interval
-        self.tokens = float(limits.rate_burst)
+        self.next_ping = now + settings.ping_interval
+        self.tokens = float(settings.rate_burst)
         self.token_time = now
         self.over_limit_since = 0.0
         self.last_refused = 0.0
@@ -207,8 +207,8 @@ class Connection:
         A flood is one run of refusals without a quiet gap of ABUSE_QUIET_SECONDS: the
         odd command the refilling bucket lets through mid-flood does not end it (else a
         flood faster than the rate would never count as sustained)."""
-        rate = self.limits.rate_per_sec
-        self.tokens = min(float(self.limits.rate_burst), self.tokens + (now - self.token_time) * rate)
+        rate = self.settings.rate_per_sec
+        self.tokens = min(float(self.settings.rate_burst), self.tokens + (now - self.token_time) * rate)
         self.token_time = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
@@ -219,7 +219,7 @@ class Connection:
         return False
 
     def abusing(self, now: float) -> bool:
-        return bool(self.over_limit_since) and now - self.over_limit_since >= self.limits.rate_abuse_seconds
+        return bool(self.over_limit_since) and now - self.over_limit_since >= self.settings.rate_abuse_seconds
 
     def admit(self) -> bool:
         """One inbound frame (a message, a WebSocket ping or pong) against the bucket.
@@ -250,7 +250,7 @@ class Connection:
     def read_loop(self, on_text):
         """Read until the peer closes or we abort. `on_text(conn, str)` handles one
         complete text message; binary messages are answered with invalid_message."""
-        sock, proto, writer = self.sock, self.proto, self.writer
+        sock, parser, writer = self.sock, self.parser, self.writer
         while not self.closed:
             try:
                 data = sock.recv(65536)
@@ -259,11 +259,11 @@ class Connection:
             if not data:
                 break
             try:
-                proto.receive_data(data)
+                parser.receive_data(data)
                 writer.cork()
                 try:
                     turn_ends = time.monotonic() + READ_TURN_SECONDS
-                    for event in proto.events():
+                    for event in parser.events():
                         if not self._on_event(event, on_text):
                             return
                         if time.monotonic() > turn_ends:
@@ -293,11 +293,11 @@ class Connection:
                 return True
             data = event.data
             size = len(data)
-            if isinstance(data, str) and size * 4 > self.limits.max_message_bytes - self._in_size:
+            if isinstance(data, str) and size * 4 > self.settings.max_message_bytes - self._in_size:
                 size = len(data.encode())
             self._in_size += size
             self._in_frames += event.frame_finished      # (a frame may arrive in several events)
-            if self._in_size > self.limits.max_message_bytes or self._in_frames > MAX_FRAGMENTS:
+            if self._in_size > self.settings.max_message_bytes or self._in_frames > MAX_FRAGMENTS:
                 self.close(close_codes.TOO_BIG)
                 return True
             self._in_binary = isinstance(event, BytesMessage)

@@ -194,7 +194,7 @@ class Pacer:
 
     def _over_limits(self, conn, pace: Paced) -> bool:
         """Waiting frames count against the send backlog: over a limit → 4009."""
-        limits = conn.limits
+        limits = conn.settings
         if (conn.backlog_bytes + pace.bytes > limits.send_backlog_bytes
                 or conn.backlog_frames + len(pace.waiting) > limits.send_backlog_frames):
             self._drop(pace)

@@ -24,7 +24,7 @@ class Writer:
                  "greenlet", "corked")
 
     def __init__(self, conn, sock, head: bytes | None = None):
-        self.conn = conn                  # its closed flag, abort, overflow, limits and pacing
+        self.conn = conn                  # its closed flag, abort, overflow, backlog limits and pacing
         self.sock = sock
         # Bytes that must precede anything written (the 101 head), joined to the first write,
         # whatever it is (the welcome, or a close frame if it is closed before): one send
@@ -109,8 +109,8 @@ class Writer:
         conn = self.conn
         pace = conn.pace                  # frames held by pacing count against the same limits
         held_bytes, held_frames = (pace.bytes, len(pace.waiting)) if pace is not None else (0, 0)
-        if (self.backlog_bytes + held_bytes > conn.limits.send_backlog_bytes
-                or self.backlog_frames + held_frames > conn.limits.send_backlog_frames):
+        if (self.backlog_bytes + held_bytes > conn.settings.send_backlog_bytes
+                or self.backlog_frames + held_frames > conn.settings.send_backlog_frames):
             conn.overflow()
             return False
         return True

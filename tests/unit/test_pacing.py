@@ -55,7 +55,7 @@ class Conn:
         self.closing = self.closed = False
         self.backlog = None
         self.backlog_bytes = self.backlog_frames = 0
-        self.limits = SimpleNamespace(send_backlog_frames=backlog_frames, send_backlog_bytes=backlog_bytes)
+        self.settings = SimpleNamespace(send_backlog_frames=backlog_frames, send_backlog_bytes=backlog_bytes)
         self.writes: list[tuple[float, list[dict]]] = []     # (time, events of one write)
         self.overflowed = False
 
