@@ -22,11 +22,9 @@ the user cache's). Needs valgrind (Debian: valgrind).
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
-from pathlib import Path
+import statistics
 
-from delivery_instructions import instructions, tree_of
+from delivery_instructions import harness_dir, instructions, tree_of
 
 CONNECTS_LOW, CONNECTS_HIGH = 20, 120
 
@@ -106,22 +104,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--commits", nargs="+", default=["."], help="trees to measure: commits, or . for this working tree")
     ap.add_argument("--protocol", default="", help="the subprotocol to ask for (fonana.v2); legacy without")
+    ap.add_argument("--reps", type=int, default=3, help="runs per tree, interleaved; the median is reported")
     args = ap.parse_args()
-    if not shutil.which("valgrind"):
-        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    with tempfile.TemporaryDirectory(prefix="fonana-instr-") as tmp:
-        work = Path(tmp)
-        harness = work / "harness.py"
-        harness.write_text(HARNESS)
-        base = None
-        for commit in args.commits:
-            tree = tree_of(commit, work)
-            low = instructions(harness, tree, CONNECTS_LOW, args.protocol)
-            high = instructions(harness, tree, CONNECTS_HIGH, args.protocol)
-            per = (high - low) / (CONNECTS_HIGH - CONNECTS_LOW)
-            base = per if base is None else base
-            print(f"{commit:>10}: instructions per {args.protocol or 'legacy'} connect {per:,.0f} "
-                  f"({per / base - 1:+.1%} against {args.commits[0]})", flush=True)
+    with harness_dir(HARNESS) as (work, harness):
+        trees = {commit: tree_of(commit, work) for commit in args.commits}
+        runs: dict = {commit: [] for commit in args.commits}
+        for _ in range(args.reps):
+            for commit, tree in trees.items():
+                low = instructions(harness, tree, CONNECTS_LOW, args.protocol)
+                high = instructions(harness, tree, CONNECTS_HIGH, args.protocol)
+                runs[commit].append((high - low) / (CONNECTS_HIGH - CONNECTS_LOW))
+        base = statistics.median(runs[args.commits[0]])
+        for commit, per in runs.items():
+            median = statistics.median(per)
+            print(f"{commit:>10}: instructions per {args.protocol or 'legacy'} connect, median of {len(per)}: "
+                  f"{median:,.0f} [{min(per):,.0f}-{max(per):,.0f}] ({median / base - 1:+.1%} against "
+                  f"{args.commits[0]})", flush=True)
 
 
 if __name__ == "__main__":
