@@ -45,9 +45,9 @@ NODE_DEAD = 15.0        # a node without a heartbeat for this long is gone
 KEY_SECONDS = 60        # a presence hash nobody renews expires after this
 RETRY_SECONDS = 1.0     # after a failed write, the next attempt waits this long
 # The writer gathers this long after the first change before writing: in a connect storm a
-# loop turn holds one or two connects, and a script call per turn cost a round trip per
-# connect (~165 µs of worker and Redis CPU measured per connect, 14 % of one); gathered, a
-# call carries every connect of 0.1 s. Presence stays within its "few seconds".
+# loop turn holds one or two connects, and a script call per turn was a round trip per
+# connect (presence on/off: 1.14x a connect's server CPU); gathered, one call carries every
+# connect of 0.1 s (1.04x, docs/BENCHMARKS.md). Presence stays within its "few seconds".
 GATHER_SECONDS = 0.1
 TOP_CHANNELS = 200      # busiest channels each worker reports in its heartbeat
 READ_BATCH = 500        # keys per pipelined read
