@@ -1242,30 +1242,21 @@ def main():
                     except (RunFailed, RuntimeError) as exc:
                         ctx.failures.append(f"rep {rep + 1}, {kind}, {group}: {exc}")
                         banner(f"FAILED: rep {rep + 1}, {kind}, {group}: {exc}")
-            if "storm2" in groups and "ours" in servers:
-                wait_quiet(ctx)
-                log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL: storm with 1 and 2 workers")
-                try:
-                    run_storm_workers(ctx, rep)
-                except (RunFailed, RuntimeError) as exc:
-                    ctx.failures.append(f"rep {rep + 1}, storm2: {exc}")
-                    banner(f"FAILED: rep {rep + 1}, storm2: {exc}")
-            if "presence" in groups and "ours" in servers:
-                wait_quiet(ctx)
-                log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL: presence on and off")
-                try:
-                    run_presence(ctx, rep)
-                except (RunFailed, RuntimeError) as exc:
-                    ctx.failures.append(f"rep {rep + 1}, presence: {exc}")
-                    banner(f"FAILED: rep {rep + 1}, presence: {exc}")
-            if "redis" in groups and "ours" in servers:
-                wait_quiet(ctx)
-                log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL (one worker)")
-                try:
-                    run_redis(ctx, rep)
-                except (RunFailed, RuntimeError) as exc:
-                    ctx.failures.append(f"rep {rep + 1}, ours+redis: {exc}")
-                    banner(f"FAILED: rep {rep + 1}, ours+redis: {exc}")
+            if "ours" in servers:
+                # the scenarios only ours runs, against the private redis-server
+                for group, label, title, fn in (
+                        ("storm2", "storm2", "storm with 1 and 2 workers", run_storm_workers),
+                        ("presence", "presence", "presence on and off", run_presence),
+                        ("redis", "ours+redis", "one worker", run_redis)):
+                    if group not in groups:
+                        continue
+                    wait_quiet(ctx)
+                    log(f"\n[rep {rep + 1}/{ctx.p['reps']}] ours with REDIS_URL: {title}")
+                    try:
+                        fn(ctx, rep)
+                    except (RunFailed, RuntimeError) as exc:
+                        ctx.failures.append(f"rep {rep + 1}, {label}: {exc}")
+                        banner(f"FAILED: rep {rep + 1}, {label}: {exc}")
     except KeyboardInterrupt:
         ctx.failures.append("interrupted")
     finally:
