@@ -54,7 +54,16 @@ class Commands:
     def __init__(self, runtime):
         self.rt = runtime
 
-    def handle(self, conn, text: str):
+    def handler(self, protocol: str | None):
+        """What the read loop calls with each text message of a connection of `protocol`
+        (the legacy or the v2 command set, decided once, when the connection is made)."""
+        return self.handle_v2 if protocol == V2 else self.handle
+
+    def handle_v2(self, conn, text: str):
+        self.handle(conn, text, self._v2_handlers)
+
+    def handle(self, conn, text: str, handlers=None):
+        """One text message of a legacy connection (`handlers`: a v2 one's)."""
         metrics.step(metrics.FRAMES_IN)
         if not conn.admit_command():
             return
@@ -62,7 +71,7 @@ class Commands:
         if kind is None:
             conn.send_error(obj)
             return
-        handler = self._handlers.get(kind)
+        handler = (self._handlers if handlers is None else handlers).get(kind)
         if handler is None:
             conn.send_error(error_codes.UNKNOWN_TYPE)
             return
@@ -82,6 +91,13 @@ class Commands:
             return None, raw
 
     def subscribe(self, conn, obj):
+        """A legacy subscribe: `subscribed`, then what it missed (automatic resume)."""
+        self._subscribe(conn, obj, self._subscribe_legacy)
+
+    def subscribe_v2(self, conn, obj):
+        self._subscribe(conn, obj, self._subscribe_v2)
+
+    def _subscribe(self, conn, obj, join):
         channel, raw = self._channel_of(conn, obj)
         if channel is None:
             return
@@ -100,17 +116,7 @@ class Commands:
         if conn.closed or conn.closing:       # it went away while we asked the database
             return
         self.rt.access_expiry.watch(conn, key, until, raw)     # math.inf: never looked at again
-        if conn.protocol == V2:
-            self._subscribe_v2(conn, obj, channel, raw)
-        else:
-            resume = self.rt.resume if key not in conn.channels else None
-            joined = resume.before_join(conn, key) if resume is not None else None
-            try:
-                self._join(conn, channel)
-                conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
-            finally:
-                if resume is not None:
-                    resume.after_join(conn, key, joined)     # missed events, right after `subscribed`
+        join(conn, obj, channel, raw)
         if channel.kind == "notifications" and not (conn.closed or conn.closing):
             self._send_unread(conn, raw)
 
@@ -118,6 +124,17 @@ class Commands:
         if channel.key not in conn.channels:
             self.rt.fanout.subscribe(conn, channel.key)     # waits (bounded) until the broker listens
             metrics.step(metrics.subscriptions(channel.kind))
+
+    def _subscribe_legacy(self, conn, obj, channel, raw):
+        key = channel.key
+        resume = self.rt.resume if key not in conn.channels else None
+        joined = resume.before_join(conn, key) if resume is not None else None
+        try:
+            self._join(conn, channel)
+            conn.send_json({"type": "subscribed", "data": {"channel": raw, "channelKey": key}})
+        finally:
+            if resume is not None:
+                resume.after_join(conn, key, joined)     # missed events, right after `subscribed`
 
     def _subscribe_v2(self, conn, obj, channel, raw):
         """`subscribed` adds the stream's position; with `since`, replay then live."""
@@ -142,10 +159,8 @@ class Commands:
                                join=lambda: self._join(conn, channel))
 
     def recover(self, conn, obj):
-        """v2: replay the connection's own user stream after `since`."""
-        if conn.protocol != V2:
-            conn.send_error(error_codes.UNKNOWN_TYPE)
-            return
+        """v2: replay the connection's own user stream after `since` (a legacy connection
+        has no such command: unknown_type)."""
         stream = obj.get("stream")
         if not isinstance(stream, str):
             # A malformed command, not a refusal: access_denied here sent people looking
@@ -236,5 +251,5 @@ class Commands:
         conn.renew(identity.expires_at, identity.issued_at)
         conn.send_json({"type": "authenticated", "data": {"expiresAt": iso_utc(identity.expires_at)}})
 
-    _handlers = {"ping": ping, "subscribe": subscribe, "unsubscribe": unsubscribe, "auth": auth,
-                 "recover": recover}
+    _handlers = {"ping": ping, "subscribe": subscribe, "unsubscribe": unsubscribe, "auth": auth}
+    _v2_handlers = {**_handlers, "subscribe": subscribe_v2, "recover": recover}

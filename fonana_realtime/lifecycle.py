@@ -70,7 +70,7 @@ def serve(rt, sock, parser, head: bytes, subprotocol, identity, ip: str, started
 def _live(rt, conn, resume):
     """One client's greenlet: read until it goes, then unregister and close."""
     try:
-        conn.read_loop(rt.commands.handle)
+        conn.read_loop(rt.commands.handler(conn.protocol))
     finally:
         if resume is not None:
             resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
