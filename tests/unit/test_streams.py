@@ -80,6 +80,15 @@ def _setup():
     return broker, fanout
 
 
+def _scene(published: int):
+    """`published` events on post_p, then a v2 connection of user u (not subscribed yet)."""
+    broker, fanout = _setup()
+    _publish(broker, fanout, published)
+    conn = Recording("u")
+    fanout.add(conn)
+    return broker, fanout, broker.position("post_p")[0], conn
+
+
 def _publish(broker, fanout, n, start=0):
     for i in range(start, start + n):
         broker.publish(ROUTE, b'{"type":"x","n":%d}' % i)
@@ -109,11 +118,7 @@ def test_events_published_during_the_read_are_sent_once_in_their_place():
 
 
 def test_nothing_live_overtakes_the_replay_and_the_reply_comes_first():
-    broker, fanout = _setup()
-    _publish(broker, fanout, 3)
-    epoch = broker.position("post_p")[0]
-    conn = Recording("u")
-    fanout.add(conn)
+    broker, fanout, epoch, conn = _scene(3)
     broker.during = [(ROUTE, b'{"type":"x","n":9}', False)]
     replies = []
 
@@ -140,11 +145,7 @@ def test_not_recoverable_replays_nothing_and_goes_live_after_the_top():
 
 
 def test_a_gap_in_the_buffered_events_is_filled_from_history():
-    broker, fanout = _setup()
-    _publish(broker, fanout, 2)
-    epoch = broker.position("post_p")[0]
-    conn = Recording("u")
-    fanout.add(conn)
+    broker, fanout, epoch, conn = _scene(2)
     # after the snapshot (1, 2): 3 and 4 are stored but never come live, 5 comes live
     broker.during = [(ROUTE, b'{"type":"x","n":%d}' % n, LOST if n < 4 else False) for n in range(2, 5)]
     reply = _subscribe_since(fanout, conn, (epoch, 0))
