@@ -12,7 +12,7 @@ marks (a real write, or the join position of a stream) is copied to one hash per
 
 - batched: moves are collected in process and written by one greenlet of the worker
   once it gets the CPU after the turn that made them (one script call: HSET of the latest
-  position per field, HDEL of departed connections' fields, EXPIRE), so a fan-out to
+  position per field, HDEL of departed connections' fields, PEXPIRE), so a fan-out to
   5,000 connections is one write, not 5,000; a connection's marks move at most once per
   pacing gap per type, whatever the publish rate. The fields go as one text argument
   split by the script: redis-py's HSET with a mapping cost the worker 2.2 us per field,
@@ -89,12 +89,14 @@ class LiveMarks:
         if moves and self._wake is not None:
             self._wake.set()
 
-    def left(self, conn, streams):
-        """`conn` departed (its own marks are written by Resume.depart): its fields go."""
+    def left(self, conn, streams, departed: bool = False):
+        """`conn` no longer holds these streams (an unsubscribe), or `departed` (its own
+        marks are written by Resume.depart): their fields go."""
         moves = self._moves
         for stream in streams:
             moves[(conn, stream)] = None
-        moves[(conn, None)] = None           # and its field prefix, once written
+        if departed:
+            moves[(conn, None)] = None       # and its field prefix, once the batch is written
         if moves and self._wake is not None:
             self._wake.set()
 
@@ -124,17 +126,18 @@ class LiveMarks:
 
     def write(self, batch: dict):
         """One script call for a batch of moves and departures."""
-        put, gone, values, prefixes = [], [], {}, self._prefixes
+        put, gone, values, prefixes, departed = [], [], {}, self._prefixes, []
         for (conn, stream), position in batch.items():
+            if stream is None:
+                departed.append(conn)
+                continue
             prefix = prefixes.get(conn)
             if prefix is None:
                 user = conn.user_id
                 if "|" in user or " " in user or "\n" in user:
                     continue                 # see the module doc
                 prefix = prefixes[conn] = f"{user}|{conn.id}|{conn.started_at!r}|"
-            if stream is None:               # departed: the last of its moves in this batch
-                del prefixes[conn]
-            elif position is None:
+            if position is None:
                 gone.append(prefix + stream)
             else:
                 value = values.get(position)     # one text per position: a fan-out shares it
@@ -142,6 +145,8 @@ class LiveMarks:
                     value = values[position] = f"{position[0]}|{position[1]}"
                 put.append(f"{prefix}{stream} {value}")
         self._script(keys=[self.key], args=["\n".join(put), "\n".join(gone), self.seconds * 1000])
+        for conn in departed:
+            prefixes.pop(conn, None)
 
 
 def release(client, resume_marks, key: str) -> int:

@@ -151,7 +151,7 @@ class Resume:
             self._logged(conn)
         held = [conn.user_stream] + list(conn.channels)
         if self.live is not None:
-            self.live.left(conn, held)      # its own marks follow, unless the client closed
+            self.live.left(conn, held, departed=True)   # its own marks follow, unless the client closed
         if by_client:
             return
         marks = conn.streams.held_marks()

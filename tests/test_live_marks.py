@@ -61,8 +61,9 @@ def test_a_departed_or_unsubscribed_stream_leaves_nothing_to_release(redis_and_p
     live.moved(b, (("user_ub", ("e", 5)),))
     flush(live)
     live.left(a, ["post_q"])                          # unsubscribed
-    live.left(b, ["user_ub"])                         # departed (its own marks are Resume's)
+    live.left(b, ["user_ub"], departed=True)          # departed (its own marks are Resume's)
     flush(live)
+    assert b not in live._prefixes                    # nothing kept of a departed connection
     marks = RedisMarks(client, prefix, 120, clock=lambda: 2000.0)
     assert release(client, marks, key) == 1
     assert {s: m[:2] for s, m in marks.recall("ua").items()} == {"post_p": ("e", 1)}
