@@ -34,7 +34,9 @@ of one type less than the gap (WS_LEGACY_TYPE_GAP_MS, default 200 ms) apart:
   of the key came meanwhile: that re-send reaches the client > 300 ms after anything of
   its type, which no measured squeeze came near (issue 17: 150 ms under a CPU hog). A
   type that never goes quiet (a hot post) gets no re-sends until it does; types without
-  a conflation key (notifications: the app toasts each) are never re-sent.
+  a conflation key (notifications: the app toasts each) are never re-sent, so their gap
+  is wider instead (`solo_gap`, 1.5 times the gap: under a CPU hog the page got two
+  notifications 93 ms apart that were written 200 ms apart).
 
 Cost, paid only by connections that are being written to: a connection's `pace` slot is
 None until an event frame is written to it; the small `Paced` state then remembers the
@@ -82,8 +84,11 @@ class Pacer:
     legacy connection; `run_due` (from the one greenlet started by `start`) writes what has
     become due. Pure logic apart from `start`: tests drive `run_due` with their own clock."""
 
-    def __init__(self, gap_seconds: float, clock=time.monotonic, on_written=_noop, confirm_after=None):
+    def __init__(self, gap_seconds: float, clock=time.monotonic, on_written=_noop, confirm_after=None,
+                 solo_gap=None):
         self.gap = gap_seconds
+        # the gap of types without a conflation key (never re-sent: see the module's doc)
+        self.solo = gap_seconds if solo_gap is None else solo_gap
         # how long a type stays quiet before its keys' latest states are re-sent (None: never)
         self.confirm_after = confirm_after
         self.clock = clock
@@ -120,12 +125,12 @@ class Pacer:
             return self._hold_and_flush(conn, pace, outgoings, now)
         # Nothing waits: everything goes now unless a type repeats within the gap (or the
         # socket still holds earlier frames, see the module's doc).
-        sent, gap = pace.sent, self.gap
+        sent, gap, solo = pace.sent, self.gap, self.solo
         if conn.backlog is not None or len(outgoings) > 1 and len({o.type for o in outgoings}) != len(outgoings):
             return self._hold_and_flush(conn, pace, outgoings, now)
         for out in outgoings:
             last = sent.get(out.type)
-            if last is not None and now < last + gap:
+            if last is not None and now < last + (gap if out.conflate else solo):
                 return self._hold_and_flush(conn, pace, outgoings, now)
         for out in outgoings:
             sent[out.type] = now
@@ -169,14 +174,17 @@ class Pacer:
             # the new frames' types is free either, a flush would only rescan the queue.
             # The hot path of a hot post: a like replacing the waiting like (measured:
             # 1,000 clients at 200 likes/s, server CPU 0.79 s/s with the rescan).
-            sent, gap = pace.sent, self.gap
+            sent, gap, solo = pace.sent, self.gap, self.solo
             soonest = pace.due
             for out in outgoings:
                 last = sent.get(out.type)
-                if last is None or now >= last + gap:
+                if last is None:
                     break
-                if last + gap < soonest:
-                    soonest = last + gap
+                turn = last + (gap if out.conflate else solo)
+                if now >= turn:
+                    break
+                if turn < soonest:
+                    soonest = turn
             else:
                 if soonest < pace.due:       # pace.due was a re-send's, later than this type's turn
                     self._schedule(pace, conn, soonest)
@@ -211,7 +219,7 @@ class Pacer:
         if conn.backlog is not None:         # the socket has not taken the last write yet
             self._schedule(pace, conn, now + self.gap)
             return 0
-        sent, gap = pace.sent, self.gap
+        sent, gap, solo = pace.sent, self.gap, self.solo
         blocked: set = set()                 # streams with an earlier frame still waiting
         due = float("inf")
         keys, outs, held, waits = [], [], 0, self.waits
@@ -221,11 +229,13 @@ class Pacer:
                 blocked.update(streams)
                 continue
             last = sent.get(out.type)
-            if last is not None and now < last + gap:
-                blocked.update(streams)
-                if last + gap < due:
-                    due = last + gap
-                continue
+            if last is not None:
+                turn = last + (gap if out.conflate else solo)
+                if now < turn:
+                    blocked.update(streams)
+                    if turn < due:
+                        due = turn
+                    continue
             sent[out.type] = now
             keys.append(key)
             outs.append(out)

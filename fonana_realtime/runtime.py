@@ -47,7 +47,8 @@ class Runtime:
         self.fanout = Fanout(self.hub, self.broker, settings.recovery_max, self.presence)
         # legacy pacing (PROTOCOL.md 8): one scheduler for the worker, None when turned off
         gap = settings.legacy_type_gap_ms / 1000.0
-        self.pacer = Pacer(gap, on_written=Connection.written, confirm_after=2 * gap) if gap > 0 else None
+        self.pacer = (Pacer(gap, on_written=Connection.written, confirm_after=2 * gap, solo_gap=1.5 * gap)
+                      if gap > 0 else None)
         # automatic resume of legacy connections (PROTOCOL.md 8), None when turned off
         self.resume = _open_resume(settings, self.broker) if settings.resume_seconds > 0 else None
         # which row a push of the app names (PROTOCOL.md 4.1)

@@ -402,3 +402,15 @@ def test_a_bug_while_writing_one_connection_closes_it_1011_and_spares_the_others
     assert closed == [1011]                                      # the client reconnects and resumes
     assert not conn.pace.waiting
     assert [e["n"] for e in other.events()] == [1, 2]
+
+
+def test_types_that_are_never_re_sent_keep_the_wider_gap():
+    clock = Clock()
+    pacer, conn = Pacer(GAP, clock=clock, solo_gap=1.5 * GAP), Conn(clock)
+    assert pacer.offer(conn, [notification("u", n) for n in range(1, 5)] + [like("a", n) for n in range(1, 4)])
+    assert pacer.offer(conn, [like("b", 1)])
+    run_until_idle(pacer, clock)
+    times = conn.times_by_type()
+    assert all(b - a >= 1.5 * GAP - 1e-9 for a, b in zip(times["notification"], times["notification"][1:]))
+    assert min(b - a for a, b in zip(times["post_liked"], times["post_liked"][1:])) < 1.5 * GAP
+    assert [e["n"] for e in conn.events() if e["type"] == "notification"] == [1, 2, 3, 4]
