@@ -3,12 +3,13 @@
 The Fonana browser client (`lib/services/websocket.ts`) drops an event whose `type` it
 emitted less than 100 ms ago (one timestamp per type, across all channels). So to a
 connection without the `fonana.v2` subprotocol the server never writes two event frames
-of one type less than the gap (WS_LEGACY_TYPE_GAP_MS, default 200 ms) apart:
+of one type less than the gap (WS_LEGACY_TYPE_GAP_MS, default 200 ms; 1.5 times it for
+types without a conflation key, see below) apart:
 
 - A frame that would come too soon waits. Frames of one *stream* (`post_P`, `user_U`, ...)
   are written in publish order, so a frame also waits behind an earlier waiting frame of
   its stream; frames of other streams pass it. Why not one queue for everything: a burst
-  of 30 notifications takes 5.8 s to trickle out, and a global queue would hold every like
+  of 30 notifications takes 8.7 s to trickle out, and a global queue would hold every like
   and comment behind it for that long; the protocol orders events per stream only, and
   per stream is what keeps "the last position written" (automatic resume) a true prefix.
 - While a frame waits, a newer one with the same conflation key replaces it
