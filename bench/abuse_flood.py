@@ -8,13 +8,15 @@ pinned to core 0) serves two clients from this process (pinned to core 1): a flo
 writing one frame over and over as fast as it can for `--seconds` (and reading all it
 gets back: tests/support/flood.py), and a bystander connected before, sending a JSON
 ping and waiting for its pong, up to 10 a second (its own rate limit is 20/s), for as
-long as the flood lasts. Two floods: JSON
-`{"type":"ping"}` text frames, and empty WebSocket ping frames (opcode 9).
+long as the flood lasts. Four floods: JSON `{"type":"ping"}` text frames, empty
+WebSocket ping frames (opcode 9), empty pong frames (opcode 10), one-byte binary messages.
 
 Reported per flood, medians over the repetitions: the bystander's worst and median
 round trip while the flood ran, how the flooder's connection ended (close code) and
-after how long, and the bytes it wrote. `--tree` runs the server from another checkout
-(e.g. a worktree of 2a9aaaf) to compare. 127.0.0.1 only; every loop is bounded in time.
+after how long, and the bytes it wrote. Then what giving way costs a well-behaved
+client: worker CPU per JSON ping round trip of one client (rate limits raised out of
+the way). `--tree` runs the server from another checkout (e.g. an export of 2a9aaaf)
+to compare. 127.0.0.1 only; every loop is bounded in count and time.
 """
 from __future__ import annotations
 
@@ -34,10 +36,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 import run as bench  # noqa: E402  (bench/run.py: servers pinned to a core)
 from support.flood import Flood  # noqa: E402
-from support.rawws import OP_PING, OP_TEXT, RawWebSocket, masked_frame  # noqa: E402
+from support.rawws import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, masked_frame  # noqa: E402
+from legacy_pacing import cpu_seconds  # noqa: E402
 
 PING_GAP = 0.1
-FLOODS = {"json-ping": (OP_TEXT, b'{"type":"ping"}'), "ping-frame": (OP_PING, b"")}
+FLOODS = {"json-ping": (OP_TEXT, b'{"type":"ping"}'), "ping-frame": (OP_PING, b""), "pong-frame": (OP_PONG, b""),
+          "binary": (OP_BINARY, b"x")}
+# the round-trip cost run: limits out of the way, so every ping is answered
+UNLIMITED = {"WS_RATE_PER_SEC": "1000000", "WS_RATE_BURST": "1000000"}
 
 
 def token(secret: str, user: str) -> str:
@@ -71,11 +77,29 @@ def one_flood(srv, secret: str, kind: str, seconds: float, user_index: int) -> d
             "ended_s": ended, "flood_mb": flood.sent / 1e6}
 
 
+def round_trips(srv, secret: str, count: int, user: str) -> dict:
+    """What a well-behaved client's command costs the server: `count` JSON pings, each
+    sent once the previous pong arrived; worker CPU per round trip (the read loop's
+    yield per read is in it)."""
+    ws = RawWebSocket(bench.HOST, srv.port, f"/ws?token={token(secret, user)}")
+    ws.recv_json_until("connected")
+    pids = srv.refresh_pids()
+    cpu0, t0 = cpu_seconds(pids), time.monotonic()
+    for _ in range(count):
+        ws.send_json({"type": "ping"})
+        ws.recv_json_until("pong")
+    wall, cpu = time.monotonic() - t0, cpu_seconds(pids) - cpu0
+    ws.close()
+    return {"us_cpu_per_rt": cpu / count * 1e6, "us_wall_per_rt": wall / count * 1e6}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tree", type=Path, default=None, help="run the server from this checkout")
+    ap.add_argument("--round-trips", type=int, default=20000,
+                    help="JSON ping round trips of one well-behaved client, per repetition (0: skip)")
     args = ap.parse_args()
     os.sched_setaffinity(0, {bench.GEN_CPU})
     ctx = bench.Context(SimpleNamespace(reps=args.reps, nice=0, quiet_wait=30.0), "quick")
@@ -102,6 +126,18 @@ def main():
                     {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()}))
     finally:
         srv.stop()
+    costs = []
+    if args.round_trips:
+        srv = bench.Server("ours", ctx, label="roundtrips")
+        srv.extra_env = dict(UNLIMITED)
+        srv.start()
+        try:
+            for rep in range(args.reps):
+                bench.wait_quiet(ctx)
+                costs.append(round_trips(srv, ctx.jwt_secret, args.round_trips, "bench-u99"))
+                bench.log(f"rep {rep + 1} round trips: " + json.dumps({k: round(v, 1) for k, v in costs[-1].items()}))
+        finally:
+            srv.stop()
     bench.log(f"\nmedians over {args.reps} repetition(s)")
     bench.log("| flood | bystander worst RTT (ms) | bystander median RTT (ms) | flooder closed with | after (s) | flood written (MB) |")
     bench.log("|---|---|---|---|---|---|")
@@ -115,6 +151,10 @@ def main():
         codes = sorted({str(r["close_code"]) for r in rs})
         bench.log(f"| {kind} | {fmt(med('worst_ms'))} | {fmt(med('median_ms'), 2)} | {'/'.join(codes)} | "
                   f"{fmt(med('ended_s'))} | {fmt(med('flood_mb'))} |")
+    if costs:
+        bench.log(f"\none client's JSON ping round trips ({args.round_trips} a run), medians: worker CPU "
+                  f"{statistics.median(c['us_cpu_per_rt'] for c in costs):.1f} us, wall "
+                  f"{statistics.median(c['us_wall_per_rt'] for c in costs):.1f} us per round trip")
     return 0
 
 
