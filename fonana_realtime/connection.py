@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 
-from gevent import sleep
+from gevent import get_hub, sleep
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import close_codes, error_codes, metrics
@@ -39,11 +39,13 @@ ABUSE_QUIET_SECONDS = 1.0
 # WS_MAX_MESSAGE_BYTES). Empty fragments carry no payload for the size limit to count:
 # 3M of them cost +21.8 MB RSS and 25 s of CPU (issue 18). Browsers do not fragment.
 MAX_FRAGMENTS = 128
-# Longest run of one read's frames handled without letting other greenlets run. gevent's
-# hub polls for I/O only every 50 run callbacks (sleep(0) is one), so a flooder whose
-# every turn is one 64 KiB read of 6-byte ping frames (~100 ms each) kept a bystander
-# waiting for seconds even with a yield per read; bounding the turn bounds that wait.
-READ_TURN_SECONDS = 0.002
+# Longest run of one client's frames handled without letting other greenlets run
+# (`read_loop`). gevent's hub polls for I/O only every 50 run callbacks (sleep(0) is
+# one), so a flooder whose every turn was one 64 KiB read of 6-byte ping frames (~100 ms
+# each) kept a bystander waiting for seconds even with a yield per read; bounding the
+# turn bounds that wait to ~50 turns. Against 2 ms, 0.5 ms halved the bystander's median
+# round trip during a flood (24-57 ms against 65-126 ms, bench/abuse_flood.py, A/B).
+READ_TURN_SECONDS = 0.0005
 
 
 class Connection:
@@ -251,6 +253,14 @@ class Connection:
         """Read until the peer closes or we abort. `on_text(conn, str)` handles one
         complete text message; binary messages are answered with invalid_message."""
         sock, parser, writer = self.sock, self.parser, self.writer
+        # A recv with data waiting returns without going to the hub: a client that kept
+        # data waiting (a flood) held the worker for as long as it wrote, and a bystander's
+        # ping waited 9.4 s (issue 18). So a read that did not wait gives way first, and
+        # a read's frames give way every READ_TURN_SECONDS. The hub's loop time tells the
+        # two reads apart (waiting, the loop went round): ~30 ns a read, where a yield
+        # after every read would cost every client a trip through the hub per read.
+        loop = get_hub().loop
+        seen = None
         while not self.closed:
             try:
                 data = sock.recv(65536)
@@ -258,16 +268,23 @@ class Connection:
                 data = b""
             if not data:
                 break
+            if loop.now() == seen:
+                sleep(0)
+                if self.closed:
+                    break
+            seen = loop.now()
+            turn_ends = time.monotonic() + READ_TURN_SECONDS
             try:
                 parser.receive_data(data)
                 writer.cork()
                 try:
-                    turn_ends = time.monotonic() + READ_TURN_SECONDS
                     for event in parser.events():
                         if not self._on_event(event, on_text):
                             return
                         if time.monotonic() > turn_ends:
                             self._give_way()
+                            if self.closed:            # aborted meanwhile (the heartbeat, a 4009)
+                                return
                             turn_ends = time.monotonic() + READ_TURN_SECONDS
                 finally:
                     writer.uncork()
@@ -275,14 +292,10 @@ class Connection:
                 log.exception("read loop failed", extra={"event": "conn_error", "conn_id": self.id})
                 self.close(close_codes.INTERNAL_ERROR)
                 return
-            # A recv with data waiting returns without going to the hub: a client that
-            # keeps data waiting (a flood) held the worker for as long as it wrote, and a
-            # bystander's ping waited 9.4 s (issue 18). So every read gives way once.
-            sleep(0)
 
     def _give_way(self):
-        """Let the other greenlets run in the middle of one read's frames (what the read
-        brought about so far goes out first)."""
+        """Let the other greenlets run in the middle of a turn's frames (what they brought
+        about so far goes out first)."""
         self.writer.uncork()
         sleep(0)
         self.writer.cork()
