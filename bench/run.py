@@ -168,6 +168,17 @@ def http_get(port, path, timeout=2.0):
         return None, b""
 
 
+def wait_ready(port, tries=30):
+    """/ready's last answer (status, body), after it said 200 or `tries` half-second waits."""
+    status, body = None, b""
+    for _ in range(tries):
+        status, body = http_get(port, "/ready", 2.0)
+        if status == 200:
+            break
+        time.sleep(0.5)
+    return status, body
+
+
 def machine_info():
     info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     try:
@@ -605,10 +616,7 @@ def run_storm_workers(ctx, rep):
         srv.pin = None
         try:
             srv.start()
-            for _ in range(30):
-                if http_get(srv.port, "/ready", 2.0)[0] == 200:
-                    break
-                time.sleep(0.5)
+            wait_ready(srv.port)
             worker_pids = [pid for pid in children_of(srv.proc.pid)]
             loadgen(ctx, srv, f"c{20 * workers}", tokens=ctx.tokens_main, channel="notifications", deadline=30)
             time.sleep(1.0)
@@ -666,10 +674,7 @@ def run_presence(ctx, rep):
         srv.extra_env = {"WS_PRESENCE": flag}
         try:
             srv.start()
-            for _ in range(30):
-                if http_get(srv.port, "/ready", 2.0)[0] == 200:
-                    break
-                time.sleep(0.5)
+            wait_ready(srv.port)
             loadgen(ctx, srv, "c20", tokens=ctx.tokens_main, channel="notifications", deadline=30)
             time.sleep(1.0)
             steps, _ = loadgen(ctx, srv, f"c{p['storm_n']}", tokens=ctx.tokens_storm, channel="notifications",
@@ -797,12 +802,7 @@ def run_redis(ctx, rep):
         ctx.skips.add(f"redis: our server did not start with REDIS_URL ({exc})")
         return
     try:
-        status, body = 0, b""
-        for _ in range(30):
-            status, body = http_get(srv.port, "/ready", 2.0)
-            if status == 200:
-                break
-            time.sleep(0.5)
+        status, body = wait_ready(srv.port)
         if status != 200:
             ctx.skips.add(f"redis: /ready answered {status} {body[:120]!r} with REDIS_URL")
             log(f"  SKIPPED: /ready answered {status} with REDIS_URL")
