@@ -201,8 +201,6 @@ class Commands:
         if key in conn.channels:
             self.rt.fanout.unsubscribe(conn, key)
             metrics.unsubscribed(key)
-            if conn.protocol is None and self.rt.resume is not None:
-                self.rt.resume.left(conn, (key,))       # no longer its stream to resume
         self.rt.access_expiry.forget(conn, key)
 
     # ---- access that lapses (access_expiry.py calls these at the moment it ends) ----

@@ -57,11 +57,11 @@ class Connection:
                  "closing", "closed",
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "settings", "pacer", "pace", "resume", "on_marks", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary")
+                 "settings", "pacer", "pace", "resume", "on_marks", "on_left", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary")
 
     def __init__(self, sock, parser, user_id: str, expires_at: float, ip: str, settings,
-                 protocol: str | None = None, on_marks=None, pacer=None, head: bytes | None = None,
-                 issued_at: float | None = None):
+                 protocol: str | None = None, on_marks=None, on_left=None, pacer=None,
+                 head: bytes | None = None, issued_at: float | None = None):
         self.id = next(_ids)
         self.sock = sock                  # gevent socket, upgraded (web/upgrade.py)
         self.writer = Writer(self, sock, head)   # the one write path (the 101 head leads it)
@@ -74,7 +74,7 @@ class Connection:
         self.connected_at = time.time()       # wall clock, for operators (GET /api/connections)
         self.ip = ip
         self.settings = settings          # frame, backlog and rate limits, ping interval
-        self.channels: set[str] = set()
+        self.channels: set[str] = set()   # the channels it holds: written by its methods only (hub.py)
         # where it stands on each stream it holds, and how its events are delivered
         self.streams = Streams(self, protocol is not None)
         # The one entry point for events (a batch of `Outgoing`, in order):
@@ -90,8 +90,11 @@ class Connection:
         self.pace = None                  # its pacing state, only while it is being written to
         self.resume = None                # legacy: what it may replay where a dropped one left off
         # legacy with resume marks in Redis: (conn, (stream, position) pairs) after its marks
-        # moved (live_marks.LiveMarks.moved: a killed worker's connections can be resumed)
+        # moved (live_marks.LiveMarks.moved: a killed worker's connections can be resumed),
+        # and (conn, streams) once it no longer holds them (LiveMarks.left): set once, at
+        # connect time (lifecycle.serve), so no later code asks which protocol it speaks
         self.on_marks = on_marks
+        self.on_left = on_left
         self.started_at = 0.0             # wall clock, set when resume is on (resume.py)
         self.closed_by_client = False     # the client started the closing handshake
         self.closing = False              # close frame queued; no more events
@@ -117,6 +120,41 @@ class Connection:
         if self.closing or self.closed:
             return False
         return self.writer.write(data, frames)
+
+    # ---- state other modules ask to change (they call these, never write the fields) ----
+
+    def paced(self, pace):
+        """pacing.Pacer: an event frame is written to it; `pace` (pacing.Paced) holds its
+        pacing state from now on. Returns `pace`."""
+        self.pace = pace
+        return pace
+
+    def unpaced(self):
+        """pacing.Pacer: quiet again (or gone): its pacing state is dropped."""
+        self.pace = None
+
+    def resuming(self, started_at: float, pending):
+        """resume.Resume.arrive: when it started (wall clock: marks written before it are
+        not its own) and what it may replay (resume.Pending, or None)."""
+        self.started_at = started_at
+        self.resume = pending
+
+    def resumed(self):
+        """resume.Resume: nothing more to replay; what it replayed (for the log line)."""
+        pending, self.resume = self.resume, None
+        return pending
+
+    def hold_channel(self, key: str):
+        """hub.Hub.subscribe: it holds channel `key` now."""
+        self.channels.add(key)
+
+    def drop_channel(self, key: str):
+        """hub.Hub.unsubscribe: it no longer holds channel `key`."""
+        self.channels.discard(key)
+
+    def drop_channels(self):
+        """hub.Hub.remove: it is unregistered and holds nothing."""
+        self.channels.clear()
 
     def written(self, outgoings):
         """The pacer wrote these (held) events: their positions move (streams.py)."""
@@ -150,8 +188,7 @@ class Connection:
                                                "conn_id": self.id})
         metrics.SLOW_CLIENT_CLOSES.inc()
         if self.pace is not None:          # frames held by pacing were never started either
-            self.pace.waiting.clear()
-            self.pace.bytes = 0
+            self.pace.drop()
         self.closing = True
         self.close_deadline = time.monotonic() + CLOSE_GRACE_SECONDS
         code = close_codes.SLOW_CONSUMER

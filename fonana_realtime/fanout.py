@@ -72,11 +72,11 @@ class Fanout:
         self.presence.joined(conn, key)
 
     def unsubscribe(self, conn, key: str):
-        conn.streams.left(key)
         if key in conn.channels:
             self.presence.parted(conn, key)
         if self.hub.unsubscribe(conn, key):
             self.broker.unlisten(channel_topic(key))
+        conn.streams.left(key)      # last: no event of it is delivered to conn any more
 
     # ---- positions and recovery (protocol v2) ------------------------------------------
 

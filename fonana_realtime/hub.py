@@ -46,7 +46,7 @@ class Hub:
             return []
         self.connections.discard(conn)
         ended = [topic for topic in map(channel_topic, conn.channels) if self._leave(topic, conn)]
-        conn.channels.clear()
+        conn.drop_channels()
         topic = user_topic(conn.user_id)
         if self._leave(topic, conn):
             ended.append(topic)
@@ -56,14 +56,14 @@ class Hub:
         """Add channel `key` to the connection; True if its topic is new here."""
         if key in conn.channels:
             return False
-        conn.channels.add(key)
+        conn.hold_channel(key)
         return self._join(channel_topic(key), conn)
 
     def unsubscribe(self, conn, key: str) -> bool:
         """Drop channel `key`; True if its topic lost its last local subscriber."""
         if key not in conn.channels:
             return False
-        conn.channels.discard(key)
+        conn.drop_channel(key)
         return self._leave(channel_topic(key), conn)
 
     def user_connection_count(self, user_id: str) -> int:

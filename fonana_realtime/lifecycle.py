@@ -37,6 +37,7 @@ def serve(rt, sock, parser, head: bytes, subprotocol, identity, ip: str, started
     live = resume.live if resume is not None else None
     conn = Connection(sock, parser, identity.user_id, identity.expires_at, ip, rt.settings,
                       protocol=subprotocol, on_marks=live.moved if live is not None else None,
+                      on_left=live.left if live is not None else None,
                       pacer=rt.pacer if subprotocol is None else None, head=head,
                       issued_at=identity.issued_at)
     # where its dropped connections left off (may ask Redis), where it starts on its stream

@@ -75,6 +75,12 @@ class Paced:
         self.due = 0.0                       # when the scheduler looks again (0: not scheduled)
         self.last = 0.0                      # when the last frame was written
 
+    def drop(self):
+        """The connection is gone: its waiting frames go with it (as a socket backlog does)."""
+        self.waiting.clear()
+        self.confirm.clear()
+        self.bytes = 0
+
 
 def _noop(conn, outgoings):
     pass
@@ -118,7 +124,7 @@ class Pacer:
         now = self.clock()
         pace = conn.pace
         if pace is None:
-            pace = conn.pace = Paced()
+            pace = conn.paced(Paced())
             self.active.add(conn)
             if self._wake is not None and self._sleep_until == float("inf"):
                 self._wake.set()             # the scheduler sleeps without a deadline: it prunes
@@ -194,19 +200,12 @@ class Pacer:
             return False
         return not (pace.waiting and self._over_limits(conn, pace))
 
-    @staticmethod
-    def _drop(pace: Paced):
-        """The connection is gone: its waiting frames go with it (as a socket backlog does)."""
-        pace.waiting.clear()
-        pace.confirm.clear()
-        pace.bytes = 0
-
     def _over_limits(self, conn, pace: Paced) -> bool:
         """Waiting frames count against the send backlog: over a limit → 4009."""
         limits = conn.settings
         if (conn.backlog_bytes + pace.bytes > limits.send_backlog_bytes
                 or conn.backlog_frames + len(pace.waiting) > limits.send_backlog_frames):
-            self._drop(pace)
+            pace.drop()
             conn.overflow()
             return True
         return False
@@ -215,7 +214,7 @@ class Pacer:
         """Write every waiting frame that may go now, in one write; schedule the rest.
         Returns the frames written, -1 if the connection is gone."""
         if conn.closing or conn.closed:
-            self._drop(pace)
+            pace.drop()
             return -1
         if conn.backlog is not None:         # the socket has not taken the last write yet
             self._schedule(pace, conn, now + self.gap)
@@ -258,7 +257,7 @@ class Pacer:
             if held:
                 self.held += held
             if not conn.send(b"".join(o.legacy for o in outs), len(outs)):
-                self._drop(pace)
+                pace.drop()
                 return -1
             fresh = outs[:len(outs) - resent] if resent else outs
             if fresh:
@@ -320,7 +319,7 @@ class Pacer:
         17). Close it 1011 instead: the client reconnects and resumes what it missed."""
         log.exception("pacing failed for a connection", extra={"event": "pacing_error", "conn_id": conn.id,
                                                                 "user_id": conn.user_id})
-        self._drop(pace)
+        pace.drop()
         try:
             conn.close(close_codes.INTERNAL_ERROR)
         except Exception:
@@ -339,7 +338,7 @@ class Pacer:
         quiet = [c for c in self.active
                  if c.closed or (not c.pace.waiting and not c.pace.confirm and now - c.pace.last >= PRUNE_SECONDS)]
         for conn in quiet:
-            conn.pace = None
+            conn.unpaced()
             self.active.discard(conn)
 
     def next_due(self) -> float | None:

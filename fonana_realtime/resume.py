@@ -65,14 +65,14 @@ class Resume:
     def arrive(self, conn):
         """Before the connection is registered: where did this user's dropped connections
         leave off? Then join the user stream (see `before_join`)."""
-        conn.started_at = self.clock()
+        started_at = self.clock()
         try:
             marks = self.marks.recall(conn.user_id)
         except Exception as exc:        # Redis unreachable: no resume, the connection goes on
             log.warning("resume marks unavailable", extra={"event": "resume_unavailable",
                                                             "user_id": conn.user_id, "reason": type(exc).__name__})
             marks = {}
-        conn.resume = Pending(marks) if marks else None
+        conn.resuming(started_at, Pending(marks) if marks else None)
         return self.before_join(conn, conn.user_stream)
 
     def before_join(self, conn, stream: str):
@@ -138,11 +138,6 @@ class Resume:
         if self.live is not None and mark is not None:
             self.live.moved(conn, ((stream, mark),))
 
-    def left(self, conn, streams):
-        """The connection no longer holds these streams (an unsubscribe)."""
-        if self.live is not None:
-            self.live.left(conn, streams)
-
     # ---- a legacy connection ends ----------------------------------------------------
 
     def depart(self, conn, by_client: bool):
@@ -165,6 +160,6 @@ class Resume:
 
     @staticmethod
     def _logged(conn):
-        pending, conn.resume = conn.resume, None
+        pending = conn.resumed()
         log.info("resumed", extra={"event": "resumed", "user_id": conn.user_id, "conn_id": conn.id,
                                    "streams": pending.streams, "count": pending.count})

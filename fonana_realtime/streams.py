@@ -31,7 +31,7 @@ class Streams:
         self.conn = conn                  # writes go through its one write path
         self.v2 = v2
         self.user_stream = conn.user_stream
-        self.channels = conn.channels     # the channels it holds (hub.py keeps that set)
+        self.channels = conn.channels     # the channels it holds (Connection.hold_channel...)
         self.marks: dict = {}
         self.joined: dict = {}
         self.buffers: dict = {}
@@ -59,9 +59,13 @@ class Streams:
         self.marks.pop(stream, None)
 
     def left(self, stream: str) -> None:
-        """The connection no longer holds `stream` (an unsubscribe)."""
+        """The connection no longer holds `stream` (an unsubscribe): no position of it is
+        kept, and a legacy connection's live marks (resume) forget it."""
         self.marks.pop(stream, None)
         self.joined.pop(stream, None)
+        on_left = self.conn.on_left
+        if on_left is not None:
+            on_left(self.conn, (stream,))
 
     def join_position(self, stream: str, epoch, top: int) -> None:
         """v2: the connection is told (epoch, top) on joining `stream`; later events are the

@@ -18,6 +18,15 @@ class Recorder:
         self.writes = []
         self.accept = accept
 
+    def hold_channel(self, key):
+        self.channels.add(key)
+
+    def drop_channel(self, key):
+        self.channels.discard(key)
+
+    def drop_channels(self):
+        self.channels.clear()
+
     def deliver(self, outgoings, joined_legacy=None, positions=None, shared_v2=None):
         if not self.accept:
             return False

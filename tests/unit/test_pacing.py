@@ -67,6 +67,13 @@ class Conn:
         self.writes.append((self.clock(), events))
         return True
 
+    def paced(self, pace):
+        self.pace = pace
+        return pace
+
+    def unpaced(self):
+        self.pace = None
+
     def overflow(self):
         self.overflowed = True
         self.closing = self.closed = True
