@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+from websockets.exceptions import InvalidStatus
 
 from .server import Server, free_port
 
@@ -137,10 +138,18 @@ def spread(servers, user_id: str, workers_per_server: int, attempts: int = 40) -
     try:
         for i in range(attempts):
             srv = servers[i % len(servers)]
-            ws = srv.connect(user_id)
-            where = (srv.name, ws.welcome["data"]["worker"])
-            if where in found:
-                extra.append(ws)
+            try:
+                ws = srv.connect(user_id)
+            except InvalidStatus as exc:
+                # the favoured worker is full (503 worker_full): a miss like any other
+                if exc.response.status_code != 503:
+                    raise
+                ws, where = None, None
+            else:
+                where = (srv.name, ws.welcome["data"]["worker"])
+            if ws is None or where in found:
+                if ws is not None:
+                    extra.append(ws)
                 for _ in range(PLUGS_PER_MISS):
                     plugs.append(socket.create_connection((srv.host, srv.port), timeout=5))
             else:
