@@ -22,14 +22,12 @@ import redis
 from flask import Blueprint, Response, jsonify, redirect, request
 
 from . import control, json_error, presence, runtime
-from .api import BadRequest, _bad_request, _broker_down
-from ..broker import BrokerUnavailable
+from .api import refusals_of_api
 from ..revocations import StoreError
 
 STATIC = Path(__file__).resolve().parent / "static" / "admin"
-bp = Blueprint("admin", __name__, static_folder=str(STATIC), static_url_path="/admin/static")
-bp.register_error_handler(BadRequest, _bad_request)
-bp.register_error_handler(BrokerUnavailable, _broker_down)
+bp = refusals_of_api(Blueprint("admin", __name__, static_folder=str(STATIC), static_url_path="/admin/static"),
+                     api_key=False)        # the page has its own session (_guard)
 bp.register_error_handler(StoreError, control._store_down)
 bp.register_error_handler(redis.RedisError, presence._redis_down)
 

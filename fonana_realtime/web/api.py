@@ -76,6 +76,17 @@ def _check_key_and_size():
     return None
 
 
+def refusals_of_api(blueprint: Blueprint, *, api_key: bool = True) -> Blueprint:
+    """Give another blueprint /api's refusals: the key and size check (unless it guards
+    itself) and the JSON answers for a bad body, a cut body and a broker outage."""
+    if api_key:
+        blueprint.before_request(_check_key_and_size)
+    blueprint.register_error_handler(BadRequest, _bad_request)
+    blueprint.register_error_handler(PayloadTooLarge, _too_large)
+    blueprint.register_error_handler(BrokerUnavailable, _broker_down)
+    return blueprint
+
+
 def json_body() -> dict:
     raw = request.get_data(cache=False)      # at most MAX_CONTENT_LENGTH bytes
     if request.content_length is None and len(raw) >= runtime().settings.api_max_body_bytes \

@@ -16,19 +16,13 @@ import time
 from flask import Blueprint, jsonify, request
 
 from .. import close_codes, metrics
-from ..broker import BrokerUnavailable
 from ..channels import InvalidChannel, parse_channel_any, valid_id
 from ..revocations import StoreError
 from . import json_error, runtime
-from .api import (BadRequest, PayloadTooLarge, _bad_request, _broker_down, _check_key_and_size,
-                  _id, _too_large, json_body)
+from .api import BadRequest, _id, json_body, refusals_of_api
 
 log = logging.getLogger("fonana_realtime.control")
-bp = Blueprint("control", __name__, url_prefix="/api")
-bp.before_request(_check_key_and_size)
-bp.register_error_handler(BadRequest, _bad_request)
-bp.register_error_handler(PayloadTooLarge, _too_large)
-bp.register_error_handler(BrokerUnavailable, _broker_down)
+bp = refusals_of_api(Blueprint("control", __name__, url_prefix="/api"))
 
 MAX_REASON = 123        # a close frame's reason: 125 bytes of payload less the code
 

@@ -9,11 +9,9 @@ from flask import Blueprint, jsonify, request
 
 from ..channels import InvalidChannel, parse_channel_key, valid_id
 from . import json_error, runtime
-from .api import BadRequest, _bad_request, _check_key_and_size
+from .api import BadRequest, refusals_of_api
 
-bp = Blueprint("presence", __name__, url_prefix="/api")
-bp.before_request(_check_key_and_size)
-bp.register_error_handler(BadRequest, _bad_request)
+bp = refusals_of_api(Blueprint("presence", __name__, url_prefix="/api"))
 
 MAX_KEYS = 1000
 MAX_LIMIT = 1000
