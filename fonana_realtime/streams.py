@@ -55,9 +55,6 @@ class Streams:
     def set_mark(self, stream: str, position) -> None:
         self.marks[stream] = position
 
-    def forget_mark(self, stream: str) -> None:
-        self.marks.pop(stream, None)
-
     def left(self, stream: str) -> None:
         """The connection no longer holds `stream` (an unsubscribe): no position of it is
         kept, and a legacy connection's live marks (resume) forget it."""
