@@ -255,13 +255,32 @@ def test_a_connection_that_joined_streams_already_heard_gets_what_it_missed(srv,
         other_tab.close()
 
 
-def position_reads(rs) -> int:
-    """Calls of Redis scripts so far but the live marks' writes (each of those runs one
-    PEXPIRE, which no other script does): the stream position script is the only other
-    one a connect runs; publishes and departures run theirs too, and this test does neither."""
-    stats = rs.client().info("commandstats")
-    scripts = sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
-    return scripts - stats.get("cmdstat_pexpire", {}).get("calls", 0)
+class PositionReads:
+    """Counts the stream position script's calls on a Redis, by its SHA in Redis's own
+    command log (SLOWLOG with a 0 µs threshold logs every command): other scripts run
+    in the background of a connect (presence's and the live marks' batched writes, a
+    gather interval later), so counting every EVALSHA raced with them."""
+
+    def __init__(self, rs):
+        import hashlib
+        from fonana_realtime.redis_history import POSITION_SCRIPT
+        self.client = rs.client()
+        self.sha = hashlib.sha1(POSITION_SCRIPT.encode()).hexdigest().encode()
+
+    def __enter__(self):
+        self.client.config_set("slowlog-max-len", 100000)
+        self.client.config_set("slowlog-log-slower-than", 0)
+        self.client.slowlog_reset()
+        return self
+
+    def count(self) -> int:
+        return sum(1 for entry in self.client.slowlog_get(100000)
+                   if entry["command"].split(b" ")[:2] == [b"EVALSHA", self.sha])
+
+    def __exit__(self, *exc):
+        self.client.config_set("slowlog-log-slower-than", 10000)   # Redis's defaults
+        self.client.config_set("slowlog-max-len", 128)
+        self.client.slowlog_reset()
 
 
 @pytest.mark.parametrize("srv", ["redis"], indirect=True)
@@ -276,13 +295,13 @@ def test_with_redis_a_legacy_connect_reads_each_position_once(srv, seed):
     warm = srv.connect(seed.user())                          # scripts loaded, the post heard
     warm.subscribe(channel)
     warm.barrier()
-    before = position_reads(srv.redis)
-    user = seed.user()
-    first = srv.connect(user)                                # its user stream: new here
-    first.subscribe({"type": "notifications", "userId": user})   # new here too
-    first.subscribe(channel)                                 # heard already
-    first.barrier()
-    assert position_reads(srv.redis) - before == 2           # one per new stream, none per join
+    with PositionReads(srv.redis) as reads:
+        user = seed.user()
+        first = srv.connect(user)                            # its user stream: new here
+        first.subscribe({"type": "notifications", "userId": user})   # new here too
+        first.subscribe(channel)                             # heard already
+        first.barrier()
+        assert reads.count() == 2                            # one per new stream, none per join
     warm.close()
     first.close()
 
