@@ -38,6 +38,7 @@ import run as bench  # noqa: E402  (bench/run.py: servers pinned to a core)
 from support.flood import Flood  # noqa: E402
 from support.rawws import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, masked_frame  # noqa: E402
 from legacy_pacing import cpu_seconds  # noqa: E402
+from tables import cell, median_of  # noqa: E402
 
 PING_GAP = 0.1
 FLOODS = {"json-ping": (OP_TEXT, b'{"type":"ping"}'), "ping-frame": (OP_PING, b""), "pong-frame": (OP_PONG, b""),
@@ -154,15 +155,9 @@ def main():
     bench.log("| flood | bystander worst RTT (ms) | bystander median RTT (ms) | flooder closed with | after (s) | flood written (MB) |")
     bench.log("|---|---|---|---|---|---|")
     for kind, rs in results.items():
-        def med(key, rs=rs):
-            vals = [r[key] for r in rs if r[key] is not None]
-            return statistics.median(vals) if vals else None
-
-        def fmt(v, d=1):
-            return "-" if v is None else f"{v:.{d}f}"
         codes = sorted({str(r["close_code"]) for r in rs})
-        bench.log(f"| {kind} | {fmt(med('worst_ms'))} | {fmt(med('median_ms'), 2)} | {'/'.join(codes)} | "
-                  f"{fmt(med('ended_s'))} | {fmt(med('flood_mb'))} |")
+        bench.log(f"| {kind} | {cell(median_of(rs, 'worst_ms'))} | {cell(median_of(rs, 'median_ms'), 2)} | "
+                  f"{'/'.join(codes)} | {cell(median_of(rs, 'ended_s'))} | {cell(median_of(rs, 'flood_mb'))} |")
     if costs:
         bench.log(f"\none client's JSON ping round trips ({args.round_trips} a run), medians: worker CPU "
                   f"{statistics.median(c['us_cpu_per_rt'] for c in costs):.1f} us, wall "

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (bench/run.py: the servers, the redis-server and the generator)
+from tables import spread  # noqa: E402
 
 
 class Variant(run.Server):
@@ -57,13 +58,6 @@ def source_at(commit: str, dest: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(dest)
     return dest
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
 
 
 def main():
@@ -149,7 +143,7 @@ def main():
             other = max((m["foreign_load"] or 0) for m in ms)
             r1 = f"{statistics.median(rate) / base_rate:.2f}" if base_rate else "-"
             r2 = f"{statistics.median([c for c in cpu if c]) / base_cpu:.2f}" if base_cpu else "-"
-            print(f"| {n:,} | {label} | {med(rate)} | {r1} | {med(cpu)} | {r2} | {other:.0%} |")
+            print(f"| {n:,} | {label} | {spread(rate)} | {r1} | {spread(cpu)} | {r2} | {other:.0%} |")
     shutil.rmtree(ctx.work, ignore_errors=True)
 
 

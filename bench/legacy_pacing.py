@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (bench/run.py: servers, tokens, the load generator)
+from tables import cell, median_of  # noqa: E402
 
 HOT_POST = bench.POST_ID
 LIKES_PER_SEC = 200
@@ -224,15 +224,11 @@ def main():
     for name in ("on", "off"):
         rs = runs[name]
 
-        def med(key, rs=rs):
-            vals = [r[key] for r in rs if r.get(key) is not None]
-            return statistics.median(vals) if vals else None
-
-        def fmt(v, d=3):
-            return "-" if v is None else f"{v:.{d}f}"
-        bench.log(f"| {name} | {fmt(med('frames_per_conn_per_s'), 2)} | {fmt(med('held'), 0)} | "
-                  f"{fmt(med('replaced'), 0)} | {fmt(med('hold_p99'))} | {fmt(med('hold_max'))} | "
-                  f"{fmt(med('server_cpu'), 2)} | {fmt(med('other_load'), 2)} |")
+        def med(key, digits=3, rs=rs):
+            return cell(median_of(rs, key), digits)
+        bench.log(f"| {name} | {med('frames_per_conn_per_s', 2)} | {med('held', 0)} | "
+                  f"{med('replaced', 0)} | {med('hold_p99')} | {med('hold_max')} | "
+                  f"{med('server_cpu', 2)} | {med('other_load', 2)} |")
     return 0
 
 
