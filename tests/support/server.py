@@ -6,6 +6,7 @@ stdout/stderr captured to files (printed by conftest when a test fails).
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import socket
@@ -33,7 +34,37 @@ CONFIG_VARS = ENV_NAMES + ("GUNICORN_CMD_ARGS", "FLASK_ENV", "FLASK_DEBUG", "ENV
 RUNNING: list["Server"] = []
 
 
+# Where free_port() looks: below the kernel's ephemeral range (the source ports of
+# outgoing connections). A port from that range (what bind(0) gives) can be taken at any
+# moment by any process's outgoing connection: between free_port() and the server's bind,
+# or while a test has a private Redis or PostgreSQL down and brings it back on the same
+# port; a client retrying a port nobody listens on can even connect to itself (TCP
+# simultaneous open) and hold it. Listeners picked here only meet other listeners.
+LOW_PORT = 10000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999                     # Linux's default
+
+
 def free_port() -> int:
+    """A 127.0.0.1 TCP port nobody listens on now, outside the ephemeral range when the
+    kernel leaves room below it (else whatever bind(0) gives)."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        if low - LOW_PORT < 1000:
+            break
+        port = random.randrange(LOW_PORT, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
