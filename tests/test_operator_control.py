@@ -142,8 +142,10 @@ def test_revoke_closes_refuses_and_lifts_on_every_host(hosts, seed):
             ws.close()
             return True
         wait_until(accepted, timeout=5, what=f"old token accepted on {srv.name} after DELETE")
-    # ... on all four workers
-    spread(hosts, user)
+    # ... on all four workers: each hears the lift by pub/sub on its own, so one worker
+    # accepting (above) says nothing of the three others (a 401 from a worker that had not
+    # heard it yet failed spread at once)
+    wait_until(lambda: spread(hosts, user), timeout=10, what="the user accepted on all four workers")
 
 
 def test_revocation_outlives_restarts_of_workers_and_of_redis(hosts, rs, seed):
