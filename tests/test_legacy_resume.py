@@ -46,6 +46,17 @@ def srv(request, tmp_path_factory, pg_url):
     s.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_connection_left_over(request):
+    """The module's servers are shared: the tests count "the server saw this connection
+    end" as the open-connections gauge dropping by one, so a connection of the test before
+    (closed by the client or cut at its proxy in that test's teardown, and not yet seen
+    by the server) must be gone first, or its end would be taken for this test's cut."""
+    if "srv" in request.fixturenames:
+        srv = request.getfixturevalue("srv")
+        wait_until(lambda: connections(srv) == 0, 10, "the connections of the tests before gone")
+
+
 @pytest.fixture
 def scene(seed):
     creator = seed.user(is_creator=True)
