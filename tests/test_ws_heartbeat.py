@@ -47,11 +47,14 @@ def test_client_that_answers_pings_stays_connected(hb_server, user):
     ws = open_ws(hb_server.url(hb_server.token(user)), ping_interval=None,
                  create_connection=PingCountingConnection)
     with ws:
-        # about three intervals with nothing to read: the receive timeout is the wait
-        with pytest.raises(TimeoutError):
-            ws.recv_raw(timeout=3.5 * INTERVAL)
+        # nothing to read while the pings come (one an interval, on a loaded machine later):
+        # each receive timeout is a wait for the next; never a text frame
+        deadline = time.monotonic() + 15 * INTERVAL
+        while ws.conn.pings_received < 2 and time.monotonic() < deadline:
+            with pytest.raises(TimeoutError):
+                ws.recv_raw(timeout=0.5 * INTERVAL)
         ws.ping()
-        assert ws.conn.pings_received >= 2, f"only {ws.conn.pings_received} WebSocket pings in ~3.5 intervals"
+        assert ws.conn.pings_received >= 2, f"only {ws.conn.pings_received} WebSocket pings in ~15 intervals"
         assert ws.is_open
 
 
@@ -67,9 +70,10 @@ def test_raw_client_that_answers_stays_and_one_that_never_answers_is_dropped(hb_
     with pongs stays open, the silent one is dropped (EOF or a close frame)."""
     with _raw(hb_server, user) as answering, _raw(hb_server, user) as silent:
         answered, silent_pings, silent_closed = 0, 0, None
-        deadline = time.monotonic() + 3.5 * INTERVAL
-        stop_silent_at = time.monotonic() + 15 * INTERVAL
-        while time.monotonic() < deadline or (silent_closed is None and time.monotonic() < stop_silent_at):
+        # at least ~3.5 intervals, then until both are seen (a loaded machine pings later)
+        least = time.monotonic() + 3.5 * INTERVAL
+        deadline = time.monotonic() + 15 * INTERVAL
+        while time.monotonic() < deadline and (time.monotonic() < least or answered < 2 or silent_closed is None):
             try:
                 op, payload = answering.recv_frame(timeout=0.05)
                 assert op == OP_PING, f"unexpected frame {op:#x} {payload!r} while idle"
@@ -88,7 +92,7 @@ def test_raw_client_that_answers_stays_and_one_that_never_answers_is_dropped(hb_
                     pass
                 except (EOFError, ConnectionResetError):
                     silent_closed = "eof"
-        assert answered >= 2, f"only {answered} pings in ~3.5 intervals"
+        assert answered >= 2, f"only {answered} pings in ~15 intervals"
         assert silent_pings >= 1, "the server sent the silent client no WebSocket ping"
         assert silent_closed, f"silent client still open after ~15 intervals and {silent_pings} unanswered pings"
         # the answering client is still served
