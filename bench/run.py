@@ -14,6 +14,7 @@ loudly and makes the exit status non-zero. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -59,6 +60,16 @@ PROFILES = {
 }
 
 SERVERS = ("ours", "reference")
+# Our server's databases for the storm and reconnect groups (issue 22): the embedded
+# default, and PostgreSQL as production runs it (a bench database made for the run).
+DATABASES = ("sqlite", "postgresql")
+PG_ADMIN_URL = os.environ.get("FONANA_BENCH_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
+PG_SCHEMA = ROOT / "fonana_realtime" / "store" / "schema" / "postgres.sql"
+
+
+def keyed(key, db):
+    """The results key of a storm/reconnect figure on `db` ("storm", "storm_pg")."""
+    return key if db == "sqlite" else f"{key}_pg"
 
 
 def log(msg=""):
@@ -274,6 +285,75 @@ def add_bench_users(db: Path, count: int):
         raise RuntimeError(f"only {have} of {count} bench users in {db}")
 
 
+class BenchDatabase:
+    """A PostgreSQL database of its own for the run (`fonana_bench_<hex>`), with the
+    project's schema (fonana_realtime/store/schema/postgres.sql, as tests/support/db.py
+    loads it) and the bench users; dropped at the end."""
+
+    def __init__(self, admin_url=PG_ADMIN_URL):
+        from urllib.parse import urlsplit, urlunsplit
+        self.admin_url = admin_url
+        self.name = "fonana_bench_" + secrets.token_hex(6)
+        parts = urlsplit(admin_url)
+        self.url = urlunsplit((parts.scheme, parts.netloc, "/" + self.name, "", ""))
+        self.created = False
+
+    def _admin(self, sql):
+        import psycopg2
+        conn = psycopg2.connect(self.admin_url, connect_timeout=5)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    def create(self, users: int):
+        import psycopg2
+        self._admin(f'CREATE DATABASE "{self.name}"')
+        self.created = True
+        conn = psycopg2.connect(self.url, connect_timeout=5)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(PG_SCHEMA.read_text())
+                # users who never connected and have no notifications, as in the SQLite storm
+                cur.execute("""INSERT INTO "users" ("id", "wallet", "updatedAt")
+                               SELECT 'bench-u' || i, 'bench-wallet-' || i, now() AT TIME ZONE 'utc'
+                               FROM generate_series(0, %s - 1) AS i""", (users,))
+                cur.execute('ANALYZE "users"')
+        finally:
+            conn.close()
+        return self
+
+    def drop(self):
+        if self.created:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self.created = False
+
+    def backend_pids(self) -> list[int]:
+        """The server's connections to this database (their CPU is the database's share)."""
+        import psycopg2
+        conn = psycopg2.connect(self.admin_url, connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                            (self.name,))
+                return [r[0] for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+
+def backend_cpu(ctx) -> dict[int, float]:
+    """CPU seconds so far of each backend serving the bench database."""
+    if ctx.pg is None:
+        return {}
+    try:
+        pids = ctx.pg.backend_pids()
+    except Exception:
+        return {}
+    return {pid: sum(cpu_split([pid])) for pid in pids}
+
+
 def snapshot_server(ctx):
     """Copy our server's source into the work dir and run it from there: the working tree
     may change under a long run (others keep working on it), and every repetition must
@@ -317,6 +397,7 @@ class Server:
         self.workers = 1
         self.pin = SERVER_CPU           # None: not pinned (the two-worker storm)
         self.extra_env = {}
+        self.db = "sqlite"              # ours: "postgresql" runs it on the bench database
 
     def command_env(self):
         ctx = self.ctx
@@ -331,7 +412,8 @@ class Server:
         (ctx.work / f"logs-{ctx.instances}").mkdir()
         env.update(
             WS_WORKERS=str(self.workers), DATA_DIR=str(ctx.data_dir), LOG_DIR=str(ctx.work / f"logs-{ctx.instances}"),
-            DATABASE_URL="", NEXTAUTH_SECRET="", REDIS_URL=self.redis_url or "",
+            DATABASE_URL=self.ctx.pg.url if self.db == "postgresql" else "", NEXTAUTH_SECRET="",
+            REDIS_URL=self.redis_url or "",
             # the bench's own settings: one client IP opens thousands of connections,
             # and 10,000 subscribers plus the publishers exceed the default 10,000
             WS_HANDSHAKES_PER_IP_PER_SEC="0", WS_WORKER_CONNECTIONS="12000", WS_DRAIN_SECONDS="1",
@@ -552,26 +634,50 @@ def run_fanout_group(ctx, kind, rep):
         srv.stop()
 
 
+def databases(ctx, kind, rep):
+    """The databases ours runs a storm/reconnect group on, in this repetition's order
+    (alternating); the reference, which has none, runs once ("sqlite" names its row)."""
+    if kind != "ours":
+        return ["sqlite"]
+    dbs = list(ctx.dbs)
+    return dbs if rep % 2 == 0 else dbs[::-1]
+
+
 def run_storm(ctx, kind, rep):
     """The connect storm alone, on a fresh server (a few warm-up clients first, so lazy
-    imports are not charged to the storm). Optionally under py-spy (--profile DIR)."""
-    srv = Server(kind, ctx).start()
-    try:
-        loadgen(ctx, srv, "c20", tokens=ctx.tokens_main, channel="notifications", deadline=30)
-        spy = None
-        if kind == "ours" and ctx.args.profile:
-            spy = start_profile(ctx, srv, f"storm-{rep + 1}")
-        before = cpu_split(srv.refresh_pids())
-        storm(ctx, srv, kind, rep)
-        after = cpu_split(srv.refresh_pids())
-        stop_profile(spy)
-        user, system = after[0] - before[0], after[1] - before[1]
-        if user + system > 0:
-            ctx.results["storm"][kind][rep]["kernel_share"] = system / (user + system)
-            log(f"  server CPU in the storm (whole run): user {user:.2f} s, kernel {system:.2f} s "
-                f"({system / (user + system):.0%} kernel)")
-    finally:
-        srv.stop()
+    imports are not charged to the storm), ours once per database. Optionally under
+    py-spy (--profile DIR)."""
+    for i, db in enumerate(databases(ctx, kind, rep)):
+        if i:
+            wait_quiet(ctx)
+        srv = Server(kind, ctx, label=kind if db == "sqlite" else f"{kind}-pg")
+        srv.db = db
+        srv.start()
+        try:
+            loadgen(ctx, srv, "c20", tokens=ctx.tokens_main, channel="notifications", deadline=30)
+            spy = None
+            if kind == "ours" and ctx.args.profile:
+                spy = start_profile(ctx, srv, f"{keyed('storm', db)}-{rep + 1}")
+            before = cpu_split(srv.refresh_pids())
+            backends = backend_cpu(ctx) if db == "postgresql" else {}
+            storm(ctx, srv, kind, rep, db)
+            after = cpu_split(srv.refresh_pids())
+            stop_profile(spy)
+            record = ctx.results[keyed("storm", db)][kind][rep]
+            if db == "postgresql":
+                # the database's CPU for the storm (its backends float over both cores)
+                now = backend_cpu(ctx)
+                spent = sum(now.values()) - sum(backends.get(pid, 0.0) for pid in now)
+                record["db_us_per_connect"] = spent * 1e6 / ctx.p["storm_n"]
+                log(f"  PostgreSQL backends: {spent:.2f} s CPU, {record['db_us_per_connect']:.0f} us per connect "
+                    f"({len(now)} connections)")
+            user, system = after[0] - before[0], after[1] - before[1]
+            if user + system > 0:
+                record["kernel_share"] = system / (user + system)
+                log(f"  server CPU in the storm (whole run): user {user:.2f} s, kernel {system:.2f} s "
+                    f"({system / (user + system):.0%} kernel)")
+        finally:
+            srv.stop()
 
 
 def cpu_split(pids):
@@ -722,9 +828,18 @@ def run_reconnect(ctx, kind, rep):
     (ours: SIGHUP, gunicorn starts a new worker and the old one drains with
     WS_DRAIN_SECONDS=10; the reference: SIGHUP closes all with 1001 over 10 s, see
     server.js), every client reconnects at once (200 handshakes in flight, a 503 or a
-    refused connect retried after 250 ms). Measured: first close → last re-subscribed."""
+    refused connect retried after 250 ms). Measured: first close → last re-subscribed.
+    Ours once per database."""
+    for i, db in enumerate(databases(ctx, kind, rep)):
+        if i:
+            wait_quiet(ctx)
+        reconnect(ctx, kind, rep, db)
+
+
+def reconnect(ctx, kind, rep, db):
     n = ctx.p["reconnect_n"]
-    srv = Server(kind, ctx)
+    srv = Server(kind, ctx, label=kind if db == "sqlite" else f"{kind}-pg")
+    srv.db = db
     srv.extra_env = {"WS_DRAIN_SECONDS": "10"} if kind == "ours" else {"REF_DRAIN_SECONDS": "10"}
     srv.start()
     try:
@@ -737,11 +852,11 @@ def run_reconnect(ctx, kind, rep):
                            deadline=120 + n / 100, on_wait=at_wait)
         first = next(st for st in steps if st["kind"] == "connect")
         st = next(st for st in steps if st["kind"] == "reconnect")
-        ctx.record("reconnect", kind, rep, {
+        ctx.record(keyed("reconnect", db), kind, rep, {
             "seconds": st["seconds"], "p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"], "retries": st["retries"],
             "first_connects_per_sec": first["per_sec"],
-        })
-        log(f"  {n:,} connect: {first['per_sec']:.0f}/s; drain → all {st['reconnected']:,} subscribed again in "
+        }, also_pg=kind == "reference")
+        log(f"  [{db}] {n:,} connect: {first['per_sec']:.0f}/s; drain → all {st['reconnected']:,} subscribed again in "
             f"{st['seconds']:.2f} s (close→subscribed p50 {st['p50_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms; "
             f"{st['retries']} retried handshakes)")
     finally:
@@ -769,7 +884,7 @@ def log_publish(key, st):
         + (f", OTHER LOAD on its core {f:.0%}" if f is not None and f > 0.1 else ""))
 
 
-def storm(ctx, srv, kind, rep):
+def storm(ctx, srv, kind, rep, db="sqlite"):
     p = ctx.p
     time.sleep(1.0)
     steps, res = loadgen(ctx, srv, f"c{p['storm_n']}", tokens=ctx.tokens_storm, channel="notifications",
@@ -778,13 +893,13 @@ def storm(ctx, srv, kind, rep):
     other = None                        # the server core's busy share that was not the server
     if st.get("server_core_busy", -1) >= 0 and st["seconds"] > 0:
         other = max(0.0, st["server_core_busy"] - st["server_cpu_s"] / st["seconds"])
-    ctx.record("storm", kind, rep, {
+    ctx.record(keyed("storm", db), kind, rep, {
         "connects_per_sec": st["per_sec"], "p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"],
         "gen_us_per_connect": st["gen_us_per_connect"], "server_us_per_connect": st["server_us_per_connect"],
         "connects_per_cpu_s": 1e6 / st["server_us_per_connect"] if st["server_us_per_connect"] > 0 else None,
         "foreign_load": other,
-    })
-    log(f"  storm {p['storm_n']}/{p['storm_inflight']}: {st['per_sec']:.0f} connects/s, p50 {st['p50_ms']:.1f} ms, "
+    }, also_pg=kind == "reference")
+    log(f"  [{db}] storm {p['storm_n']}/{p['storm_inflight']}: {st['per_sec']:.0f} connects/s, p50 {st['p50_ms']:.1f} ms, "
         f"p99 {st['p99_ms']:.1f} ms | gen {st['gen_us_per_connect']:.0f} us/connect, "
         f"server {st['server_us_per_connect']:.0f} us/connect"
         + (f", OTHER LOAD on its core {other:.0%}" if other is not None else ""))
@@ -888,10 +1003,16 @@ class Context:
         self.server_src = ROOT
         self.server_version = "?"
         self.groups: set[str] = set()
+        self.dbs: list[str] = ["sqlite"]
+        self.pg: BenchDatabase | None = None
         self.data_dir.mkdir()
 
-    def record(self, key, server, rep, metrics):
+    def record(self, key, server, rep, metrics, also_pg=False):
+        """`also_pg`: the reference's storm/reconnect (no database) is also the row its
+        PostgreSQL counterpart is compared with."""
         self.results.setdefault(key, {}).setdefault(server, {})[rep] = metrics
+        if also_pg and "postgresql" in self.dbs and key in ("storm", "reconnect"):
+            self.results.setdefault(keyed(key, "postgresql"), {}).setdefault(server, {})[rep] = metrics
 
     def values(self, key, server, metric):
         reps = self.results.get(key, {}).get(server, {})
@@ -956,6 +1077,15 @@ def table_rows(ctx):
     rows.append(("Connect storm", "connects per server CPU-second", "storm", "connects_per_cpu_s", "/s", "higher",
                  "gen_us_per_connect"))
     rows.append(("Connect storm", "connect→subscribed p99", "storm", "p99_ms", "ms", "lower", "gen_us_per_connect"))
+    if "postgresql" in ctx.dbs:
+        sec = "Connect storm, ours on PostgreSQL (the reference has no database)"
+        rows.append((sec, f"{p['storm_n']:,} clients, {p['storm_inflight']} in flight: connects/s", "storm_pg",
+                     "connects_per_sec", "/s", "higher", "gen_us_per_connect"))
+        rows.append((sec, "connects per server CPU-second", "storm_pg", "connects_per_cpu_s", "/s", "higher",
+                     "gen_us_per_connect"))
+        rows.append((sec, "connect→subscribed p99", "storm_pg", "p99_ms", "ms", "lower", "gen_us_per_connect"))
+        rows.append((sec, "PostgreSQL backends' CPU per connect", "storm_pg", "db_us_per_connect", "µs", "lower",
+                     None))
     for w in (1, 2):
         rows.append(("Connect storm, REDIS_URL, workers not pinned (generator on core 1)",
                      f"{w} worker(s): connects/s", f"storm_{w}w", "connects_per_sec", "/s", "higher", None))
@@ -967,6 +1097,11 @@ def table_rows(ctx):
                  "lower", None))
     rows.append(("Reconnect after a drain (WS_DRAIN_SECONDS=10)", "close → subscribed again, p99", "reconnect",
                  "p99_ms", "ms", "lower", None))
+    if "postgresql" in ctx.dbs:
+        sec = "Reconnect after a drain (WS_DRAIN_SECONDS=10), ours on PostgreSQL"
+        rows.append((sec, f"{p['reconnect_n']:,} clients: first close → all subscribed again", "reconnect_pg",
+                     "seconds", "s", "lower", None))
+        rows.append((sec, "close → subscribed again, p99", "reconnect_pg", "p99_ms", "ms", "lower", None))
     for n in p["sweep"]:
         rows.append(("Flatness (maximum rate)", f"{n:,} subscribers: deliveries/s", f"fanout_{n}",
                      "deliveries_per_sec", "/s", "higher", "gen_us_per_delivery"))
@@ -1058,6 +1193,7 @@ def targets(ctx):
     if op and rp:
         out.append(("issue 11: connect→subscribed p99 ≤ 2× reference", f"{op / rp:.2f}× ({fmt(op)} vs {fmt(rp)} ms)",
                     "met" if op <= 2 * rp else f"missed by {(op / rp - 2) / 2:.0%}"))
+    out += issue22_targets(med)
     one, two, share = med("storm_1w", "ours", "connects_per_sec"), med("storm_2w", "ours", "connects_per_sec"), \
         med("storm_2w", "ours", "largest_share")
     if one and two:
@@ -1084,6 +1220,33 @@ def targets(ctx):
         sweep = f"{min(vals):,}→{max(vals):,}"
         out.append((f"deliveries/s flat within 25 % over {sweep} subscribers", f"lowest {lo / hi:.0%} of highest",
                     "met" if lo / hi >= 0.75 else f"missed: {1 - lo / hi:.0%} drop"))
+    return out
+
+
+def issue22_targets(med):
+    """Issue 22: the connect path on PostgreSQL (and SQLite no worse than before it)."""
+    out = []
+    o, r = med("storm_pg", "ours", "connects_per_sec"), med("storm_pg", "reference", "connects_per_sec")
+    if o and r:
+        x = o / r
+        out.append(("issue 22: storm on PostgreSQL ≥ 0.9× reference connects/s (goal 1.0×)",
+                    f"{x:.2f}× ({fmt(o)} vs {fmt(r)}/s)",
+                    ("met" + (" (goal too)" if x >= 1.0 else "")) if x >= 0.9 else f"missed by {(0.9 - x) / 0.9:.0%}"))
+    op, rp = med("storm_pg", "ours", "p99_ms"), med("storm_pg", "reference", "p99_ms")
+    if op and rp:
+        x = op / rp
+        out.append(("issue 22: storm on PostgreSQL, connect→subscribed p99 ≤ 1.5× reference",
+                    f"{x:.2f}× ({fmt(op)} vs {fmt(rp)} ms)", "met" if x <= 1.5 else f"missed by {(x - 1.5) / 1.5:.0%}"))
+    o, r = med("storm", "ours", "connects_per_sec"), med("storm", "reference", "connects_per_sec")
+    if o and r:
+        x = o / r
+        out.append(("issue 22: storm on SQLite no worse than before (0.83× reference connects/s)", f"{x:.2f}×",
+                    "met" if x >= 0.83 else f"below 0.83× by {(0.83 - x) / 0.83:.0%}"))
+    op, rp = med("reconnect_pg", "ours", "p99_ms"), med("reconnect_pg", "reference", "p99_ms")
+    if op and rp:
+        x = op / rp
+        out.append(("issue 22: reconnect after a drain on PostgreSQL, close→subscribed p99 ≤ 3× reference",
+                    f"{x:.2f}× ({fmt(op)} vs {fmt(rp)} ms)", "met" if x <= 3 else f"missed by {(x - 3) / 3:.0%}"))
     return out
 
 
@@ -1171,6 +1334,9 @@ def main():
                     "given: then the storm runs alone on a fresh server)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the worker during the storm group and storm2's one-worker storm (raw "
                     "collapsed stacks into DIR; py-spy must be in .venv)")
+    ap.add_argument("--db", default=",".join(DATABASES),
+                    help="our server's databases in the storm and reconnect groups (default both): sqlite,postgresql; "
+                    "postgresql makes a bench database on FONANA_BENCH_PG_ADMIN_URL (default " + PG_ADMIN_URL + ")")
     ap.add_argument("--docs", dest="docs", action="store_true", default=None,
                     help="write docs/BENCHMARKS.md (default for a full run)")
     ap.add_argument("--no-docs", dest="docs", action="store_false")
@@ -1186,6 +1352,7 @@ def main():
     ctx = Context(args, "quick" if args.quick else "full")
     servers = [s for s in args.servers.split(",") if s in SERVERS]
     groups = ctx.groups = set(args.only.split(","))
+    ctx.dbs = [d for d in DATABASES if d in args.db.split(",")] or ["sqlite"]
     write = args.docs if args.docs is not None else (not args.quick and set(servers) == set(SERVERS)
                                                      and groups >= {"idle", "fanout", "redis"})
     t_start = time.time()
@@ -1221,6 +1388,14 @@ def main():
             first = Server("ours", ctx, label="ours-seed").start()
             first.stop()
             add_bench_users(ctx.data_dir / "fonana.sqlite3", USERS)
+            if "postgresql" in ctx.dbs and groups & {"storm", "reconnect"}:
+                try:
+                    ctx.pg = BenchDatabase().create(USERS)
+                    log(f"PostgreSQL bench database {ctx.pg.name} with {USERS:,} users")
+                except Exception as exc:          # no server, no rights: the SQLite rows still run
+                    ctx.pg = None
+                    ctx.dbs = [d for d in ctx.dbs if d != "postgresql"]
+                    ctx.skips.add(f"PostgreSQL rows: no bench database ({type(exc).__name__}: {str(exc)[:120]})")
             if groups & {"redis", "storm2", "presence"}:
                 redis = Redis(ctx)
                 ctx.redis_url = redis.start()
@@ -1262,6 +1437,9 @@ def main():
     finally:
         if redis:
             redis.stop()
+        if ctx.pg is not None:
+            with contextlib.suppress(Exception):
+                ctx.pg.drop()
 
     elapsed = time.time() - t_start
     print_tables(ctx)

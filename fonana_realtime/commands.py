@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from . import close_codes, error_codes, metrics
 from .auth import AuthError, verify_token
+from .batcher import Batcher
 from .channels import InvalidChannel, access_until, parse_channel, parse_channel_key
 from .connection import V2, parse_command
 from .store import StoreUnavailable
@@ -53,6 +54,9 @@ def iso_utc(ts: float) -> str:
 class Commands:
     def __init__(self, runtime):
         self.rt = runtime
+        # the unread lists the subscribes of one turn of the loop ask for, in one query
+        self._unread = Batcher(lambda user_ids: runtime.store.unread_notifications_of(user_ids, UNREAD_ON_SUBSCRIBE),
+                               lost=StoreUnavailable)
 
     def handler(self, protocol: str | None):
         """What the read loop calls with each text message of a connection of `protocol`
@@ -183,7 +187,7 @@ class Commands:
 
     def _send_unread(self, conn, raw):
         try:
-            rows, total = self.rt.store.unread_notifications(conn.user_id, UNREAD_ON_SUBSCRIBE)
+            rows, total = self._unread.get(conn.user_id)
         except StoreUnavailable:
             conn.send_error(error_codes.UNAVAILABLE, raw)
             return

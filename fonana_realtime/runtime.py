@@ -14,6 +14,7 @@ from gevent.event import Event
 from . import heartbeat
 from .access_expiry import AccessExpiry
 from .auth import VerifiedTokens
+from .batcher import Batcher
 from .broker import open_broker
 from .commands import Commands
 from .connection import Connection
@@ -29,7 +30,7 @@ from .presence import open_presence
 from .resume import Resume
 from .resume_marks import MemoryMarks, RedisMarks
 from .revocations import open_revocations
-from .store import open_store
+from .store import StoreUnavailable, open_store
 
 log = logging.getLogger("fonana_realtime.runtime")
 
@@ -40,6 +41,8 @@ class Runtime:
     def __init__(self, settings):
         self.settings = settings
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
+        # the users asked for in one turn of the loop, in one query (batcher.py)
+        self._users = Batcher(self._existing_users, missing=False, lost=StoreUnavailable)
         self.hub = Hub()
         self.broker = open_broker(settings)
         # who holds what, over every worker and host (PROTOCOL.md 9)
@@ -104,7 +107,7 @@ class Runtime:
         until = None if fresh else self._user_cache.get(user_id)
         if until is not None and until > now:
             return True
-        exists = self.store.user_exists(user_id)       # StoreUnavailable propagates
+        exists = self._users.get(user_id)       # StoreUnavailable propagates
         if not exists:
             self._user_cache.pop(user_id, None)
         elif self.settings.user_cache_seconds > 0:
@@ -113,6 +116,8 @@ class Runtime:
             self._user_cache[user_id] = now + self.settings.user_cache_seconds
         return exists
 
+    def _existing_users(self, user_ids: list[str]) -> dict[str, bool]:
+        return dict.fromkeys(self.store.existing_users(user_ids), True)
 
 
 def _open_resume(settings, broker) -> Resume:

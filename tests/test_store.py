@@ -207,6 +207,34 @@ def test_unread_notifications_order_limit_total(store, rows):
     assert store.unread_notifications("nobody") == ([], 0)
 
 
+def test_existing_users_answers_many_ids_in_one_call(store, rows):
+    for uid in ("a", "b", "c"):
+        rows.user(uid)
+    assert store.existing_users(["a", "nobody", "c", "a", "bad id!", "", "x" * 129]) == {"a", "c"}
+    assert store.existing_users([]) == set()
+    many = [f"ghost-{i}" for i in range(600)] + ["b"]           # more than one batch holds
+    assert store.existing_users(many) == {"b"}
+
+
+def test_unread_notifications_of_many_users_is_each_ones_unread(store, rows):
+    base = rows.now - timedelta(hours=1)
+    for uid, unread in (("u", 25), ("v", 3), ("w", 0)):
+        rows.user(uid)
+        for i in range(unread):
+            rows.notification(uid, id=f"{uid}{i:02d}", created_at=base + timedelta(seconds=i))
+        rows.notification(uid, id=f"{uid}-read", created_at=base + timedelta(hours=2), read=True)
+
+    answer = store.unread_notifications_of(["u", "v", "w", "nobody", "bad id!"], 20)
+    assert set(answer) == {"u", "v", "w", "nobody", "bad id!"}
+    for uid in ("u", "v", "w", "nobody", "bad id!"):
+        assert answer[uid] == store.unread_notifications(uid, 20)     # the same answer as one by one
+    assert answer["u"][1] == 25 and len(answer["u"][0]) == 20 and answer["u"][0][0]["id"] == "u24"
+    assert [r["id"] for r in answer["v"][0]] == ["v02", "v01", "v00"] and answer["v"][1] == 3
+    assert answer["w"] == ([], 0) and answer["nobody"] == ([], 0)
+    assert store.unread_notifications_of(["u", "v"], 0) == {"u": ([], 25), "v": ([], 3)}
+    assert store.unread_notifications_of([], 20) == {}
+
+
 def test_create_notification_returns_the_row(store, rows):
     rows.user("u")
     before = utc_now()

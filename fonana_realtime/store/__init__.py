@@ -94,6 +94,11 @@ class Store:
         """Whether a ``users`` row with this id exists (a deleted user cannot connect)."""
         raise NotImplementedError
 
+    def existing_users(self, user_ids: list[str]) -> set[str]:
+        """Which of these ids have a ``users`` row, in one query (the handshakes of one
+        turn of the worker's loop ask together: batcher.py)."""
+        raise NotImplementedError
+
     def post_access_until(self, user_id: str, post_id: str) -> datetime | None:
         """Until when ``user_id`` may hold ``post_<post_id>`` (PROTOCOL 2.3), in one query.
 
@@ -112,6 +117,10 @@ class Store:
 
     def unread_notifications(self, user_id: str, limit: int = 20) -> tuple[list[dict], int]:
         """(the ``limit`` newest unread ROWs, newest first; the total number of unread)."""
+        raise NotImplementedError
+
+    def unread_notifications_of(self, user_ids: list[str], limit: int = 20) -> dict[str, tuple[list[dict], int]]:
+        """``unread_notifications`` of each of these users, in one query: an entry for every id."""
         raise NotImplementedError
 
     def create_notification(

@@ -83,6 +83,23 @@ _RECENT_NOTIFICATIONS = queries.in_style(queries.RECENT_NOTIFICATIONS, "%({})s")
 _POST_LIKES = queries.in_style(queries.POST_LIKES, "%({})s")
 
 
+# The newest unread of each user of an array, and each one's total: per user the same
+# query as `unread_notifications` (the index on ("userId", "isRead") serves each), in one
+# round trip. COUNT(*) OVER () inside the lateral is computed before its LIMIT.
+_UNREAD_OF = f"""
+SELECT u."id", n.*
+FROM unnest(%s::text[]) AS u("id")
+CROSS JOIN LATERAL (
+  SELECT {_ROW_COLUMNS}, COUNT(*) OVER () AS "total"
+  FROM "notifications"
+  WHERE "userId" = u."id" AND NOT "isRead"
+  ORDER BY "createdAt" DESC, "id" DESC
+  LIMIT %s
+) n
+ORDER BY u."id", n."createdAt" DESC, n."id" DESC
+"""
+
+
 class _Pool:
     """At most ``size`` connections; idle ones are reused last-in first-out.
 
@@ -284,6 +301,17 @@ class PostgresStore(Store):
             return False
         return self._fetchone('SELECT 1 FROM "users" WHERE "id" = %s', (user_id,)) is not None
 
+    def existing_users(self, user_ids: list[str]) -> set[str]:
+        ids = [u for u in user_ids if is_key(u)]
+        if not ids:
+            return set()
+
+        def work(cur: Any) -> set[str]:
+            cur.execute('SELECT "id" FROM "users" WHERE "id" = ANY(%s)', (ids,))
+            return {row[0] for row in cur.fetchall()}
+
+        return self._run(work, read_only=True)
+
     def post_access_until(self, user_id: str, post_id: str) -> datetime | None:
         if not (is_key(user_id) and is_key(post_id)):
             return None
@@ -320,6 +348,29 @@ class PostgresStore(Store):
             return [], 0
 
         return self._run(work, read_only=True)
+
+    def unread_notifications_of(self, user_ids: list[str], limit: int = 20) -> dict[str, tuple[list[dict], int]]:
+        answer: dict[str, tuple[list[dict], int]] = {u: ([], 0) for u in user_ids}
+        ids = [u for u in answer if is_key(u)]
+        if not ids:
+            return answer
+        limit = max(0, int(limit))
+
+        def work(cur: Any) -> None:
+            if limit == 0:
+                cur.execute('SELECT "userId", COUNT(*) FROM "notifications" WHERE "userId" = ANY(%s) AND NOT "isRead" '
+                            'GROUP BY "userId"', (ids,))
+                for user_id, total in cur.fetchall():
+                    answer[user_id] = ([], int(total))
+                return
+            cur.execute(_UNREAD_OF, (ids, limit))
+            for found in cur.fetchall():
+                rows, _ = answer[found[0]]
+                rows.append(notification_row(*found[1:9]))
+                answer[found[0]] = (rows, int(found[9]))
+
+        self._run(work, read_only=True)
+        return answer
 
     def create_notification(
         self, user_id: str, type: str, title: str, message: str, metadata: Any = None

@@ -151,6 +151,15 @@ class SqliteStore(Store):
             return False
         return self._fetchone('SELECT 1 FROM "users" WHERE "id" = ?', (user_id,)) is not None
 
+    def existing_users(self, user_ids: list[str]) -> set[str]:
+        ids = [u for u in user_ids if is_key(u)]
+        if not ids:
+            return set()
+        with self._cursor() as cur:
+            found = cur.execute(f'SELECT "id" FROM "users" WHERE "id" IN ({",".join("?" * len(ids))})',
+                                ids).fetchall()
+        return {row[0] for row in found}
+
     def post_access_until(self, user_id: str, post_id: str) -> datetime | None:
         if not (is_key(user_id) and is_key(post_id)):
             return None
@@ -183,6 +192,10 @@ class SqliteStore(Store):
                 ).fetchone()[0]
                 return [], int(total)
             return [], 0
+
+    def unread_notifications_of(self, user_ids: list[str], limit: int = 20) -> dict[str, tuple[list[dict], int]]:
+        # A local file: one query per user costs no round trip (~8 µs each, warm).
+        return {u: self.unread_notifications(u, limit) for u in user_ids}
 
     def create_notification(
         self, user_id: str, type: str, title: str, message: str, metadata: Any = None
