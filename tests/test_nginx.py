@@ -76,7 +76,7 @@ def _connected_line(server: Server, client) -> dict:
             if rec.get("event") == "connected" and rec.get("conn_id") == conn_id and rec.get("user_id") == user_id:
                 return rec
         return None
-    return wait_until(find, 5, f"the `connected` log line of connection {conn_id}")
+    return wait_until(find, 10, f"the `connected` log line of connection {conn_id}")
 
 
 def _other_loopback_usable(port: int) -> bool:
@@ -230,9 +230,9 @@ def test_upstream_errors_do_not_put_the_token_in_nginx_error_log(tmp_path_factor
         assert r.status_code == 502, r.status_code
         error_log = nginx.log_dir / "fonana-realtime.error.log"
         # the /health failure is logged: the error log works, so the next check means something
-        wait_until(lambda: "GET /health" in error_log.read_text(errors="replace"), 5,
+        wait_until(lambda: "GET /health" in error_log.read_text(errors="replace"), 10,
                    "nginx logging the failed /health")
-        wait_until(lambda: any('"GET /ws' in l and '" 502 ' in l for l in nginx.access_lines()), 5,
+        wait_until(lambda: any('"GET /ws' in l and '" 502 ' in l for l in nginx.access_lines()), 10,
                    "the 502 for /ws in the access log")
     finally:
         nginx.stop()

@@ -141,7 +141,7 @@ def test_revoke_closes_refuses_and_lifts_on_every_host(hosts, seed):
             ws = srv.connect(user, token=old_token(srv, user))
             ws.close()
             return True
-        wait_until(accepted, timeout=5, what=f"old token accepted on {srv.name} after DELETE")
+        wait_until(accepted, timeout=10, what=f"old token accepted on {srv.name} after DELETE")
     # ... on all four workers: each hears the lift by pub/sub on its own, so one worker
     # accepting (above) says nothing of the three others (a 401 from a worker that had not
     # heard it yet failed spread at once)
