@@ -508,26 +508,47 @@ def test_postgres_pool_is_bounded_and_waits_time_out(store_pg_url):
 @pytest.mark.postgres
 def test_postgres_under_gevent_is_cooperative(store_pg_url):
     """In a gevent-patched process the store installs psycogreen: slow queries run concurrently
-    and the hub keeps ticking; a hung connect is cut off by the store's own deadline."""
+    and the hub keeps ticking; a hung connect is cut off by the store's own deadline.
+
+    Concurrency is shown by a rendezvous in PostgreSQL, not by elapsed time (a loaded
+    machine made "4 x 0.4 s queries within 1.2 s" fail): each of four statements counts
+    itself in a sequence (non-transactional: every session sees it at once) and waits
+    until five have, and the fifth is started by a greenlet only after it has ticked
+    five times while the four wait. Serial statements, or a hub blocked by one of them,
+    never meet: the statement deadline ends them with StoreUnavailable."""
     script = textwrap.dedent(
         """
         from gevent import monkey; monkey.patch_all()
-        import socket, sys, time, gevent, psycopg2.extensions
+        import socket, sys, time, uuid, gevent, psycopg2, psycopg2.extensions
         from fonana_realtime.store import StoreUnavailable
         from fonana_realtime.store.postgres import PostgresStore
 
-        store = PostgresStore(sys.argv[1], pool_size=4)
+        store = PostgresStore(sys.argv[1], pool_size=5, statement_timeout=25)
         assert store._green and psycopg2.extensions.get_wait_callback() is not None
+        seq = "rendezvous_" + uuid.uuid4().hex[:12]
+        admin = psycopg2.connect(sys.argv[1])
+        admin.autocommit = True
+        admin.cursor().execute(f"CREATE SEQUENCE {seq}")
+        # bounded in the server too: a blocked client would never cancel it
+        meet = (f"DO $$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN PERFORM nextval('{seq}'); "
+                f"WHILE (SELECT last_value FROM {seq}) < 5 LOOP "
+                f"IF clock_timestamp() > t0 + interval '20 seconds' THEN "
+                f"RAISE EXCEPTION 'only % of 5 statements met', (SELECT last_value FROM {seq}); END IF; "
+                f"PERFORM pg_sleep(0.01); END LOOP; END $$")
+        run = lambda: store._run(lambda cur: cur.execute(meet), read_only=False)
         ticks = []
-        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.05)) for _ in range(100)])
-        started = time.monotonic()
-        jobs = [gevent.spawn(store._run, lambda cur: cur.execute("SELECT pg_sleep(0.4)"), read_only=True)
-                for _ in range(4)]
+
+        def ticker():
+            for _ in range(5):
+                gevent.sleep(0.05)
+                ticks.append(1)
+            run()
+
+        jobs = [gevent.spawn(run) for _ in range(4)] + [gevent.spawn(ticker)]
         gevent.joinall(jobs, raise_error=True)
-        elapsed = time.monotonic() - started
-        assert elapsed < 1.2, elapsed          # serial would take 1.6 s
-        assert len(ticks) >= 5, len(ticks)     # the hub was never blocked
-        ticker.kill()
+        assert len(ticks) == 5
+        admin.cursor().execute(f"DROP SEQUENCE {seq}")
+        admin.close()
         assert store.user_exists("nobody") is False
         store.close()
 
