@@ -60,7 +60,7 @@ def numsub(rds, channel: str) -> int:
     return dict(rds.pubsub_numsub(channel)).get(channel.encode(), 0)
 
 
-def wait_numsub(rds, channel: str, expected: int, timeout: float = 5.0) -> None:
+def wait_numsub(rds, channel: str, expected: int, timeout: float = 10.0) -> None:
     """Unsubscribing is not acknowledged to the client: poll Redis's own count, with a deadline."""
     deadline = time.monotonic() + timeout
     while (n := numsub(rds, channel)) != expected:
