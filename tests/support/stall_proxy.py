@@ -29,6 +29,12 @@ class StallProxy(TcpProxy):
             self._stalled = set(self._subscribers)
             return len(self._stalled)
 
+    def _end(self, src: socket.socket, dst: socket.socket) -> None:
+        # a listener link that ended (rebuilt before the stall) is no longer "open now"
+        with self._marks_lock:
+            self._subscribers.difference_update((src, dst))
+        super()._end(src, dst)
+
     def _forward(self, src: socket.socket, dst: socket.socket, data: bytes) -> None:
         if SUBSCRIBER_NAME in data:                     # client -> server: a listener names itself
             with self._marks_lock:
