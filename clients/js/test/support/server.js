@@ -36,15 +36,44 @@ export function requireVenv() {
   }
 }
 
-export function freePort() {
-  return new Promise((resolvePort, reject) => {
+// Where freePort() looks: below the kernel's ephemeral range (the source ports of outgoing
+// connections), as tests/support/server.py does. A port from that range (what listen(0)
+// gives) can be taken at any moment by any process's outgoing connection: before the
+// server, proxy or Redis binds it, or while a test has Redis down before restarting it on
+// the same port; a client retrying a port nobody listens on can even connect to itself.
+const LOW_PORT = 10000;
+
+function ephemeralLow() {
+  try {
+    const low = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+    return Number.isInteger(low) ? low : 32768;
+  } catch {
+    return 32768;                       // Linux's default
+  }
+}
+
+function listenOnce(port) {
+  return new Promise((resolvePort) => {
     const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolvePort(port));
+    probe.once("error", () => resolvePort(null));
+    probe.listen(port, "127.0.0.1", () => {
+      const bound = probe.address().port;
+      probe.close(() => resolvePort(bound));
     });
   });
+}
+
+/** A 127.0.0.1 TCP port nobody listens on now, outside the ephemeral range when the
+ *  kernel leaves room below it (else whatever listen(0) gives). */
+export async function freePort() {
+  const low = ephemeralLow();
+  for (let i = 0; i < 200 && low - LOW_PORT >= 1000; i += 1) {
+    const port = await listenOnce(LOW_PORT + Math.floor(Math.random() * (low - LOW_PORT)));
+    if (port !== null) return port;
+  }
+  const port = await listenOnce(0);
+  if (port === null) throw new Error("no free port on 127.0.0.1");
+  return port;
 }
 
 // Once settings.py lists its variables (settings.ENV_NAMES), those too: a new setting is
