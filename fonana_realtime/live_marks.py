@@ -58,6 +58,11 @@ return #put / 2
 """ % (_SLICE, _SLICE - 1, _SLICE, _SLICE - 1)
 
 
+def on_cluster(client) -> bool:
+    from .broker.link_cluster import on_cluster as cluster
+    return cluster(client)
+
+
 def live_key(prefix: str, pid: int, host: str | None = None) -> str:
     return f"{prefix}live:{host or socket.gethostname()}:{pid}"
 
@@ -165,6 +170,11 @@ def release(client, resume_marks, key: str) -> int:
             entry[1][stream] = (epoch, int(offset))
         except (ValueError, UnicodeDecodeError):
             continue                         # not ours: never fails a worker's exit
+    if on_cluster(client):          # a cluster pipeline refuses scripts; one user's marks are one slot
+        for (user, _), (started_at, marks) in conns.items():
+            resume_marks.remember(user, marks, started_at)
+        client.delete(key)
+        return len(conns)
     pipe = client.pipeline(transaction=False)
     for (user, _), (started_at, marks) in conns.items():
         resume_marks.remember(user, marks, started_at, client=pipe)
@@ -181,10 +191,9 @@ def release_worker(settings, pid: int) -> None:
         return
     started = time.perf_counter()
     try:
-        import redis
-
+        from .broker.link import open_link
         from .resume_marks import RedisMarks
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        client = open_link(settings.redis_url, 1.0).client      # any topology (PROTOCOL.md 10)
         try:
             resume_marks = RedisMarks(client, settings.redis_prefix, settings.resume_seconds,
                                       max_marks=settings.resume_max_marks)

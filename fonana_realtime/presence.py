@@ -37,6 +37,7 @@ import uuid
 import redis
 
 from . import metrics
+from .broker.link_cluster import on_cluster, real_cluster
 
 log = logging.getLogger("fonana_realtime.presence")
 
@@ -54,7 +55,9 @@ READ_BATCH = 500        # keys per pipelined read
 WRITE_BATCH = 1000      # membership changes per script call (Redis runs a call at once: ~1 ms)
 
 # ARGV: key prefix, TTL, then (op, key, field, value) per change: "s" HSET and EXPIRE, "d" HDEL.
-# (Keys named in ARGV: fine on one Redis and Sentinel; Redis Cluster would need KEYS per slot.)
+# Keys named in ARGV: on Redis Cluster one call per master, naming one of its keys as
+# KEYS[1] so the call is routed there (Redis 7.0 lets a script touch other slots of the
+# node it runs on; a slot that moved meanwhile fails the call, which is written again).
 WRITE_LUA = """
 local prefix, ttl = ARGV[1], ARGV[2]
 for i = 3, #ARGV, 4 do
@@ -240,8 +243,21 @@ class RedisPresence(Presence):
             if conn in self.hub.connections:
                 args += ("s", user_key(conn.user_id), self._field(conn), json.dumps(self.details(conn)))
         step = WRITE_BATCH * 4
-        for start in range(0, len(args), step):
-            self._script(args=[self.prefix, KEY_SECONDS, *args[start:start + step]])
+        for route, part in self._per_node(args):
+            for start in range(0, len(part), step):
+                self._script(keys=route, args=[self.prefix, KEY_SECONDS, *part[start:start + step]])
+
+    def _per_node(self, args: list):
+        """([a key to route by], changes) per master on Redis Cluster; ([], all) elsewhere."""
+        if not on_cluster(self.client):
+            return [([], args)]
+        real = real_cluster(self.client)
+        nodes: dict = {}
+        for i in range(0, len(args), 4):
+            key = self.prefix + args[i + 1]
+            entry = nodes.setdefault(real.get_node_from_key(key).name, ([key], []))
+            entry[1].extend(args[i:i + 4])
+        return list(nodes.values())
 
     def _heartbeat_loop(self):
         import gevent
@@ -341,7 +357,10 @@ class RedisPresence(Presence):
         if not live:
             return []
         out = []
-        for raw in self.client.mget([self.prefix + "info:" + n for n in live]):
+        keys = [self.prefix + "info:" + n for n in live]
+        # one key per slot on Redis Cluster: MGET there must not span slots
+        read = self.client.mget_nonatomic if on_cluster(self.client) else self.client.mget
+        for raw in read(keys):
             if raw is None:
                 continue
             try:

@@ -37,7 +37,10 @@ import json
 import uuid
 from pathlib import Path
 
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
+
+from .broker.link_cluster import node_pipeline, on_cluster
 
 from .history import AHEAD, EPOCH, EXPIRED, TOO_MANY, TRIMMED
 from .wire import topic_stream     # the script derives streams from topics the same way
@@ -216,10 +219,39 @@ class RedisHistory:
     def publish(self, topics: list[str], payload: bytes, message_id: str | None = None,
                 client=None) -> Published:
         """Publish one serialised event (JSON object bytes) to `topics` with positions.
-        Raises redis.ResponseError for input the script refuses (nothing was published)."""
-        keys, args = self.publish_args(topics, payload, message_id)
-        reply = self._publish(keys=keys, args=args, client=client)
-        return self.published(topics, reply)
+        Raises redis.ResponseError for input the script refuses (nothing was published).
+
+        On Redis Cluster a route whose streams are in several hash slots is one call per
+        slot (a call's keys must share one), in the route's order: each call is atomic in
+        its slot and a publication of its own (the id gets `.2`, `.3`… after the first),
+        so a connection holding streams of two slots gets the event once per slot. A
+        call that fails after others succeeded raises: those streams have it, the others
+        not (PROTOCOL.md 10)."""
+        groups = self._slot_groups(topics)
+        if len(groups) == 1:
+            keys, args = self.publish_args(topics, payload, message_id)
+            reply = self._publish(keys=keys, args=args, client=client)
+            return self.published(topics, reply)
+        message_id = message_id if message_id is not None else uuid.uuid4().hex
+        receivers, positions, first = 0, {}, None
+        for n, group in enumerate(groups):
+            keys, args = self.publish_args(group, payload, message_id if n == 0 else f"{message_id}.{n + 1}")
+            part = self.published(group, self._publish(keys=keys, args=args, client=client))
+            first = first or part
+            receivers += part
+            positions.update(part.positions)
+        return Published(receivers, first.id, first.ts,
+                         {topic_stream(t): positions[topic_stream(t)] for t in topics})
+
+    def _slot_groups(self, topics: list[str]) -> list[list[str]]:
+        """`topics` by the hash slot of their stream's keys (Redis Cluster), in the route's
+        order; one group elsewhere."""
+        if len(topics) < 2 or not on_cluster(self.client):
+            return [topics]
+        groups: dict[int, list[str]] = {}
+        for topic in topics:
+            groups.setdefault(key_slot(meta_key(self.prefix, topic_stream(topic)).encode()), []).append(topic)
+        return list(groups.values())
 
     @staticmethod
     def published(topics: list[str], reply) -> Published:
@@ -273,10 +305,30 @@ class RedisHistory:
             return self._evalsha_pipelined(self.client.script_load(script.script), calls)
 
     def _evalsha_pipelined(self, sha: str, calls) -> list:
+        if on_cluster(self.client):
+            return self._evalsha_per_node(sha, calls)
         with self.client.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.evalsha(sha, len(keys), *keys, *args)
             return pipe.execute()
+
+    def _evalsha_per_node(self, sha: str, calls) -> list:
+        """Redis Cluster: redis-py's cluster pipeline refuses EVALSHA, so one plain pipeline
+        per master, each holding the calls whose slot it serves (one round trip per
+        master, not per call); the replies back in `calls`' order."""
+        calls = list(calls)
+        by_node: dict = {}
+        for i, (keys, args) in enumerate(calls):
+            name, pipe = node_pipeline(self.client, keys[0])
+            entry = by_node.setdefault(name, (pipe, []))
+            entry[0].evalsha(sha, len(keys), *keys, *args)
+            entry[1].append(i)
+        replies: list = [None] * len(calls)
+        for pipe, indexes in by_node.values():
+            with pipe:
+                for i, reply in zip(indexes, pipe.execute()):
+                    replies[i] = reply
+        return replies
 
     def since(self, stream: str, epoch: str, offset: int, limit: int) -> StoredRead:
         """Every event of `stream` after `offset` of `epoch`, all or nothing: at most

@@ -28,11 +28,11 @@
 -- (replication is asynchronous) and would give their offsets to other events.
 --
 -- Redis Cluster: every key is hash-tagged per stream, so one stream's meta and history
--- share a slot. PUBLISH is not a key operation. A route whose streams live in several
--- slots cannot be one call there; it must be one call per slot, each publishing its own
--- copy with its own streams' positions (the id is shared so workers still dedupe). On a
--- single Redis the whole route is one call: that is what makes a union's copies carry
--- every stream's position and travel back to back.
+-- share a slot, and so does its sharded channel. A call's keys must all be in one slot
+-- (Redis refuses others with CROSSSLOT): a route whose streams live in several slots is
+-- one call per slot (redis_history.py), each an atomic publication of its own streams
+-- with its own id. On one Redis or Sentinel the whole route is one call: that is what
+-- makes a union's copies carry every stream's position and travel back to back.
 
 local n = #ARGV - 6
 if n < 1 or #KEYS ~= 2 * n then
@@ -88,7 +88,9 @@ for i = 1, n do
 end
 
 -- The term: this Redis process's run id (a promoted replica, a restarted master: another).
-local term = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local server = redis.call('INFO', 'server')
+local term = string.match(server, 'run_id:(%x+)')
+local sharded = string.find(server, 'redis_mode:cluster', 1, true) ~= nil
 
 for i = 1, n do
   local meta, hist = KEYS[2 * i - 1], KEYS[2 * i]
@@ -127,9 +129,18 @@ for i = 1, n do
   end
 end
 
+-- Redis Cluster: sharded pub/sub, on the stream's own channel `<prefix>{<stream>}` (the
+-- slot of its keys, so Redis lets the script publish there): the message travels only to
+-- the shard that owns it. Elsewhere the classic channel `<prefix><topic>`.
 local receivers = 0
-for i = 1, n do
-  receivers = receivers + redis.call('PUBLISH', prefix .. ARGV[6 + i], body)
+if sharded then
+  for i = 1, n do
+    receivers = receivers + redis.call('SPUBLISH', prefix .. '{' .. streams[i] .. '}', body)
+  end
+else
+  for i = 1, n do
+    receivers = receivers + redis.call('PUBLISH', prefix .. ARGV[6 + i], body)
+  end
 end
 
 local reply = {receivers, id, ts}

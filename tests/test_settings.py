@@ -259,7 +259,8 @@ def test_a_value_out_of_range_is_a_one_line_refusal(tmp_path, name):
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///run/redis.sock",
-                                 "redis+sentinel://:pw@h1:26379,h2:26379/mymaster"])
+                                 "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
+                                 "redis+cluster://:pw@h1:7000,h2:7001"])
 def test_every_redis_topology_scheme_is_accepted(tmp_path, url):
     assert load_settings({**base(tmp_path), "REDIS_URL": url}).redis_url == url
 
@@ -267,7 +268,8 @@ def test_every_redis_topology_scheme_is_accepted(tmp_path, url):
 @pytest.mark.parametrize("url,said", [
     ("redis+sentinel://h1:26379,h2:26379", "the master's name is missing"),
     ("redis+sentinel://h1/mymaster", "each sentinel must be host:port"),
-    ("redis+cluster://h1:7000,h2:7001", "redis+cluster:// is not supported by this version yet"),
+    ("redis+cluster://h1,h2:7001", "each node must be host:port"),
+    ("redis+cluster://h1:7000/3", "a cluster has only database 0"),
 ])
 def test_a_redis_url_the_server_cannot_use_is_refused_in_one_line(tmp_path, url, said):
     with pytest.raises(SettingsError, match="^REDIS_URL: .*" + said.replace("+", "\\+")):

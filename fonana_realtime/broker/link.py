@@ -4,11 +4,15 @@ A `Link` gives the broker two things and knows nothing else of it:
 - `client`: a redis-py client for commands (the publish script, history reads, resume
   marks, the /ready probe), on a bounded pool; after a failover it reaches the new master
   by itself.
-- `subscriber()`: a fresh, connected redis-py `Connection` for the listener, to the node
-  that carries pub/sub now (for Sentinel: the master the sentinels name at this moment).
+- `subscribers()`: fresh, connected redis-py `Connection`s for the listener, by shard, to
+  the nodes that carry pub/sub now: one for one Redis or Sentinel (the master the sentinels
+  name at this moment), one per master for a Cluster (sharded pub/sub), with
+  `shard_of(channel)` naming the one a stream's channel (`channel(prefix, stream)`) goes to,
+  and `probe_channels` a channel of the worker's own on each (readiness.py's probe).
 
 `open_link(url)` picks the topology from the URL's scheme: `redis://`/`rediss://`
-(link_single.py), `redis+sentinel://` (link_sentinel.py).
+(link_single.py), `redis+sentinel://` (link_sentinel.py), `redis+cluster://`
+(link_cluster.py).
 """
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..wire import stream_topic
+
 CLIENT_TIMEOUT = 2.0        # command client: connect, read and write timeouts
 PUBLISH_POOL = 32           # command connections per worker (callers wait <= CLIENT_TIMEOUT)
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEME = "redis+sentinel"
-CLUSTER_SCHEME = "redis+cluster"        # PROTOCOL.md 10; not served yet (docs/DEPLOY.md)
+CLUSTER_SCHEME = "redis+cluster"
 SCHEMES = (*SINGLE_SCHEMES, SENTINEL_SCHEME, CLUSTER_SCHEME)
 
 
@@ -44,7 +50,7 @@ def subscriber_options(timeout: float, name: str) -> dict:
 def redacted(url: str) -> str:
     """The URL without its password, for logs."""
     scheme, sep, rest = url.partition("://")
-    if scheme == SENTINEL_SCHEME and sep:
+    if scheme in (SENTINEL_SCHEME, CLUSTER_SCHEME) and sep:
         userinfo, at, hosts = rest.rpartition("@")
         if not at:
             return url
@@ -72,6 +78,7 @@ class Link:
     """One topology's way to Redis (see the module docstring)."""
 
     topology = "base"
+    sharded = False                         # SSUBSCRIBE/SPUBLISH instead of SUBSCRIBE/PUBLISH
 
     def __init__(self, url: str, timeout: float = CLIENT_TIMEOUT):
         self.url = url
@@ -82,6 +89,27 @@ class Link:
     def subscriber(self, timeout: float, name: str):
         """A connected redis-py Connection for the listener (raises redis errors)."""
         raise NotImplementedError
+
+    def subscribers(self, timeout: float, name: str) -> dict:
+        """{shard: connected Connection} for the listener (raises redis errors)."""
+        return {"": self.subscriber(timeout, name)}
+
+    def shard_of(self, channel: bytes) -> str:
+        return ""
+
+    def channel(self, prefix: bytes, stream: str) -> bytes:
+        """The pub/sub channel of `stream` (wire.py: `<prefix><topic>`)."""
+        return prefix + stream_topic(stream).encode()
+
+    def topic_of(self, prefix: bytes, channel: bytes) -> str:
+        """The topic of a stream's channel (the inverse of `channel`)."""
+        return channel[len(prefix):].decode("utf-8", "replace")
+
+    def probe_channels(self, private: bytes, shards) -> dict:
+        return {shard: private for shard in shards}
+
+    def publish_probe(self, channel: bytes, data: str):
+        self.client.publish(channel, data)
 
     def close(self):
         if self.client is not None:
@@ -95,8 +123,8 @@ def check_url(url: str) -> None:
         from .link_sentinel import parse_sentinel_url
         parse_sentinel_url(url)
     elif scheme == CLUSTER_SCHEME:
-        raise ValueError(f"{CLUSTER_SCHEME}:// is not supported by this version yet: use one "
-                         f"Redis or Sentinel (docs/DEPLOY.md)")
+        from .link_cluster import parse_cluster_url
+        parse_cluster_url(url)
     elif scheme not in SINGLE_SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r} (expected one of {', '.join(SCHEMES)})")
 
@@ -109,5 +137,8 @@ def open_link(url: str, timeout: float = CLIENT_TIMEOUT) -> Link:
     if scheme == SENTINEL_SCHEME:
         from .link_sentinel import SentinelLink
         return SentinelLink(url, timeout)
+    if scheme == CLUSTER_SCHEME:
+        from .link_cluster import ClusterLink
+        return ClusterLink(url, timeout)
     from .link_single import SingleLink
     return SingleLink(url, timeout)

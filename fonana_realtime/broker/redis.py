@@ -5,27 +5,29 @@ topic of its route (`fonana:rt:channel:post_P`, `fonana:rt:user:U`). Nothing is 
 locally at publish time: every worker, the publishing one included, delivers what
 its listener receives, so all workers see the same order.
 
-Listening: per worker, one subscriber connection and one listener greenlet. The
-listener is the only greenlet that touches that connection: it reads, and it writes
-the SUBSCRIBE/UNSUBSCRIBE commands that `listen`/`unlisten` ask for (woken through a
-pipe), batched per wake-up. It holds only the topics fanout asked for (`listen` and
-not yet `unlisten`: those with local connections) plus this worker's private topic,
-used by `ready()` for a real publish -> receive round trip. Every message it receives
-is decoded (wire.Decoder) and handed to `on_message`.
+Listening: per worker, one listener greenlet and its subscriber connections, one per
+shard (pubsub.py: one for a single Redis or Sentinel; one per master of a Cluster, with
+SSUBSCRIBE, each holding the topics whose slots that master serves). The listener is the
+only greenlet that touches them: it reads, and it writes the (S)SUBSCRIBE/UNSUBSCRIBE
+commands that `listen`/`unlisten` ask for (woken through a pipe), batched per wake-up. It
+holds only the topics fanout asked for (`listen` and not yet `unlisten`: those with local
+connections) plus this worker's private probe channel on each shard, used by `ready()`
+and the probe for a real publish -> receive round trip. Every message it receives is
+decoded (wire.Decoder) and handed to `on_message`. The connections are one link: when
+any of them is lost (a shard's master died, a slot moved), all are built again on the
+nodes that serve now, and the worker catches up from history.
 
 "Subscribed means delivered": the first local subscriber of a topic waits (at most
 SUBSCRIBE_WAIT) until Redis has acknowledged the SUBSCRIBE, and so does anyone who
-joins the topic while that acknowledgement is still on its way. Replies arrive in
-command order, so a FIFO of expected replies pairs each acknowledgement with the
-exact command it answers.
+joins the topic while that acknowledgement is still on its way.
 
 Positions and history (PROTOCOL.md 7, redis_history.py): every publish runs the
 publish script, which gives the event its offset in each stream of its route, keeps it
 in the streams' history and PUBLISHes it, in one atomic step.
 
-Which Redis: `link.py` (one Redis, or Sentinel: the command client and each new
-listener connection go to the master the sentinels name now), so a failover is one more
-lost link. A link that dies silently (publishes succeed, nothing arrives) is found by the
+Which Redis: `link.py` (one Redis; Sentinel: the command client and each new listener
+connection go to the master the sentinels name now; Cluster: to the masters the slot map
+names now), so a failover is one more lost link. A link that dies silently (publishes succeed, nothing arrives) is found by the
 probe (readiness.py) and rebuilt like a lost one.
 
 Redis goes away: the listener reconnects with capped, jittered back-off and
@@ -50,7 +52,7 @@ import random
 import socket
 import time
 import uuid
-from collections import deque
+
 import gevent
 import gevent.select
 import redis
@@ -62,6 +64,7 @@ from ..redis_history import GHOST_SECONDS, RedisHistory
 from . import Broker, BrokerUnavailable
 from .catchup import Catchup
 from .link import open_link
+from .pubsub import Desync, PubSubConn
 from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, link_state, probe_verdict
 from .readiness import UNAVAILABLE as LINK_UNAVAILABLE
 
@@ -70,11 +73,8 @@ log = logging.getLogger("fonana_realtime.broker")
 SUBSCRIBE_WAIT = 2.0        # a first subscriber waits at most this for Redis's acknowledgement
 READY_WAIT = 2.0            # /ready: publish -> receive round trip through our own listener
 LISTENER_TIMEOUT = 5.0      # subscriber connection: connect and mid-message reads
-PING_EVERY = 10.0           # an idle subscriber connection sends PING after this long ...
-PONG_WAIT = 5.0             # ... and is dropped when no reply arrives within this
 BACKOFF_BASE, BACKOFF_CAP = 0.1, 1.0
 STABLE_LINK = 5.0           # a link that lived this long resets the back-off (no tight flapping)
-CHANNELS_PER_COMMAND = 500  # resubscribing thousands of topics: a few big commands
 YIELD_EVERY = 64            # a burst of messages: let client greenlets run between batches
 DROP_LOG_EVERY = 10.0       # seconds between warnings about dropped (malformed) messages
 CATCHUP_BATCH = 500         # streams per pipelined history read while catching up
@@ -84,10 +84,6 @@ def backoff_delay(attempt: int) -> float:
     """Exponential, capped, with jitter in the upper half (never a synchronised herd)."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(attempt, 16)))
     return random.uniform(ceiling / 2, ceiling)
-
-
-class _Desync(Exception):
-    """A reply that does not match the command it should answer: reconnect."""
 
 
 class _Stalled(Exception):
@@ -114,30 +110,28 @@ class RedisBroker(Broker):
         # from client greenlets)
         self.catchup = Catchup()                # marks, baselines, held messages (catchup.py)
         self._live = Event()                    # set while this link is caught up
-        self._subscribes_pending = 0            # SUBSCRIBE replies still to come on this link
         # listener state (only the listener greenlet writes the subscriber socket)
         self._greenlet = None
         self._keeper = None                     # renews the ghost metas of held streams
         self._prober = None                     # finds a silently dead link (readiness.py)
-        self._conn = None
+        self._shards: dict[str, PubSubConn] = {}     # the link: shard -> its connection
+        self._probes: dict[str, bytes] = {}     # shard -> this worker's probe channel on it
+        self._probes_acked = 0
         self._stalled = False                   # the probe found this link dead; until one succeeds
         self._rebuild = False                   # asked of the listener by the probe
         self._down = False                      # the last connection attempt failed / link lost
         self._stopping = False
-        self._private = b""                     # this worker's own topic, for ready()
+        self._private = b""                     # this worker's own channel name, for ready()
         self._control = self._bprefix + b"control"   # every worker's: control messages (control.py)
-        self._private_ev = Event()              # set while Redis has acknowledged it on this link
+        self._private_ev = Event()              # set while every probe channel is acknowledged
         self._acked: dict[str, Event] = {}      # topic -> event of the last SUBSCRIBE written
         self._waiting: dict[str, Event] = {}    # topic -> event for a SUBSCRIBE not yet written
         self._dirty: set[str] = set()           # topics whose membership changed since the last flush
-        self._expect: deque = deque()           # (kind, channel, event|None) in reply order
         self._wanted: set[str] = set()          # topics fanout asked for (local subscribers)
         self._wake_r = self._wake_w = -1
         self._wake_pending = False
         self._nonces: dict[str, Event] = {}     # ready() round trips in flight
         self._decoder = wire.Decoder()
-        self._last_rx = 0.0
-        self._ping_sent: float | None = None
         self._dropped = 0
         self._drop_logged_at = 0.0
         self._connects = 0
@@ -230,7 +224,7 @@ class RedisBroker(Broker):
           connection's start, taken once the join is done.
 
         Otherwise (that SUBSCRIBE on its way, Redis down, no history kept) Redis is asked."""
-        if self._conn is not None and not self._down and self.redis_history.size:
+        if self._shards and not self._down and self.redis_history.size:
             topic = wire.stream_topic(stream)
             acked = self._acked.get(topic)
             if acked is not None:
@@ -323,29 +317,36 @@ class RedisBroker(Broker):
         return True, OK
 
     def _round_trip(self, wait: float) -> tuple[bool, bool]:
-        """(published, arrived): a nonce through the command client to our private
-        topic, and whether our listener received it within `wait`."""
-        nonce = uuid.uuid4().hex
-        event = self._nonces[nonce] = Event()
+        """(published, arrived): a nonce through the command client to our probe channel
+        on every shard, and whether our listener received them all within `wait`."""
+        probes = list(self._probes.values())
+        if not probes:
+            return False, False
+        nonces = [uuid.uuid4().hex for _ in probes]
+        for nonce in nonces:
+            self._nonces[nonce] = Event()
         try:
             try:
-                self.client.publish(self._private, nonce)
+                for channel, nonce in zip(probes, nonces):
+                    self.link.publish_probe(channel, nonce)
             except redis.RedisError:
                 return False, False
-            return True, event.wait(wait)
+            deadline = time.monotonic() + wait
+            return True, all(self._nonces[n].wait(max(0.0, deadline - time.monotonic())) for n in nonces)
         finally:
-            self._nonces.pop(nonce, None)
+            for nonce in nonces:
+                self._nonces.pop(nonce, None)
 
     # ---- the probe: a silently dead link (readiness.py) ---------------------------------
 
     def _probe_loop(self):
         while not self._stopping:
             gevent.sleep(PROBE_EVERY)
-            conn = self._conn
-            if conn is None or not self._live.is_set():
+            link = self._connects
+            if not self._shards or not self._live.is_set():
                 continue                        # no link, or one still catching up
             verdict = probe_verdict(*self._round_trip(PROBE_WAIT))
-            if verdict is False and self._conn is conn and not self._stopping:
+            if verdict is False and self._connects == link and self._shards and not self._stopping:
                 self._stall()
             elif verdict and self._stalled:
                 self._stalled = False
@@ -379,7 +380,7 @@ class RedisBroker(Broker):
             except gevent.GreenletExit:
                 raise
             except Exception as exc:        # never let the listener die: log, back off, retry
-                expected = isinstance(exc, (redis.RedisError, OSError, _Desync, _Stalled))
+                expected = isinstance(exc, (redis.RedisError, OSError, Desync, _Stalled))
                 now = time.monotonic()
                 if not self._stopping and (attempt == 0 or not expected or now - logged_at > 30):
                     logged_at = now
@@ -397,18 +398,18 @@ class RedisBroker(Broker):
             attempt += 1
 
     def _connect(self):
-        conn = self.link.subscriber(LISTENER_TIMEOUT, "fonana-rt-sub-" + str(os.getpid()))
-        self._conn = conn
+        conns = self.link.subscribers(LISTENER_TIMEOUT, "fonana-rt-sub-" + str(os.getpid()))
+        self._shards = {shard: PubSubConn(conn, self.link.sharded) for shard, conn in conns.items()}
+        self._probes = self.link.probe_channels(self._private, self._shards)
+        self._probes_acked = 0
         self._down = False
         self._connects += 1
         if self._connects > 1:
             metrics.BROKER_RECONNECTS.inc()
-        self._last_rx = time.monotonic()
-        self._ping_sent = None
-        self._expect.append((b"subscribe", self._private, self._private_ev))
-        self._expect.append((b"subscribe", self._control, None))
-        self._subscribes_pending = 2
-        conn.send_command("SUBSCRIBE", self._private, self._control, check_health=False)
+        for shard, pubsub in self._shards.items():
+            pubsub.subscribe([(self._probes[shard], None)])
+        # classic pub/sub: every node of a Cluster hears it, so one connection is enough
+        next(iter(self._shards.values())).subscribe([(self._control, None)], classic=True)
         self.catchup.link_up()                      # live messages wait until we caught up
         metrics.BROKER_LINK_DOWN.set(0)
         metrics.BROKER_CATCHING_UP.set(1)
@@ -416,61 +417,57 @@ class RedisBroker(Broker):
         self._flush()
         log.info("redis listener connected", extra={
             "event": "broker_connected", "redis": self.where, "topics": len(self._acked),
-            "reconnect": self._connects > 1})
+            "shards": len(self._shards), "reconnect": self._connects > 1})
 
     def _lost(self):
         """The link is gone: release everyone waiting on it; the next link resubscribes."""
         metrics.BROKER_LINK_DOWN.set(1)
         metrics.BROKER_CATCHING_UP.set(0)
-        conn, self._conn = self._conn, None
+        shards, self._shards = self._shards, {}
         self._down = True
-        if conn is not None:
-            try:
-                conn.disconnect()
-            except Exception:
-                pass
-        for _, _, event in self._expect:
-            if event is not None and event is not self._private_ev:
-                event.set()
+        for pubsub in shards.values():
+            pubsub.close()
         for event in self._waiting.values():
             event.set()
-        self._expect.clear()
-        self._subscribes_pending = 0
         self._acked.clear()
         self._waiting.clear()
-        self._ping_sent = None
+        self._probes_acked = 0
         self._private_ev.clear()
         self._live.clear()
         self.catchup.link_lost()
         metrics.BROKER_TOPICS.set(0)
 
+    def _pending(self) -> bool:
+        """SUBSCRIBE acknowledgements still to come on this link."""
+        return any(pubsub.pending for pubsub in self._shards.values())
+
     def _serve(self):
-        conn = self._conn
-        fd = conn._sock.fileno()
+        shards = list(self._shards.values())
         wake = self._wake_r
+        fds = [pubsub.fd for pubsub in shards] + [wake]
         while not self._stopping:
             if self._rebuild:
                 self._rebuild = False
                 raise _Stalled("a probe was published but never arrived")
-            handled = 0
-            while conn.can_read(timeout=0):          # buffered or readable now
-                reply = conn.read_response(disconnect_on_error=False)
-                self._last_rx = time.monotonic()
-                self._on_reply(reply)
-                handled += 1
-                if self.catchup.catching_up and not self._subscribes_pending:
-                    self._catch_up()                # at once, even while messages keep coming
-                if handled % YIELD_EVERY == 0:
-                    gevent.sleep(0)
-                    if self._dirty:
-                        self._flush()
+            for pubsub in shards:
+                handled = 0
+                while pubsub.readable():
+                    self._on_reply(pubsub.read())
+                    handled += 1
+                    if self.catchup.catching_up and not self._pending():
+                        self._catch_up()            # at once, even while messages keep coming
+                    if handled % YIELD_EVERY == 0:
+                        gevent.sleep(0)
+                        if self._dirty:
+                            self._flush()
             if self._dirty:
                 self._flush()
                 continue
-            if self.catchup.catching_up and not self._subscribes_pending:
+            if self.catchup.catching_up and not self._pending():
                 self._catch_up()
                 continue
-            readable, _, _ = gevent.select.select([fd, wake], [], [], self._idle_timeout(conn))
+            timeout = min(pubsub.idle_timeout() for pubsub in shards)
+            readable, _, _ = gevent.select.select(fds, [], [], timeout)
             if wake in readable:
                 self._wake_pending = False
                 try:
@@ -479,29 +476,15 @@ class RedisBroker(Broker):
                 except BlockingIOError:
                     pass
 
-    def _idle_timeout(self, conn) -> float:
-        now = time.monotonic()
-        if self._ping_sent is not None:
-            if now - self._ping_sent > PONG_WAIT:
-                raise redis.ConnectionError("no reply to PING")
-            return self._ping_sent + PONG_WAIT - now + 0.01
-        idle_until = self._last_rx + PING_EVERY
-        if now < idle_until:
-            return idle_until - now + 0.01
-        self._ping_sent = now
-        self._expect.append((b"pong", None, None))
-        conn.send_command("PING", check_health=False)
-        return PONG_WAIT + 0.01
-
     def _flush(self):
-        """Write the SUBSCRIBE/UNSUBSCRIBE commands the changed topics need."""
-        conn = self._conn
+        """Write the SUBSCRIBE/UNSUBSCRIBE commands the changed topics need, each on the
+        connection of the shard that serves its channel."""
         dirty, self._dirty = self._dirty, set()
-        if conn is None:
+        if not self._shards:
             self._dirty = dirty | self._dirty
             return
         wanted = self._wanted
-        subscribe, unsubscribe = [], []
+        subscribe, unsubscribe = [], {}
         for topic in dirty:
             if topic in wanted:
                 if topic not in self._acked:
@@ -513,47 +496,50 @@ class RedisBroker(Broker):
                 if event is not None:
                     event.set()
                 if self._acked.pop(topic, None) is not None:
-                    unsubscribe.append(self._bprefix + topic.encode())
+                    channel = self._channel(topic)
+                    unsubscribe.setdefault(self.link.shard_of(channel), []).append(channel)
                 self.catchup.forget(wire.topic_stream(topic))
+        by_shard: dict[str, list] = {}
         if subscribe:
             self._read_baselines([topic for topic, _ in subscribe])
-            subscribe = [(self._bprefix + topic.encode(), event) for topic, event in subscribe]
-        for start in range(0, len(subscribe), CHANNELS_PER_COMMAND):
-            chunk = subscribe[start:start + CHANNELS_PER_COMMAND]
-            self._expect.extend((b"subscribe", channel, event) for channel, event in chunk)
-            self._subscribes_pending += len(chunk)
-            conn.send_command("SUBSCRIBE", *(channel for channel, _ in chunk), check_health=False)
-        for start in range(0, len(unsubscribe), CHANNELS_PER_COMMAND):
-            chunk = unsubscribe[start:start + CHANNELS_PER_COMMAND]
-            self._expect.extend((b"unsubscribe", channel, None) for channel in chunk)
-            conn.send_command("UNSUBSCRIBE", *chunk, check_health=False)
+            for topic, event in subscribe:
+                channel = self._channel(topic)
+                by_shard.setdefault(self.link.shard_of(channel), []).append((channel, event))
+        for shard, channels in by_shard.items():
+            self._shard(shard).subscribe(channels)
+        for shard, channels in unsubscribe.items():
+            self._shard(shard).unsubscribe(channels)
         metrics.BROKER_TOPICS.set(len(self._acked))
 
+    def _channel(self, topic: str) -> bytes:
+        return self.link.channel(self._bprefix, wire.topic_stream(topic))
+
+    def _shard(self, shard: str) -> PubSubConn:
+        pubsub = self._shards.get(shard)
+        if pubsub is None:          # a slot no master served when the link was built
+            raise redis.ConnectionError(f"no connection to shard {shard or '?'}: rebuilding the link")
+        return pubsub
+
     def _on_reply(self, reply):
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+        if reply is None:
+            return
+        if len(reply) == 2:
             try:
-                self._on_message(reply[1], reply[2])
+                self._on_message(*reply)
             except Exception:           # a bug on one message must not stop the others
                 log.exception("redis listener: message handling failed",
                               extra={"event": "broker_message_error"})
             return
-        kind = reply[0] if isinstance(reply, list) and reply else (b"pong" if reply == b"PONG" else None)
-        if kind not in (b"subscribe", b"unsubscribe", b"pong"):
-            raise _Desync(f"unexpected reply type {kind!r}")
-        if not self._expect:
-            raise _Desync(f"unrequested {kind!r} reply")
-        want_kind, channel, event = self._expect.popleft()
-        if want_kind != kind or (channel is not None and reply[1] != channel):
-            raise _Desync(f"expected {want_kind!r} reply, got {kind!r}")
-        if kind == b"pong":
-            self._ping_sent = None
-        else:
-            if kind == b"subscribe":
-                self._subscribes_pending -= 1
-                if channel == self._control:
-                    self._control_heard()
-            if event is not None:
-                event.set()
+        channel = reply[1]
+        if channel == self._control:
+            self._control_heard()
+        elif channel in self._nonce_channels():
+            self._probes_acked += 1
+            if self._probes_acked == len(self._probes):
+                self._private_ev.set()
+
+    def _nonce_channels(self):
+        return self._probes.values()
 
     def _control_heard(self):
         """The control channel is heard on this link: every later control message will
@@ -569,13 +555,13 @@ class RedisBroker(Broker):
         if channel == self._control:
             self.on_control(data)
             return
-        if channel == self._private:
+        if channel in self._nonce_channels():
             event = self._nonces.get(data.decode("ascii", "replace"))
             if event is not None:
                 event.set()
             return
         metrics.BROKER_RECEIVED.inc()
-        topic = channel[len(self._bprefix):].decode("utf-8", "replace")
+        topic = self.link.topic_of(self._bprefix, channel)
         try:
             message = self._decoder.decode(topic, data)
         except wire.Drop as drop:

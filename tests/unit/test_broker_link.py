@@ -6,6 +6,7 @@ import pytest
 
 from fonana_realtime.broker import readiness
 from fonana_realtime.broker.link import open_link, redacted
+from fonana_realtime.broker.link_cluster import ClusterLink, parse_cluster_url
 from fonana_realtime.broker.link_sentinel import SentinelLink, parse_sentinel_url
 from fonana_realtime.broker.link_single import SingleLink
 
@@ -27,10 +28,35 @@ def test_malformed_sentinel_urls_are_refused_clearly(url):
         parse_sentinel_url(url)
 
 
+def test_cluster_urls():
+    assert parse_cluster_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7001") == dict(
+        nodes=[("10.0.0.1", 7000), ("10.0.0.2", 7001)], username=None, password=None)
+    assert parse_cluster_url("redis+cluster://u:p@w@h:1/0") == dict(nodes=[("h", 1)], username="u", password="p@w")
+    assert redacted("redis+cluster://:s3cret@h:1,h:2") == "redis+cluster://:***@h:1,h:2"
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://h", "redis+cluster://h:1,", "redis+cluster://h:1/2"])
+def test_malformed_cluster_urls_are_refused_clearly(url):
+    with pytest.raises(ValueError, match="redis\\+cluster"):
+        parse_cluster_url(url)
+
+
+def test_cluster_channels_share_their_streams_slot():
+    from redis.crc import key_slot
+
+    from fonana_realtime.redis_history import meta_key
+    link = open_link("redis+cluster://127.0.0.1:1")
+    for stream in ("post_p1", "user_u1", "notifications_u1"):
+        channel = link.channel(b"fonana:rt:", stream)
+        assert key_slot(channel) == key_slot(meta_key("fonana:rt:", stream).encode())
+        assert link.topic_of(b"fonana:rt:", channel) == ("user:u1" if stream == "user_u1" else "channel:" + stream)
+
+
 def test_the_scheme_picks_the_topology():
     assert isinstance(open_link("redis://127.0.0.1:1/0"), SingleLink)
     assert isinstance(open_link("rediss://127.0.0.1:1/0"), SingleLink)
     assert isinstance(open_link("redis+sentinel://127.0.0.1:1/m"), SentinelLink)
+    assert isinstance(open_link("redis+cluster://127.0.0.1:1"), ClusterLink)    # connects at first use
     with pytest.raises(ValueError, match="unknown scheme 'http'"):
         open_link("http://127.0.0.1:1")
 

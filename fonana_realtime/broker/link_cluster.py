@@ -1,0 +1,187 @@
+"""Redis Cluster (`redis+cluster://[[user]:password@]host:port[,host:port...]`), Redis >= 7.0.
+
+Commands go through redis-py's `RedisCluster`: it learns the slot map from the nodes named
+in the URL (any of them is enough), routes each command by its key's slot, follows MOVED
+by itself (nothing ran: safe to send again) and, after a connection error, reads the slot
+map again before the next command, so after a failover commands reach the promoted
+replica by themselves. It is built on first use (its constructor connects: a worker must
+start while the cluster is away, and say 503 until it answers), and its own errors (no
+node reachable, a slot nobody serves) reach callers as redis ConnectionErrors, like every
+other topology's.
+
+Pub/sub is sharded (SPUBLISH/SSUBSCRIBE): a stream's channel is `<prefix>{<stream>}`, in
+the slot of the stream's keys (`<prefix>{<stream>}:m`, `:h`), so the publish script
+publishes where it writes and a message travels only to the shard that owns it. The
+listener holds one connection per master, named by the slot map read right before it
+connects (`subscribers`), and asks `shard_of(channel)` where each channel goes.
+"""
+from __future__ import annotations
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+
+from ..wire import stream_topic
+from .link import (CLIENT_TIMEOUT, CLUSTER_SCHEME, PUBLISH_POOL, Link, client_options,
+                   subscriber_options)
+
+SLOTS = 16384
+
+
+def parse_cluster_url(url: str) -> dict:
+    """{nodes: [(host, port)], username, password}; ValueError if malformed."""
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != CLUSTER_SCHEME or not sep:
+        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL")
+    userinfo, at, rest = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = (user or None), (secret if colon else None)
+    hosts, _, path = rest.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"{CLUSTER_SCHEME}: a cluster has only database 0")
+    nodes = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"{CLUSTER_SCHEME}: each node must be host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    return dict(nodes=nodes, username=username, password=password)
+
+
+def _converted(call):
+    """`call` with redis-py's cluster errors (not RedisErrors: no node reachable, a slot
+    nobody serves) raised as redis ConnectionErrors, which every caller handles."""
+    def run(*args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(f"cluster: {exc}") from None
+    return run
+
+
+class _Cluster(RedisCluster):
+    topology = "cluster"
+
+    def execute_command(self, *args, **kwargs):
+        return _converted(super().execute_command)(*args, **kwargs)
+
+    def pipeline(self, *args, **kwargs):
+        pipe = super().pipeline(*args, **kwargs)
+        pipe.execute = _converted(pipe.execute)
+        return pipe
+
+
+class ClusterClient:
+    """The command client: a `RedisCluster` made at first use (see the module docstring)."""
+
+    topology = "cluster"
+
+    def __init__(self, **options):
+        self._options = options
+        self._real: _Cluster | None = None
+
+    def real(self) -> _Cluster:
+        if self._real is None:
+            try:
+                self._real = _Cluster(**self._options)
+            except RedisClusterException as exc:
+                raise redis.ConnectionError(f"cluster: {exc}") from None
+        return self._real
+
+    def __getattr__(self, name):
+        return getattr(self.real(), name)
+
+    def close(self):
+        if self._real is not None:
+            self._real.close()
+
+
+def on_cluster(client) -> bool:
+    """A Redis Cluster client (ours, or a RedisCluster a caller of publisher.py made)."""
+    return isinstance(client, (ClusterClient, RedisCluster))
+
+
+def real_cluster(client) -> RedisCluster:
+    return client.real() if isinstance(client, ClusterClient) else client
+
+
+def node_pipeline(client, key: str):
+    """A plain pipeline to the master serving `key`'s slot now: a RedisCluster pipeline
+    refuses EVALSHA, and the read scripts are pipelined per node instead (a slot that
+    moved meanwhile answers MOVED: the reads fail, nothing half-done)."""
+    real = real_cluster(client)
+    node = real.get_node_from_key(key)
+    return node.name, real.get_redis_connection(node).pipeline(transaction=False)
+
+
+class ClusterLink(Link):
+    topology = "cluster"
+    sharded = True
+
+    def __init__(self, url: str, timeout: float = CLIENT_TIMEOUT):
+        super().__init__(url, timeout)
+        cfg = parse_cluster_url(url)
+        self.node_options = dict(username=cfg["username"], password=cfg["password"])
+        self.client = ClusterClient(
+            startup_nodes=[ClusterNode(host, port) for host, port in cfg["nodes"]],
+            # a shard that is down must not stop the others (its slots answer 503)
+            require_full_coverage=False, max_connections=PUBLISH_POOL,
+            **self.node_options, **client_options(timeout))
+        self._owners: list[str] = []          # slot -> "host:port" of its master, at connect
+
+    def subscribers(self, timeout: float, name: str) -> dict:
+        """One connected Connection per master, by "host:port", on the slot map read now."""
+        real = self.client.real()
+        try:
+            real.nodes_manager.initialize()
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(f"cluster: {exc}") from None
+        owners = [""] * SLOTS
+        masters = {}
+        for slot, nodes in real.nodes_manager.slots_cache.items():
+            if nodes:
+                owners[slot] = nodes[0].name
+                masters[nodes[0].name] = nodes[0]
+        conns = {}
+        try:
+            for node_name, node in sorted(masters.items()):
+                conn = redis.Connection(host=node.host, port=node.port, **self.node_options,
+                                        **subscriber_options(timeout, name))
+                conn.connect()
+                conns[node_name] = conn
+        except Exception:
+            for conn in conns.values():
+                conn.disconnect()
+            raise
+        self._owners = owners
+        return conns
+
+    def shard_of(self, channel: bytes) -> str:
+        return self._owners[key_slot(channel)]
+
+    def channel(self, prefix: bytes, stream: str) -> bytes:
+        return prefix + b"{" + stream.encode() + b"}"
+
+    def topic_of(self, prefix: bytes, channel: bytes) -> str:
+        return stream_topic(channel[len(prefix) + 1:-1].decode("utf-8", "replace"))
+
+    def probe_channels(self, private: bytes, shards) -> dict:
+        """Per shard, a channel of this worker's own that the shard serves: `private` with
+        a hash tag whose slot is that shard's (a few tries each: a shard owns ~1/3 of
+        the slots)."""
+        out = {}
+        wanted = set(shards)
+        for i in range(SLOTS * 8):
+            channel = private + b"{" + str(i).encode() + b"}"
+            owner = self._owners[key_slot(channel)]
+            if owner in wanted and owner not in out:
+                out[owner] = channel
+                if len(out) == len(wanted):
+                    break
+        return out
+
+    def publish_probe(self, channel: bytes, data: str):
+        self.client.spublish(channel, data)

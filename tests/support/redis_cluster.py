@@ -1,0 +1,224 @@
+"""A private Redis Cluster on free loopback ports: three masters and one replica each
+(`redis-cli --cluster create … --cluster-replicas 1 --cluster-yes`), for cluster tests and
+benchmarks. Nothing is saved to disk; `stop()` kills every node it started.
+
+A master that stops answering is judged failed after NODE_TIMEOUT_MS, then its replica is
+promoted (a few hundred ms more). `url` is the REDIS_URL the server takes
+(`redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`).
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from .redis_server import client
+
+NODE_TIMEOUT_MS = 1000
+MASTERS = 3
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too; Redis takes none over 55535."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port pair for a cluster node")
+
+
+class ClusterNode:
+    def __init__(self, workdir: Path):
+        self.port = free_cluster_port()
+        self.workdir = workdir / str(self.port)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.workdir / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+             # a replica with stale data still takes over (tests kill masters under load)
+             "--cluster-replica-validity-factor", "0",
+             "--repl-diskless-sync-delay", "0"],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return client(f"redis://{self.address}/0", socket_timeout=1, socket_connect_timeout=1)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL: a crash, without a word to anyone."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        self.kill()
+        self.log.close()
+
+
+class RedisCluster:
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.nodes: list[ClusterNode] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(n.address for n in self.nodes[:MASTERS])
+
+    def start(self, timeout: float = 60.0) -> "RedisCluster":
+        self.nodes = [ClusterNode(self.workdir) for _ in range(2 * MASTERS)]
+        try:
+            _poll(lambda: all(self._answers(n) for n in self.nodes), timeout, "the nodes starting")
+        except SystemExit as exc:
+            self.stop()
+            raise AssertionError(str(exc)) from None
+        created = subprocess.run(
+            [shutil.which("redis-cli"), "--cluster", "create", *(n.address for n in self.nodes),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        assert created.returncode == 0, created.stdout.decode()[-2000:] + created.stderr.decode()[-2000:]
+        _poll(self.healthy, timeout, "the cluster converging (every slot served, every replica synced)")
+        return self
+
+    @staticmethod
+    def _answers(node: ClusterNode) -> bool:
+        if not node.running:
+            raise SystemExit(f"cluster node {node.port} exited: see {node.workdir}/redis.log")
+        r = node.client()
+        try:
+            return r.ping()
+        finally:
+            r.close()
+
+    def shards(self) -> list[dict]:
+        """CLUSTER SHARDS as a live node sees it: [{"slots": [(a, b)], "master": ClusterNode,
+        "replicas": [ClusterNode]}], only nodes that are up."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            r = node.client()
+            try:
+                raw = r.execute_command("CLUSTER", "SHARDS")
+            except redis.RedisError:
+                continue
+            finally:
+                r.close()
+            by_port = {n.port: n for n in self.nodes}
+            out = []
+            for shard in raw:
+                shard = _pairs(shard)
+                slots = shard[b"slots"]
+                master, replicas = None, []
+                for info in shard[b"nodes"]:
+                    info = _pairs(info)
+                    node_ = by_port.get(int(info[b"port"]))
+                    if node_ is None or info[b"health"] != b"online":
+                        continue
+                    if info[b"role"] == b"master":
+                        master = node_
+                    else:
+                        replicas.append(node_)
+                out.append({"slots": [(slots[i], slots[i + 1]) for i in range(0, len(slots), 2)],
+                            "master": master, "replicas": replicas})
+            return out
+        return []
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok, three shards each have a master that
+        serves slots and a replica whose link to it is up."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            r = node.client()
+            try:
+                if r.execute_command("CLUSTER", "INFO").find(b"cluster_state:ok") < 0:
+                    return False
+            finally:
+                r.close()
+        shards = [s for s in self.shards() if s["slots"]]
+        if len(shards) != MASTERS or any(s["master"] is None or not s["replicas"] for s in shards):
+            return False
+        for shard in shards:
+            for replica in shard["replicas"]:
+                r = replica.client()
+                try:
+                    if r.info("replication").get("master_link_status") != "up":
+                        return False
+                finally:
+                    r.close()
+        return True
+
+    def master_of(self, slot: int) -> ClusterNode:
+        for shard in self.shards():
+            if any(a <= slot <= b for a, b in shard["slots"]):
+                return shard["master"]
+        raise AssertionError(f"no master serves slot {slot}")
+
+    def wait_promoted(self, old: ClusterNode, slot: int, timeout: float = 30.0) -> ClusterNode:
+        """Another node is master of `slot`, says so itself, and every live node agrees
+        the cluster is ok."""
+        def promoted():
+            master = self.master_of(slot)
+            if master is None or master is old:
+                return None
+            r = master.client()
+            try:
+                if r.info("replication")["role"] != "master":
+                    return None
+            finally:
+                r.close()
+            ok = all(_cluster_ok(n) for n in self.nodes if n.running)
+            return master if ok else None
+        return _poll(promoted, timeout, "a replica taking over the killed master's slots")
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+
+def _cluster_ok(node: ClusterNode) -> bool:
+    r = node.client()
+    try:
+        return r.execute_command("CLUSTER", "INFO").find(b"cluster_state:ok") >= 0
+    finally:
+        r.close()
+
+
+def _pairs(flat) -> dict:
+    if isinstance(flat, dict):
+        return flat
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _poll(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except (redis.RedisError, OSError, AssertionError):
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.05)        # polling processes that expose state only by polling

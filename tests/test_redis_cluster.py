@@ -1,0 +1,279 @@
+"""Redis Cluster with sharded pub/sub (PROTOCOL.md 10, issue 21).
+
+Real parts: a private cluster of three masters with a replica each (`redis-cli --cluster
+create`, tests/support/redis_cluster.py), two gunicorn instances x two gevent workers with
+`REDIS_URL=redis+cluster://...`, real WebSocket clients.
+
+- delivery across both hosts for channels in different slots (so on different shards),
+  each message only on its own shard's pub/sub;
+- an event addressed to a user and a channel in different slots: one publication per slot;
+- a shard's master SIGKILLed while both hosts publish at 20 events/s and v2 and legacy
+  clients listen on both: the servers follow the promoted replica by themselves, every
+  event answered 202 reaches every live client exactly once, a v2 client away across the
+  failover recovers everything or is told `recovered: false`, and never are two events
+  under one (epoch, stream, offset).
+"""
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+
+import pytest
+from redis.crc import key_slot
+
+from fonana_realtime.publisher import RedisPublisher
+from fonana_realtime.redis_history import meta_key
+from support.failover import MAX_EVENTS, RATE, Publisher, drain, ticks
+from support.redis_cluster import RedisCluster
+from support.redis_server import SPREAD_WORKER_CONNECTIONS
+from support.server import Server
+from support.v2 import subscribe_v2, v2
+from support.waiting import wait_until
+
+pytestmark = pytest.mark.postgres
+
+WORKERS = 2
+AFTER = 20                  # events accepted on the killed shard's new master before stopping
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def slot(prefix: str, stream: str) -> int:
+    return key_slot(meta_key(prefix, stream).encode())
+
+
+def posts_on_shards(seed, cluster, prefix, creator, count: int) -> list[str]:
+    """`count` posts of `creator` whose streams are served by `count` different masters."""
+    found: dict = {}
+    for _ in range(200):
+        post = seed.post(creator)
+        master = cluster.master_of(slot(prefix, f"post_{post}"))
+        found.setdefault(master.port, post)
+        if len(found) == count:
+            return list(found.values())
+    raise AssertionError("no posts on enough shards")
+
+
+def hosts(tmp_path, cluster, pg_url, prefix, label):
+    return [Server(tmp_path / name, name=name, database_url=pg_url,
+                   env={"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix, "WS_WORKERS": WORKERS,
+                        "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS,
+                        "WS_LEGACY_TYPE_GAP_MS": 0})       # every tick to legacy clients too
+            for name in (f"{label}-a", f"{label}-b")]
+
+
+def next_ticks(ws, count: int) -> list[int]:
+    """The `n` of the next `count` frames (each must be a tick)."""
+    return ticks([ws.recv_json(timeout=10) for _ in range(count)])
+
+
+def all_ready(servers) -> bool:
+    return all(s.get("/ready").status_code == 200 for s in servers for _ in range(4))
+
+
+def test_events_cross_hosts_through_the_cluster_on_their_own_shards(tmp_path, cluster, pg_url, seed):
+    prefix = f"cl-{secrets.token_hex(3)}:"
+    servers = hosts(tmp_path, cluster, pg_url, prefix, "cluster-deliver")
+    try:
+        for srv in servers:
+            srv.start()
+        creator, fan = seed.user(is_creator=True), seed.user()
+        posts = posts_on_shards(seed, cluster, prefix, creator, 3)
+        wait_until(lambda: all_ready(servers), 30, "ready on the cluster")
+        listeners = {}
+        for srv in servers:
+            for post in posts:
+                legacy = srv.connect(fan)
+                legacy.subscribe({"type": "post", "postId": post})
+                modern = v2(srv, fan)
+                subscribe_v2(modern, {"type": "post", "postId": post})
+                listeners.setdefault(post, []).extend([legacy, modern])
+        # every post's channel is heard on its own master only (sharded pub/sub)
+        for post in posts:
+            owner = cluster.master_of(slot(prefix, f"post_{post}"))
+            channel = f"{prefix}{{post_{post}}}"
+            for node in (s["master"] for s in cluster.shards()):
+                r = node.client()
+                try:
+                    heard = r.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1]
+                finally:
+                    r.close()
+                assert (heard > 0) == (node is owner), f"{channel} on {node.port}: {heard} subscribers"
+        for i, post in enumerate(posts):
+            for n, srv in enumerate(servers):         # published through each host in turn
+                r = srv.api("/api/events", {"event": {"type": "tick", "n": 10 * i + n},
+                                            "channel": {"type": "post", "postId": post}})
+                assert r.status_code == 202, r.text
+        for i, post in enumerate(posts):
+            for ws in listeners[post]:
+                assert next_ticks(ws, 2) == [10 * i, 10 * i + 1]
+                assert ticks(drain(ws)) == []
+
+        # Presence (one write per master, keys of many slots) over both hosts: each post
+        # has 4 connections of the fan, the fan's own stream 12.
+        for srv in servers:
+            for post in posts:
+                want = {"channel": f"post_{post}", "connections": 4, "users": [fan]}
+                wait_until(lambda srv=srv, post=post, want=want:
+                           srv.api(f"/api/presence/post_{post}", method="GET").json() == want,
+                           10, f"presence of post_{post} on {srv.name}")
+        counts = servers[0].api(f"/api/presence?keys=user_{fan},{','.join('post_' + p for p in posts)}",
+                                method="GET").json()["counts"]
+        assert counts == {f"user_{fan}": 12, **{f"post_{p}": 4 for p in posts}}
+
+        # Another service publishing straight into the cluster, through publisher.py.
+        pub = RedisPublisher(cluster.url, prefix)
+        published = pub.publish({"type": "tick", "n": 99}, channel={"type": "post", "postId": posts[0]})
+        pub.close()
+        assert published.positions[f"post_{posts[0]}"][1] == 3
+        for ws in listeners[posts[0]]:
+            assert next_ticks(ws, 1) == [99]
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+def test_an_event_for_a_user_and_a_channel_in_other_slots_reaches_both(tmp_path, cluster, pg_url, seed):
+    prefix = f"cu-{secrets.token_hex(3)}:"
+    servers = hosts(tmp_path, cluster, pg_url, prefix, "cluster-union")
+    try:
+        for srv in servers:
+            srv.start()
+        creator = seed.user(is_creator=True)
+        post = seed.post(creator)
+        for _ in range(200):
+            fan = seed.user()
+            if cluster.master_of(slot(prefix, f"user_{fan}")) is not \
+                    cluster.master_of(slot(prefix, f"post_{post}")):
+                break
+        wait_until(lambda: all_ready(servers), 30, "ready on the cluster")
+        own = v2(servers[0], fan)                           # holds its user stream only
+        other = v2(servers[1], creator)                     # holds the post's stream only
+        subscribe_v2(other, {"type": "post", "postId": post})
+        r = servers[1].api("/api/events", {"event": {"type": "tick", "n": 1}, "userId": fan,
+                                           "channel": {"type": "post", "postId": post}})
+        assert r.status_code == 202, r.text
+        positions = r.json()["positions"][0]
+        assert positions == {f"post_{post}": 1, f"user_{fan}": positions[f"user_{fan}"]}
+        for ws, stream in ((own, f"user_{fan}"), (other, f"post_{post}")):
+            frame = ws.expect_type("event", timeout=10)
+            assert (frame["stream"], frame["offset"], frame["data"]["n"]) == (stream, positions[stream], 1)
+            assert drain(ws) == []
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently(
+        tmp_path, cluster, pg_url, seed):
+    prefix = f"cf-{secrets.token_hex(3)}:"
+    servers = hosts(tmp_path, cluster, pg_url, prefix, "cluster-failover")
+    publishers = []
+    try:
+        for srv in servers:
+            srv.start()
+        creator, fan = seed.user(is_creator=True), seed.user()
+        doomed_post, other_post = posts_on_shards(seed, cluster, prefix, creator, 2)
+        doomed = {"type": "post", "postId": doomed_post}
+        other = {"type": "post", "postId": other_post}
+        stream = f"post_{doomed_post}"
+        wait_until(lambda: all_ready(servers), 30, "ready on the cluster")
+        live = {doomed_post: [], other_post: []}
+        for srv in servers:
+            for _ in range(2):                          # likely both workers of each host
+                for post, channel in ((doomed_post, doomed), (other_post, other)):
+                    ws = v2(srv, fan)
+                    subscribe_v2(ws, channel)
+                    legacy = srv.connect(fan)
+                    legacy.subscribe(channel)
+                    live[post] += [ws, legacy]
+        away = v2(servers[0], fan)                      # the client that will be away
+        subscribe_v2(away, doomed)
+
+        publishers = [Publisher(servers, doomed, RATE / 2), Publisher(servers, other, RATE / 2)]
+        for publisher in publishers:
+            publisher.start()
+        publisher = publishers[0]
+        publisher.wait_accepted(10)
+        seen = [f for f in drain(away) if f.get("type") == "event"]
+        away.close()
+        away_at = {"epoch": seen[-1]["epoch"], "offset": seen[-1]["offset"]}
+        away_n = seen[-1]["data"]["n"]
+
+        master = cluster.master_of(slot(prefix, stream))
+        master.kill()                                   # SIGKILL
+        killed_at = len(publisher.accepted) + 1         # (+1: an answer may be on its way)
+        cluster.wait_promoted(master, slot(prefix, stream))
+        publisher.wait_accepted(killed_at + AFTER)
+        for p in publishers:
+            p.stop.set()
+            p.join(30)
+            assert not p.is_alive()
+        accepted = publisher.accepted
+        wait_until(lambda: all_ready(servers), 30, "ready on the new master")
+
+        by_position = defaultdict(set)              # (epoch, stream, offset) -> event n
+
+        def note(frames):
+            for f in frames:
+                if f.get("type") == "event":
+                    by_position[(f["epoch"], f["stream"], f["offset"])].add(f["data"]["n"])
+
+        after_kill = accepted[killed_at:]           # answered by the new master
+        for post, expected in ((doomed_post, after_kill), (other_post, publishers[1].accepted)):
+            for i, ws in enumerate(live[post]):
+                frames = drain(ws)
+                note(frames)
+                got = ticks(frames)
+                assert len(got) == len(set(got)), f"{post} client {i}: an event twice"
+                missing = set(expected) - set(got)
+                assert not missing, f"{post} client {i}: accepted events never came: {sorted(missing)}"
+                accepted_here = publishers[0 if post == doomed_post else 1].accepted
+                assert set(got) <= set(accepted_here), f"{post} client {i}: an event never accepted"
+
+        # A v2 client away across the failover: all it missed, or recovered:false.
+        back = v2(servers[1], fan)
+        data = subscribe_v2(back, doomed, since=away_at)
+        replay = drain(back)
+        note(replay)
+        if data["recovered"]:
+            assert ticks(replay) == [n for n in accepted if n > away_n], "recovered:true must be everything after"
+        else:
+            assert ticks(replay) == [], "recovered:false replays nothing"
+        back.close()
+
+        # A client whose position is after the failover recovers exactly what followed.
+        new_epoch = [key for key, ns in by_position.items() if ns & set(after_kill) and key[1] == stream]
+        assert new_epoch, "no v2 frame of an event accepted after the failover"
+        epoch, _, offset = min(new_epoch, key=lambda k: k[2])
+        first_n = next(iter(by_position[(epoch, stream, offset)]))
+        again = v2(servers[0], fan)
+        data = subscribe_v2(again, doomed, since={"epoch": epoch, "offset": offset})
+        replay = drain(again)
+        note(replay)
+        assert data["recovered"] is True
+        assert ticks(replay) == [n for n in accepted if n > first_n and n in after_kill]
+        again.close()
+
+        twice = {key: ns for key, ns in by_position.items() if len(ns) > 1}
+        assert not twice, f"two events under one (epoch, stream, offset): {twice}"
+
+        # Another Python service publishing straight into the cluster finds the new master too.
+        pub = RedisPublisher(cluster.url, prefix)
+        published = pub.publish({"type": "tick", "n": MAX_EVENTS}, channel=doomed)
+        pub.close()
+        assert published.positions[stream][0] == epoch
+        for ws in live[doomed_post]:
+            assert ticks([ws.recv_json(timeout=10)]) == [MAX_EVENTS]
+    finally:
+        for p in publishers:
+            p.stop.set()
+        for srv in servers:
+            srv.stop()
