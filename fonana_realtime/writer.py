@@ -10,10 +10,13 @@ that brings about leave as one write (`cork`). The 101 head leads the first writ
 """
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 import gevent
 from gevent import getcurrent
+
+log = logging.getLogger("fonana_realtime.writer")
 
 # While corked (`Writer.cork`), held writes past this many bytes go out at once.
 CORK_MAX_BYTES = 65536
@@ -132,6 +135,15 @@ class Writer:
             self.backlog = None
         except (OSError, AttributeError):
             self.conn.abort()
+        except Exception:
+            # A bug here would leave the backlog behind with nobody to write it: every later
+            # write (events, pings) would park after it, and the client would hear nothing
+            # more without being told (issue 17's symptom). Cut the connection instead: the
+            # client reconnects, and a legacy one resumes what it missed.
+            conn = self.conn
+            log.exception("writing the backlog failed", extra={"event": "conn_error", "conn_id": conn.id,
+                                                               "user_id": conn.user_id})
+            conn.abort()
         finally:
             self.greenlet = None
 

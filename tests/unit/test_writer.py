@@ -97,3 +97,30 @@ def test_a_write_from_another_greenlet_is_not_held_and_follows_the_held_replies(
     conn.send(later)
     conn.writer.uncork()
     assert _read_all(peer, len(later)) == later
+
+
+class BrokenDrainSocket(CountingSocket):
+    """A socket whose kernel buffer is full (non-blocking sends take nothing) and whose
+    blocking `sendall` fails with something that is not an OSError: a bug in the drain."""
+
+    def send(self, data, flags=0, timeout=None):
+        self.sends += 1
+        raise BlockingIOError
+
+    def sendall(self, data):
+        raise RuntimeError("a bug while draining the backlog")
+
+
+def test_a_bug_while_draining_the_backlog_cuts_the_connection_instead_of_silencing_it(conn_and_peer):
+    """Issue 17: a drain that died leaving its backlog behind would park every later write
+    (events, pings) with nobody to write them: the client hears nothing more and is not
+    told. The connection is cut instead, so the client reconnects (and a legacy one resumes)."""
+    conn, sock, peer = conn_and_peer
+    conn.sock = conn.writer.sock = BrokenDrainSocket(sock.sock)
+    assert conn.send(text_frame(b"parked"))       # the kernel took nothing: parked, drain started
+    drain = conn.writer.greenlet
+    assert drain is not None
+    drain.join(5)
+    assert conn.closed, "the drain died and left the connection open with a backlog nobody writes"
+    assert conn.writer.backlog is None
+    assert not conn.send(text_frame(b"later"))   # nothing more is taken for a socket that is gone
