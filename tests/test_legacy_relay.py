@@ -58,11 +58,17 @@ def subscribe_all(client, scene):
             client.expect_type("unread_notifications")
 
 
-def test_a_paced_connection_behind_a_plain_relay_gets_every_burst(server_factory, pg_url, scene):
+# The relays: Nagle on both sockets; and that, reading 7 bytes at a time (every frame, both
+# ways, reaches its side cut into pieces) through 2 KB socket buffers.
+RELAYS = {"plain": {}, "small-reads-and-buffers": {"chunk": 7, "buffer": 2048}}
+
+
+@pytest.mark.parametrize("relay", RELAYS)
+def test_a_paced_connection_behind_a_plain_relay_gets_every_burst(server_factory, pg_url, scene, relay):
     """Burst after burst (4 s apart, the issue's shape: the server's pacing state of the
     connection is dropped between them) through a relay with Nagle on both sockets."""
     srv = server_factory.start("relay-nagle", database_url=pg_url, env=DEFAULTS)
-    proxy = TcpProxy(srv.host, srv.port, nodelay=False)
+    proxy = TcpProxy(srv.host, srv.port, nodelay=False, **RELAYS[relay])
     try:
         client = open_ws(f"ws://127.0.0.1:{proxy.port}/ws?token={srv.token(scene['fan'])}")
         subscribe_all(client, scene)

@@ -6,7 +6,9 @@ It also plays the middleboxes a live client sits behind (issue 17):
   that leaves Nagle on both of its sockets, as a simple TCP balancer or proxy does;
 - `jitter=s`: each server->client chunk waits a random 0..s seconds before it is sent
   on, in order (as TCP keeps it), so the spacing the server wrote is not the spacing
-  that arrives.
+  that arrives;
+- `chunk=n`, `buffer=b`: it reads at most n bytes at a time (frames reach either side cut
+  anywhere) and its sockets get b-byte kernel buffers (SO_RCVBUF/SO_SNDBUF).
 """
 from __future__ import annotations
 
@@ -20,11 +22,14 @@ from .server import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int, *, nodelay: bool = True, jitter: float = 0.0):
+    def __init__(self, target_host: str, target_port: int, *, nodelay: bool = True, jitter: float = 0.0,
+                 chunk: int = 65536, buffer: int = 0):
         self.target = (target_host, target_port)
         self.port = free_port()
         self.nodelay = nodelay
         self.jitter = jitter                    # max extra delay of a server->client chunk (s)
+        self.chunk = chunk                      # the most one recv takes
+        self.buffer = buffer                    # SO_RCVBUF/SO_SNDBUF of the relay's sockets (0: the kernel's)
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -33,6 +38,7 @@ class TcpProxy:
     def up(self) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._buffers(listener)                 # before listen: accepted sockets take it over
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
         self._listener = listener
@@ -79,7 +85,13 @@ class TcpProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                if self.buffer:                 # set before connecting, so the window is sized by it
+                    upstream = socket.socket()
+                    self._buffers(upstream)
+                    upstream.settimeout(5)
+                    upstream.connect(self.target)
+                else:
+                    upstream = socket.create_connection(self.target, timeout=5)
                 if self.nodelay:                # forward each chunk at once, as a router would
                     for s in (client, upstream):
                         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -95,10 +107,15 @@ class TcpProxy:
             else:
                 threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
+    def _buffers(self, s: socket.socket) -> None:
+        if self.buffer:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                s.setsockopt(socket.SOL_SOCKET, option, self.buffer)
+
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
-                data = src.recv(65536)
+                data = src.recv(self.chunk)
                 if not data:
                     break
                 self._forward(src, dst, data)
@@ -124,7 +141,7 @@ class TcpProxy:
         def read():
             try:
                 while True:
-                    data = src.recv(65536)
+                    data = src.recv(self.chunk)
                     chunks.put((time.monotonic() + random.uniform(0.0, self.jitter), data))
                     if not data:
                         return
