@@ -19,17 +19,26 @@ from pathlib import Path
 import redis
 
 from .redis_server import client
+from .server import LOW_PORT, ephemeral_range
 
 NODE_TIMEOUT_MS = 1000
 MASTERS = 3
+BUS_OFFSET = 10000          # a node's cluster bus listens on its port + this
 
 
 def free_cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too; Redis takes none over 55535."""
+    """A free port whose cluster bus port (+10000) is free too; Redis takes none over 55535.
+    Both below the kernel's ephemeral range when it leaves room (tests/support/server.py
+    free_port says why: an outgoing connection can take an ephemeral port at any moment,
+    and the nodes' bus links to each other are such connections)."""
+    low, _ = ephemeral_range()
+    first, last = LOW_PORT, low - BUS_OFFSET - 1
+    if last - first < 1000:                     # no room below the range: anywhere, as before
+        first, last = 20000, 45000
     for _ in range(200):
-        port = random.randint(20000, 45000)
+        port = random.randint(first, last)
         try:
-            for p in (port, port + 10000):
+            for p in (port, port + BUS_OFFSET):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", p))
         except OSError:

@@ -43,7 +43,7 @@ RUNNING: list["Server"] = []
 LOW_PORT = 10000
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def ephemeral_range() -> tuple[int, int]:
     try:
         low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
         return low, high
@@ -54,7 +54,7 @@ def _ephemeral_range() -> tuple[int, int]:
 def free_port() -> int:
     """A 127.0.0.1 TCP port nobody listens on now, outside the ephemeral range when the
     kernel leaves room below it (else whatever bind(0) gives)."""
-    low, _ = _ephemeral_range()
+    low, _ = ephemeral_range()
     for _ in range(200):
         if low - LOW_PORT < 1000:
             break
