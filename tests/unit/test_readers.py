@@ -5,9 +5,7 @@ callbacks, as a watcher would, with reads that are plain functions.
 """
 from __future__ import annotations
 
-import gc
 import logging
-import weakref
 
 import gevent
 from gevent import get_hub, getcurrent
@@ -85,20 +83,3 @@ def test_a_failing_read_is_logged_and_the_greenlet_goes_on(caplog):
     _take(readers, lambda: ran.append(getcurrent()))
     _settle()
     assert ran[1] is ran[0]
-
-
-def test_a_parked_greenlet_holds_nothing_of_its_last_read():
-    readers = Readers(get_hub())
-
-    class Client:
-        def read(self):
-            pass
-
-    client = Client()
-    gone = weakref.ref(client)
-    _take(readers, client.read)
-    _settle()
-    assert len(readers.idle) == 1
-    del client
-    gc.collect()
-    assert gone() is None, "a parked reader kept its last connection alive"
