@@ -1,4 +1,4 @@
-"""One client connection: its socket, its reads, its rate bucket, its closing.
+"""One client connection: its socket, its read loop, its rate bucket, its closing.
 
 Events enter through `Connection.deliver` (fanout hands it the Outgoings of a batch): its
 `Streams` (streams.py), which owns where the connection stands on each stream, delivers
@@ -15,11 +15,10 @@ import logging
 import socket
 import time
 
-from gevent import get_hub, sleep
+from gevent import get_hub, sleep, spawn_raw
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import close_codes, error_codes, metrics
-from .readers import readers
 from .streams import Streams
 from .wire import user_stream
 from .writer import Writer
@@ -197,7 +196,7 @@ class Connection:
         self.writer.last(close_frame(code, close_codes.REASONS[code]))
 
     def close(self, code: int, reason: str | None = None):
-        """Start the closing handshake: queue our close frame; reading ends when
+        """Start the closing handshake: queue our close frame; the read loop ends when
         the client answers, or the heartbeat cuts it after CLOSE_GRACE_SECONDS."""
         if self.closing or self.closed:
             return
@@ -207,7 +206,7 @@ class Connection:
             self.close_deadline = time.monotonic() + CLOSE_GRACE_SECONDS
 
     def abort(self):
-        """Drop the TCP connection now; its watcher sees the end, and reading ends (on_gone)."""
+        """Drop the TCP connection now; wakes the read loop, which unregisters us."""
         if self.closed:
             return
         self.closed = True
@@ -286,7 +285,7 @@ class Connection:
             self.send_error(error_codes.RATE_LIMITED)
         return False
 
-    # ---- reading -----------------------------------------------------------
+    # ---- the read loop --------------------------------------------------------
 
     def start_reading(self, on_text, on_gone):
         """From now on what the client sends is read and handled: `on_text(conn, str)` gets
@@ -294,20 +293,19 @@ class Connection:
         `on_gone(conn)` is called once, when reading is over (the peer closed or went, the
         closing handshake ended, or we aborted). Both run in a greenlet of the read.
 
-        No greenlet waits on an idle client: a watcher on the socket hands each read to a
-        greenlet of readers.py (`_read_turn`). A greenlet of its own parked in `recv` kept
-        its saved C stack slice (2.4 KB), its Python frame chunk (a 4 KiB page) and its
-        frames per idle client: 7.6 of 13.5 KB per connection at 10,000 idle
-        (bench/idle_memory.py)."""
+        No greenlet waits on an idle client: a watcher on the socket starts one for each
+        read, which ends with it (`_read_turn`). A greenlet parked in `recv` kept its saved C
+        stack slice (2.4 KB), its Python frame chunk (a 4 KiB page) and its frames per idle
+        client: 7.3 of 13.5 KB per connection at 10,000 idle (bench/idle_memory.py)."""
         self.on_text, self.on_gone = on_text, on_gone
         self.reading = get_hub().loop.io(self.sock.fileno(), 1)
         self.reading.start(self._readable)
 
     def _readable(self):
         """In the hub: the socket has something (or its end). Not watched again until this
-        read's frames are handled, which may wait (a database query)."""
+        read's frames are handled, which may wait (a database query): in a greenlet."""
         self.reading.stop()
-        readers().take(self._read_turn)
+        spawn_raw(self._read_turn)
 
     def _read_turn(self):
         if self._read():
