@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 
-from gevent import get_hub, sleep, spawn_raw
+from gevent import get_hub, sleep
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import close_codes, error_codes, metrics
@@ -40,7 +40,7 @@ ABUSE_QUIET_SECONDS = 1.0
 # 3M of them cost +21.8 MB RSS and 25 s of CPU (issue 18). Browsers do not fragment.
 MAX_FRAGMENTS = 128
 # Longest run of one client's frames handled without letting other greenlets run
-# (`_read`). gevent's hub polls for I/O only every 50 run callbacks (sleep(0) is
+# (`read_loop`). gevent's hub polls for I/O only every 50 run callbacks (sleep(0) is
 # one), so a flooder whose every turn was one 64 KiB read of 6-byte ping frames (~100 ms
 # each) kept a bystander waiting for seconds even with a yield per read; bounding the
 # turn bounds that wait to ~50 turns. Against 2 ms, 0.5 ms halved the bystander's median
@@ -57,7 +57,7 @@ class Connection:
                  "closing", "closed",
                  "close_deadline",
                  "awaiting_pong", "next_ping", "tokens", "token_time", "over_limit_since", "last_refused",
-                 "settings", "pacer", "pace", "resume", "on_marks", "on_left", "on_text", "on_gone", "reading", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary")
+                 "settings", "pacer", "pace", "resume", "on_marks", "on_left", "started_at", "closed_by_client", "_in_parts", "_in_size", "_in_frames", "_in_binary")
 
     def __init__(self, sock, parser, user_id: str, expires_at: float, ip: str, settings,
                  protocol: str | None = None, on_marks=None, on_left=None, pacer=None,
@@ -95,7 +95,6 @@ class Connection:
         # connect time (lifecycle.serve), so no later code asks which protocol it speaks
         self.on_marks = on_marks
         self.on_left = on_left
-        self.on_text = self.on_gone = self.reading = None     # start_reading
         self.started_at = 0.0             # wall clock, set when resume is on (resume.py)
         self.closed_by_client = False     # the client started the closing handshake
         self.closing = False              # close frame queued; no more events
@@ -287,68 +286,49 @@ class Connection:
 
     # ---- the read loop --------------------------------------------------------
 
-    def start_reading(self, on_text, on_gone):
-        """From now on what the client sends is read and handled: `on_text(conn, str)` gets
-        each complete text message (binary ones are answered invalid_message), and
-        `on_gone(conn)` is called once, when reading is over (the peer closed or went, the
-        closing handshake ended, or we aborted). Both run in a greenlet of the read.
-
-        No greenlet waits on an idle client: a watcher on the socket starts one for each
-        read, which ends with it (`_read_turn`). A greenlet parked in `recv` kept its saved C
-        stack slice (2.4 KB), its Python frame chunk (a 4 KiB page) and its frames per idle
-        client: 7.3 of 13.5 KB per connection at 10,000 idle (bench/idle_memory.py)."""
-        self.on_text, self.on_gone = on_text, on_gone
-        self.reading = get_hub().loop.io(self.sock.fileno(), 1)
-        self.reading.start(self._readable)
-
-    def _readable(self):
-        """In the hub: the socket has something (or its end). Not watched again until this
-        read's frames are handled, which may wait (a database query): in a greenlet."""
-        self.reading.stop()
-        spawn_raw(self._read_turn)
-
-    def _read_turn(self):
-        if self._read():
-            self.reading.start(self._readable)
-            return
-        self.reading.close()
-        self.on_gone(self)
-
-    def _read(self) -> bool:
-        """One read and the frames it brought. False once reading is over.
-
-        A flood cannot hold the worker: a read comes only from the hub's poll (the watcher;
-        a `recv` with data waiting would not go to the hub, issue 18: a bystander waited
-        9.4 s), and a read's frames give way every READ_TURN_SECONDS."""
-        if self.closed:
-            return False
-        try:
-            data = self.sock.recv(65536)
-        except OSError:
-            data = b""
-        if not data:
-            return False
-        parser, writer = self.parser, self.writer
-        turn_ends = time.monotonic() + READ_TURN_SECONDS
-        try:
-            parser.receive_data(data)
-            writer.cork()
+    def read_loop(self, on_text):
+        """Read until the peer closes or we abort. `on_text(conn, str)` handles one
+        complete text message; binary messages are answered with invalid_message."""
+        sock, parser, writer = self.sock, self.parser, self.writer
+        # A recv with data waiting returns without going to the hub: a client that kept
+        # data waiting (a flood) held the worker for as long as it wrote, and a bystander's
+        # ping waited 9.4 s (issue 18). So a read that did not wait gives way first, and
+        # a read's frames give way every READ_TURN_SECONDS. The hub's loop time tells the
+        # two reads apart (waiting, the loop went round): ~30 ns a read, where a yield
+        # after every read would cost every client a trip through the hub per read.
+        loop = get_hub().loop
+        seen = None
+        while not self.closed:
             try:
-                for event in parser.events():
-                    if not self._on_event(event):
-                        return False
-                    if time.monotonic() > turn_ends:
-                        self._give_way()
-                        if self.closed:            # aborted meanwhile (the heartbeat, a 4009)
-                            return False
-                        turn_ends = time.monotonic() + READ_TURN_SECONDS
-            finally:
-                writer.uncork()
-        except Exception:          # a parser bug must cost one connection, not a worker
-            log.exception("read loop failed", extra={"event": "conn_error", "conn_id": self.id})
-            self.close(close_codes.INTERNAL_ERROR)
-            return False
-        return not self.closed
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            if loop.now() == seen:
+                sleep(0)
+                if self.closed:
+                    break
+            seen = loop.now()
+            turn_ends = time.monotonic() + READ_TURN_SECONDS
+            try:
+                parser.receive_data(data)
+                writer.cork()
+                try:
+                    for event in parser.events():
+                        if not self._on_event(event, on_text):
+                            return
+                        if time.monotonic() > turn_ends:
+                            self._give_way()
+                            if self.closed:            # aborted meanwhile (the heartbeat, a 4009)
+                                return
+                            turn_ends = time.monotonic() + READ_TURN_SECONDS
+                finally:
+                    writer.uncork()
+            except Exception:          # a parser bug must cost one connection, not a worker
+                log.exception("read loop failed", extra={"event": "conn_error", "conn_id": self.id})
+                self.close(close_codes.INTERNAL_ERROR)
+                return
 
     def _give_way(self):
         """Let the other greenlets run in the middle of a turn's frames (what they brought
@@ -357,7 +337,7 @@ class Connection:
         sleep(0)
         self.writer.cork()
 
-    def _on_event(self, event) -> bool:
+    def _on_event(self, event, on_text) -> bool:
         if isinstance(event, (TextMessage, BytesMessage)):
             if self.closing:
                 return True
@@ -381,7 +361,7 @@ class Connection:
                     self.send_error(error_codes.INVALID_MESSAGE)
                 return True
             parts.append(data)
-            self.on_text(self, "".join(parts) if len(parts) > 1 else data)
+            on_text(self, "".join(parts) if len(parts) > 1 else data)
         elif isinstance(event, Ping):
             # Nothing may follow our close frame. A ping over the rate is not answered
             # (RFC 6455 5.5.3 lets a pong answer only the latest of several pings).

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from functools import partial
+
+import gevent
 
 from . import close_codes, metrics
 from .commands import iso_utc
@@ -25,11 +26,10 @@ WELCOME = "Successfully connected to WebSocket server"
 def serve(rt, sock, parser, head: bytes, subprotocol, identity, ip: str, started: float):
     """The upgraded socket becomes a registered, welcomed Connection; then the request ends.
 
-    Then the request's greenlet ends: no greenlet is kept per client, only the socket,
-    the wsproto frame parser and a Connection, whose reads each get a greenlet of their
-    own (Connection.start_reading). Keeping the request greenlet would keep its whole
-    stack alive per idle client (gunicorn's parser, environ, werkzeug objects): tens of
-    KB each. `head` (the 101 answer) leads the connection's first
+    The client's life runs in a fresh, shallow greenlet holding only the socket, the
+    wsproto frame parser and a Connection. Keeping the request greenlet instead would
+    keep its whole stack alive per idle client (gunicorn's parser, environ, werkzeug
+    objects): tens of KB each. `head` (the 101 answer) leads the connection's first
     write (the welcome, one send for both, or an event or close frame that gets there
     first while registering waits on Redis): nothing can be written ahead of it.
     """
@@ -59,27 +59,30 @@ def serve(rt, sock, parser, head: bytes, subprotocol, identity, ip: str, started
         if resume is not None:
             resume.after_join(conn, conn.user_stream, joined)     # missed user events, after the welcome
     except Exception:
-        # It is registered: its reads (below) answer the client's close echo (or the
+        # It is registered: the read loop below answers the client's close echo (or the
         # heartbeat cuts it), then unregisters it. Left as it was, a connection that never
         # got its welcome stayed in the hub and counted against the user's limit for good.
         log.exception("welcome failed", extra={"event": "internal_error", "user_id": conn.user_id,
                                                "conn_id": conn.id})
         conn.close(close_codes.INTERNAL_ERROR)
-    conn.start_reading(rt.commands.handler(conn.protocol), partial(_gone, rt, resume))
+    gevent.spawn_raw(_live, rt, conn, resume)      # a bare greenlet: no Greenlet bookkeeping per client
 
 
-def _gone(rt, resume, conn):
-    """Reading is over (Connection.start_reading): unregister and close."""
-    if resume is not None:
-        resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
-    for key in conn.channels:
-        metrics.unsubscribed(key)
-    rt.fanout.remove(conn)
-    metrics.step(metrics.CONNECTIONS, -1)
-    conn.abort()
-    conn.sock.close()
-    # At debug level (LOG_LEVEL=DEBUG): the `connected` line is the one record of a
-    # connection at info; a second per client was ~2.5 % of a connect in a reconnect
-    # storm (issue 11). Server-side closes have their own lines (slow_client, ...).
-    log.debug("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
-                                     "conn_id": conn.id})
+def _live(rt, conn, resume):
+    """One client's greenlet: read until it goes, then unregister and close."""
+    try:
+        conn.read_loop(rt.commands.handler(conn.protocol))
+    finally:
+        if resume is not None:
+            resume.depart(conn, conn.closed_by_client)    # before its channels are forgotten
+        for key in conn.channels:
+            metrics.unsubscribed(key)
+        rt.fanout.remove(conn)
+        metrics.step(metrics.CONNECTIONS, -1)
+        conn.abort()
+        conn.sock.close()
+        # At debug level (LOG_LEVEL=DEBUG): the `connected` line is the one record of a
+        # connection at info; a second per client was ~2.5 % of a connect in a reconnect
+        # storm (issue 11). Server-side closes have their own lines (slow_client, ...).
+        log.debug("disconnected", extra={"event": "disconnected", "user_id": conn.user_id,
+                                         "conn_id": conn.id})
