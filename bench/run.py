@@ -983,6 +983,8 @@ class Context:
         self.p = dict(PROFILES[profile])
         if args.reps:
             self.p["reps"] = args.reps
+        if getattr(args, "reconnect_clients", None):
+            self.p["reconnect_n"] = args.reconnect_clients
         self.profile = profile
         self.nice = args.nice
         self.work = Path(tempfile.mkdtemp(prefix="fonana-bench-"))
@@ -1337,6 +1339,9 @@ def main():
     ap.add_argument("--db", default=",".join(DATABASES),
                     help="our server's databases in the storm and reconnect groups (default both): sqlite,postgresql; "
                     "postgresql makes a bench database on FONANA_BENCH_PG_ADMIN_URL (default " + PG_ADMIN_URL + ")")
+    ap.add_argument("--reconnect-clients", type=int, metavar="N",
+                    help="clients in the reconnect group (default 10,000): fewer keep the drain's closes "
+                    "under what a loaded machine serves, so the hand-over itself shows")
     ap.add_argument("--docs", dest="docs", action="store_true", default=None,
                     help="write docs/BENCHMARKS.md (default for a full run)")
     ap.add_argument("--no-docs", dest="docs", action="store_false")

@@ -19,6 +19,11 @@ query that started after it was asked for. At most `in_flight` batches are out a
 (the others wait, gathering more keys, for one to come back) and a batch holds at most
 `max_keys` keys: a storm's keys do not take every pooled database connection, and a
 query's parameter stays small.
+
+`immediate=True` asks `fetch([key])` at once in the caller's greenlet: for a store that
+answers in process (SQLite: no round trip to share, and a query does not yield), where
+parking and waking each caller cost ~1 % more instructions per connect than they saved
+(bench/storm_instructions.py, issue 22).
 """
 from __future__ import annotations
 
@@ -32,12 +37,13 @@ IN_FLIGHT = 2           # batches out at once per batcher
 
 
 class Batcher:
-    __slots__ = ("fetch", "missing", "lost", "max_keys", "in_flight", "_pending", "_out", "_scheduled",
-                 "_schedule")
+    __slots__ = ("fetch", "missing", "lost", "max_keys", "in_flight", "immediate", "_pending", "_out",
+                 "_scheduled", "_schedule")
 
     def __init__(self, fetch: Callable[[list], dict], *, missing: Any = None,
                  lost: Callable[[str], Exception] = RuntimeError, max_keys: int = MAX_KEYS,
-                 in_flight: int = IN_FLIGHT, schedule: Callable[[Callable[[], None]], Any] | None = None):
+                 in_flight: int = IN_FLIGHT, immediate: bool = False,
+                 schedule: Callable[[Callable[[], None]], Any] | None = None):
         if max_keys < 1 or in_flight < 1:
             raise ValueError("max_keys and in_flight must be at least 1")
         self.fetch = fetch
@@ -45,6 +51,7 @@ class Batcher:
         self.lost = lost
         self.max_keys = max_keys
         self.in_flight = in_flight
+        self.immediate = immediate
         self._pending: dict[Hashable, AsyncResult] = {}    # asked for, not yet sent
         self._out = 0                                       # batches being fetched
         self._scheduled = False
@@ -54,6 +61,8 @@ class Batcher:
     def get(self, key: Hashable) -> Any:
         """The value `fetch` gives for `key`, from a query started after this call;
         raises what `fetch` raised."""
+        if self.immediate:
+            return self.fetch([key]).get(key, self.missing)
         waiter = self._pending.get(key)
         if waiter is None:
             waiter = self._pending[key] = AsyncResult()

@@ -56,7 +56,7 @@ class Commands:
         self.rt = runtime
         # the unread lists the subscribes of one turn of the loop ask for, in one query
         self._unread = Batcher(lambda user_ids: runtime.store.unread_notifications_of(user_ids, UNREAD_ON_SUBSCRIBE),
-                               lost=StoreUnavailable)
+                               lost=StoreUnavailable, immediate=not runtime.store.round_trips)
 
     def handler(self, protocol: str | None):
         """What the read loop calls with each text message of a connection of `protocol`

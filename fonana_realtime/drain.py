@@ -8,13 +8,15 @@ back at the same instant; then the worker lets gunicorn finish the exit.
 On a reload (HUP) or when the master lowers the worker count (TTOU), other workers
 accept on the same socket: the draining one then stops accepting instead
 (`replaced_by_siblings`, gunicorn_worker), so reconnecting clients reach a live worker
-at the first try instead of a 503.
+at the first try instead of a 503, and its first close waits until another worker
+answers (`sibling_answers`), so they do not wait for a worker still starting.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import socket
 import time
 
 import gevent
@@ -25,6 +27,7 @@ log = logging.getLogger("fonana_realtime.drain")
 
 TICK = 0.05          # seconds between batches of closes
 LINGER = 6.0         # after the last 1001, how long clients get to answer before we stop
+HANDOVER_WAIT = 5.0   # on a reload, longest wait for the new worker to answer before the closes (within graceful_timeout)
 
 
 def replaced_by_siblings(listeners) -> bool:
@@ -51,6 +54,38 @@ def replaced_by_siblings(listeners) -> bool:
     except (OSError, ValueError):
         return False
     return bool(ours) and ours <= held and bool(children - {os.getpid()})
+
+
+def sibling_answers(listeners, timeout: float = HANDOVER_WAIT) -> bool:
+    """Wait until another worker answers `GET /ready` on our listening socket (this one
+    has stopped accepting, so whoever answers is a sibling); False after `timeout`.
+
+    Why: on a reload gunicorn sends the old worker SIGTERM right after forking the new
+    one, which then imports and builds its app (~1-1.5 s on the bench VM); every client
+    closed meanwhile reconnected into the listen backlog and waited for it. Waiting for
+    the answer first took the reconnect's close→subscribed p99 from 872-913 to 309-432 ms
+    (3,000 clients on PostgreSQL, loaded VM; issue 22, docs/BENCHMARKS.md). One probe
+    connection: the kernel holds it in the backlog until the new worker accepts it, so the
+    answer comes the moment the new worker serves; `/ready` also opens its first database
+    connection. Any answer will do (a 503 says the database is down: clients get that
+    answer whether the closes wait or not)."""
+    deadline = time.monotonic() + timeout
+    for listener in listeners:
+        family, address = listener.family, listener.getsockname()
+        if family == socket.AF_INET and address[0] == "0.0.0.0":
+            address = ("127.0.0.1", address[1])
+        elif family == socket.AF_INET6 and address[0] == "::":
+            address = ("::1", *address[1:])
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(max(0.0, deadline - time.monotonic()))
+                probe.connect(address)
+                probe.sendall(b"GET /ready HTTP/1.0\r\nHost: drain-probe\r\n\r\n")
+                if probe.recv(16):          # any answer: a worker serves
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def drain(runtime):

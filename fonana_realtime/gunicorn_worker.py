@@ -25,7 +25,7 @@ from gunicorn.http.errors import (ConfigurationProblem, ExpectationFailed, Forbi
 from gunicorn.workers.ggevent import GeventWorker
 
 from . import turn_end
-from .drain import drain, replaced_by_siblings
+from .drain import HANDOVER_WAIT, drain, replaced_by_siblings, sibling_answers
 
 log = logging.getLogger("fonana_realtime.worker")
 
@@ -195,6 +195,9 @@ class DrainingGeventWorker(GeventWorker):
                     server.stop_accepting()
                 log.info("draining: new connections go to the other workers",
                          extra={"event": "drain_handover"})
+                if not sibling_answers(self.sockets):
+                    log.warning("draining: no other worker answered within %gs; closing anyway",
+                                HANDOVER_WAIT, extra={"event": "drain_handover"})
             runtime = self.wsgi.extensions.get("fonana_realtime")
             if runtime is not None:
                 drain(runtime)

@@ -42,7 +42,8 @@ class Runtime:
         self.settings = settings
         self.store = open_store(settings.database_url, settings.data_dir, settings.db_pool_size)
         # the users asked for in one turn of the loop, in one query (batcher.py)
-        self._users = Batcher(self._existing_users, missing=False, lost=StoreUnavailable)
+        self._users = Batcher(self._existing_users, missing=False, lost=StoreUnavailable,
+                              immediate=not self.store.round_trips)
         self.hub = Hub()
         self.broker = open_broker(settings)
         # who holds what, over every worker and host (PROTOCOL.md 9)

@@ -85,6 +85,9 @@ class Store:
     """
 
     kind: str = ""  # "postgresql" | "sqlite"
+    #: Each call is a round trip to a database server that parks the caller: lookups many
+    #: greenlets ask for together are worth one query (batcher.py). False: answered in process.
+    round_trips: bool = False
 
     def ping(self) -> None:
         """``SELECT 1``; raises StoreUnavailable. Used by ``/ready``."""

@@ -167,6 +167,7 @@ class PostgresStore(Store):
     """The Store on a PostgreSQL database that already has the Fonana tables."""
 
     kind = "postgresql"
+    round_trips = True
 
     def __init__(
         self,

@@ -122,6 +122,16 @@ def test_a_killed_fetch_fails_its_callers_instead_of_leaving_them_waiting():
     assert ask(batcher, [3]) == [6]        # the batcher goes on
 
 
+def test_immediate_asks_at_once_in_the_callers_greenlet():
+    fetch = Fetches()
+    batcher = Batcher(fetch, missing=False, immediate=True)
+    assert batcher.get(4) == 8 and batcher.get(-1) is False
+    assert fetch.batches == [[4], [-1]] and fetch.greenlets == [gevent.getcurrent()] * 2
+    fetch.fail = KeyError("gone")
+    with pytest.raises(KeyError):
+        batcher.get(5)
+
+
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError):
         Batcher(Fetches(), max_keys=0)
