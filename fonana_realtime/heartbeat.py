@@ -19,25 +19,41 @@ PING = ping_frame(b"")
 
 
 def sweep(hub, settings, now_mono: float, now_wall: float):
-    leeway = settings.jwt_leeway_seconds
     for conn in tuple(hub.connections):
-        if conn.closed:
-            continue
-        if conn.closing:
-            if conn.close_deadline and now_mono >= conn.close_deadline:
+        try:
+            keep_time(conn, settings, now_mono, now_wall)
+        except Exception:
+            # A bug with one connection costs that connection (it reconnects), not the
+            # pings, token expiries and close deadlines of every connection after it
+            # in this sweep.
+            log.exception("heartbeat failed for a connection; cutting it",
+                          extra={"event": "heartbeat_error", "conn_id": getattr(conn, "id", None)})
+            try:
                 conn.abort()
-            continue
-        if now_wall >= conn.expires_at + leeway:
-            conn.send_error(error_codes.TOKEN_EXPIRED)
-            conn.close(close_codes.TOKEN_EXPIRED)
-            continue
-        if now_mono >= conn.next_ping:
-            if conn.awaiting_pong:          # no answer since the last ping: dead peer
-                log.info("dead peer dropped", extra={"event": "ping_timeout", "conn_id": conn.id,
-                                                      "user_id": conn.user_id})
-                conn.abort()
-                continue
-            conn.ping(PING, now_mono + settings.ping_interval)
+            except Exception:
+                log.exception("cutting it failed too", extra={"event": "heartbeat_error"})
+
+
+def keep_time(conn, settings, now_mono: float, now_wall: float):
+    """One connection's second: cut a close handshake past its deadline, end an expired
+    token, drop a peer that did not answer the last ping, ping when due."""
+    if conn.closed:
+        return
+    if conn.closing:
+        if conn.close_deadline and now_mono >= conn.close_deadline:
+            conn.abort()
+        return
+    if now_wall >= conn.expires_at + settings.jwt_leeway_seconds:
+        conn.send_error(error_codes.TOKEN_EXPIRED)
+        conn.close(close_codes.TOKEN_EXPIRED)
+        return
+    if now_mono >= conn.next_ping:
+        if conn.awaiting_pong:          # no answer since the last ping: dead peer
+            log.info("dead peer dropped", extra={"event": "ping_timeout", "conn_id": conn.id,
+                                                  "user_id": conn.user_id})
+            conn.abort()
+            return
+        conn.ping(PING, now_mono + settings.ping_interval)
 
 
 def run(hub, settings, tick: float = 1.0):
