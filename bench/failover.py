@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Redis Sentinel failover under publishing (issue 21): how long from a master's SIGKILL
-until publishing is accepted again and until every client has caught up, how many
-publishes were refused (503) meanwhile, and how many accepted events were lost silently
-(must be 0).
+"""Redis failover under publishing (issue 21), Sentinel or one Cluster shard: how long
+from a master's SIGKILL until publishing is accepted again and until every client has
+caught up, how many publishes were refused (503) meanwhile, and how many accepted events
+were lost silently (must be 0).
 
-    .venv/bin/python bench/failover.py                 # 3 runs, medians
+    .venv/bin/python bench/failover.py                 # Sentinel, 3 runs, medians
     .venv/bin/python bench/failover.py --runs 5 --rate 20
+    .venv/bin/python bench/failover.py --topology cluster
 
 Each run: a private Sentinel set (master, replica, three sentinels; down-after 1000 ms,
-tests/support/redis_sentinel.py), a fresh PostgreSQL database, two gunicorn instances
+tests/support/redis_sentinel.py) or a private Cluster (three masters with a replica each,
+cluster-node-timeout 1000 ms, tests/support/redis_cluster.py; the master killed is the one
+serving the channel's slot), a fresh PostgreSQL database, two gunicorn instances
 ("hosts") x two gevent workers pinned to core 0 (`taskset -c 0`), this process (the
 publisher and the clients) on core 1. Two hosts publish over HTTP at --rate events/s in
 turn; a v2 and a legacy client per host read every frame. After --before seconds the
@@ -40,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from support.db import Seed, TestDatabase  # noqa: E402
+from redis.crc import key_slot  # noqa: E402
+from support.redis_cluster import RedisCluster  # noqa: E402
 from support.redis_sentinel import SentinelSet  # noqa: E402
 from support.server import Server, gunicorn_cmd  # noqa: E402
 from support.v2 import subscribe_v2, v2  # noqa: E402
@@ -71,7 +76,10 @@ class Reader(threading.Thread):
 
 
 def one_run(args, workdir: Path) -> dict:
-    sentinels = SentinelSet(workdir / "sentinel").start()
+    if args.topology == "cluster":
+        sentinels = RedisCluster(workdir / "cluster").start()
+    else:
+        sentinels = SentinelSet(workdir / "sentinel").start()
     db = TestDatabase().create()
     seed = Seed(db.url)
     servers = []
@@ -115,9 +123,14 @@ def one_run(args, workdir: Path) -> dict:
                 last = [f for f in frames if f.get("type") == "event"][-1]
                 away_at, away_n = {"epoch": last["epoch"], "offset": last["offset"]}, last["data"]["n"]
                 away.close()
-                old = sentinels.master()
-                killed = time.monotonic()
-                old.stop()                                  # SIGKILL
+                if args.topology == "cluster":
+                    old = sentinels.master_of(key_slot(f"{prefix}{{post_{post}}}:m".encode()))
+                    killed = time.monotonic()
+                    old.kill()                              # SIGKILL
+                else:
+                    old = sentinels.master()
+                    killed = time.monotonic()
+                    old.stop()                              # SIGKILL
             srv = servers[n % 2]
             r = srv.api("/api/events", {"event": {"type": "tick", "n": n}, "channel": channel})
             if r.status_code == 202:
@@ -168,6 +181,7 @@ def one_run(args, workdir: Path) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--topology", choices=("sentinel", "cluster"), default="sentinel")
     p.add_argument("--rate", type=float, default=20.0, help="publishes per second over both hosts")
     p.add_argument("--before", type=float, default=3.0, help="seconds of publishing before the kill")
     p.add_argument("--after", type=int, default=40, help="events the new master accepts before the end")

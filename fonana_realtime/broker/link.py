@@ -91,8 +91,14 @@ class Link:
         raise NotImplementedError
 
     def subscribers(self, timeout: float, name: str) -> dict:
-        """{shard: connected Connection} for the listener (raises redis errors)."""
+        """{shard: connected Connection, or None for a shard that cannot be reached now}
+        for the listener; raises redis errors when none can."""
         return {"": self.subscriber(timeout, name)}
+
+    def rejoin(self, connected, timeout: float, name: str) -> dict | None:
+        """The shards not in `connected`, as `subscribers` answers them, or None when the
+        whole link must be built again."""
+        return None
 
     def shard_of(self, channel: bytes) -> str:
         return ""

@@ -13,7 +13,9 @@ Pub/sub is sharded (SPUBLISH/SSUBSCRIBE): a stream's channel is `<prefix>{<strea
 the slot of the stream's keys (`<prefix>{<stream>}:m`, `:h`), so the publish script
 publishes where it writes and a message travels only to the shard that owns it. The
 listener holds one connection per master, named by the slot map read right before it
-connects (`subscribers`), and asks `shard_of(channel)` where each channel goes.
+connects (`subscribers`), and asks `shard_of(channel)` where each channel goes. A master
+that cannot be reached does not hold the others up: its topics wait, the listener asks
+again (`rejoin`) until the slot map names a master for them that answers.
 """
 from __future__ import annotations
 
@@ -72,6 +74,21 @@ class _Cluster(RedisCluster):
         pipe = super().pipeline(*args, **kwargs)
         pipe.execute = _converted(pipe.execute)
         return pipe
+
+    def script_load(self, script):
+        """On every master that answers. redis-py's loads it on every master of its slot
+        map and fails if one is down, so while a master is dead (before a replica takes
+        over) a script new to a live node (NOSCRIPT: a first catch-up, a promoted
+        replica, whose script cache is empty) could not run anywhere."""
+        sha = None
+        for node in self.get_primaries():
+            try:
+                sha = self.get_redis_connection(node).script_load(script)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+        if sha is None:
+            raise redis.ConnectionError("cluster: no master reachable to load a script")
+        return sha
 
 
 class ClusterClient:
@@ -133,30 +150,50 @@ class ClusterLink(Link):
         self._owners: list[str] = []          # slot -> "host:port" of its master, at connect
 
     def subscribers(self, timeout: float, name: str) -> dict:
-        """One connected Connection per master, by "host:port", on the slot map read now."""
+        """{master "host:port": connected Connection, or None while it cannot be reached},
+        on the slot map read now; ConnectionError when no master can be."""
+        owners = self._read_owners()
+        conns = self._connect(sorted(set(owners) - {""}), timeout, name)
+        if not any(conns.values()):
+            raise redis.ConnectionError("cluster: no master reachable")
+        self._owners = owners
+        return conns
+
+    def rejoin(self, connected, timeout: float, name: str) -> dict | None:
+        """The masters the listener has no connection to, on the slot map read now (as
+        `subscribers`), or None when a slot moved to or from a connected master (a
+        migration, a demotion): then the whole link is built again."""
+        owners = self._read_owners()
+        for old, new in zip(self._owners, owners):
+            if old != new and (old in connected or new in connected):
+                return None
+        conns = self._connect(sorted(set(owners) - {""} - set(connected)), timeout, name)
+        self._owners = owners
+        return conns
+
+    def _read_owners(self) -> list[str]:
         real = self.client.real()
         try:
             real.nodes_manager.initialize()
         except RedisClusterException as exc:
             raise redis.ConnectionError(f"cluster: {exc}") from None
         owners = [""] * SLOTS
-        masters = {}
         for slot, nodes in real.nodes_manager.slots_cache.items():
             if nodes:
                 owners[slot] = nodes[0].name
-                masters[nodes[0].name] = nodes[0]
-        conns = {}
-        try:
-            for node_name, node in sorted(masters.items()):
-                conn = redis.Connection(host=node.host, port=node.port, **self.node_options,
-                                        **subscriber_options(timeout, name))
+        return owners
+
+    def _connect(self, masters, timeout: float, name: str) -> dict:
+        conns: dict = {}
+        for master in masters:
+            host, _, port = master.rpartition(":")
+            conn = redis.Connection(host=host, port=int(port), **self.node_options,
+                                    **subscriber_options(timeout, name))
+            try:
                 conn.connect()
-                conns[node_name] = conn
-        except Exception:
-            for conn in conns.values():
-                conn.disconnect()
-            raise
-        self._owners = owners
+            except (redis.RedisError, OSError):
+                conn = None             # down (until a replica takes its slots over)
+            conns[master] = conn
         return conns
 
     def shard_of(self, channel: bytes) -> str:

@@ -27,13 +27,16 @@ in the streams' history and PUBLISHes it, in one atomic step.
 
 Which Redis: `link.py` (one Redis; Sentinel: the command client and each new listener
 connection go to the master the sentinels name now; Cluster: to the masters the slot map
-names now), so a failover is one more lost link. A link that dies silently (publishes succeed, nothing arrives) is found by the
-probe (readiness.py) and rebuilt like a lost one.
+names now), so a failover is one more lost link. A Cluster master that cannot be reached
+does not hold up the others: its topics wait and the listener asks the slot map again
+(with back-off) until a master serves them, then subscribes them there and catches up. A
+link that dies silently (publishes succeed, nothing arrives) is found by the probe
+(readiness.py) and rebuilt like a lost one.
 
 Redis goes away: the listener reconnects with capped, jittered back-off and
 resubscribes every topic it was asked for; publishes raise BrokerUnavailable (the
 HTTP API answers 503); waits are bounded everywhere. Before it goes live again it
-catches up (the decisions are catchup.py's, the reads are here): per stream it holds,
+catches up (the decisions are catchup.py's, the reads history_reads.py's): per stream it holds,
 the worker knows up to which offset it has handed everything on (its mark: read from
 Redis before the stream's first SUBSCRIBE, then moved by every message); once the new
 SUBSCRIBEs are acknowledged it reads each stream's history after its mark and hands the
@@ -59,10 +62,10 @@ import redis
 from gevent.event import Event
 
 from .. import metrics, wire
-from ..history import UNAVAILABLE, Recovery
 from ..redis_history import GHOST_SECONDS, RedisHistory
 from . import Broker, BrokerUnavailable
 from .catchup import Catchup
+from .history_reads import HistoryReads
 from .link import open_link
 from .pubsub import Desync, PubSubConn
 from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, link_state, probe_verdict
@@ -77,7 +80,6 @@ BACKOFF_BASE, BACKOFF_CAP = 0.1, 1.0
 STABLE_LINK = 5.0           # a link that lived this long resets the back-off (no tight flapping)
 YIELD_EVERY = 64            # a burst of messages: let client greenlets run between batches
 DROP_LOG_EVERY = 10.0       # seconds between warnings about dropped (malformed) messages
-CATCHUP_BATCH = 500         # streams per pipelined history read while catching up
 
 
 def backoff_delay(attempt: int) -> float:
@@ -105,7 +107,7 @@ class RedisBroker(Broker):
         self.redis_history = RedisHistory(self.client, prefix, size=history_size,
                                           seconds=max(1, int(history_seconds)),
                                           meta_seconds=max(1, int(history_meta_seconds)))
-        self.recovery_max = recovery_max
+        self.reads = HistoryReads(self.redis_history, recovery_max)
         # catch-up state: changed by the listener greenlet only (join_position reads it
         # from client greenlets)
         self.catchup = Catchup()                # marks, baselines, held messages (catchup.py)
@@ -117,6 +119,9 @@ class RedisBroker(Broker):
         self._shards: dict[str, PubSubConn] = {}     # the link: shard -> its connection
         self._probes: dict[str, bytes] = {}     # shard -> this worker's probe channel on it
         self._probes_acked = 0
+        self._missing: set[str] = set()         # shards not reachable now: their topics wait
+        self._rejoin_at = 0.0
+        self._rejoins = 0
         self._stalled = False                   # the probe found this link dead; until one succeeds
         self._rebuild = False                   # asked of the listener by the probe
         self._down = False                      # the last connection attempt failed / link lost
@@ -201,12 +206,10 @@ class RedisBroker(Broker):
                                                                     "error": type(exc).__name__})
 
     def position(self, stream: str) -> tuple:
-        """(epoch, top) of `stream`, creating its epoch when it has none; (None, 0) while
-        Redis does not answer (like a broker without history)."""
-        try:
-            return self.redis_history.position(stream)
-        except redis.RedisError:
-            return None, 0
+        return self.reads.position(stream)
+
+    def history(self, stream: str, epoch, since: int, limit: int):
+        return self.reads.history(stream, epoch, since, limit)
 
     def join_position(self, stream: str):
         """Where a connection joining `stream` now starts, without a round trip when this
@@ -236,21 +239,6 @@ class RedisBroker(Broker):
                 return lambda: self.catchup.take_baseline(stream)
         position = self.position(stream)
         return lambda: position
-
-    def history(self, stream: str, epoch, since: int, limit: int):
-        """The events of `stream` after `since` of `epoch` (wire.Messages, positions and
-        ids as their live copies had them), all or nothing; reason `unavailable` while
-        Redis does not answer."""
-        try:
-            rec = self.redis_history.since(stream, epoch if isinstance(epoch, str) else "", since, limit)
-        except redis.RedisError:
-            return Recovery(False, None, 0, reason=UNAVAILABLE)
-        if not rec.ok:
-            return Recovery(False, rec.epoch, rec.top, reason=rec.reason)
-        events = self._stored(stream, rec.entries)
-        if len(events) != len(rec.entries):     # cannot happen for what the script stored
-            return Recovery(False, rec.epoch, rec.top, reason=UNAVAILABLE)
-        return Recovery(True, rec.epoch, rec.top, events)
 
     # ---- listen / unlisten (called by fanout, in a client's greenlet) ----------------
 
@@ -294,7 +282,7 @@ class RedisBroker(Broker):
     # ---- readiness ----------------------------------------------------------------------
 
     def link_state(self) -> str:
-        return link_state(started=self._greenlet is not None, down=self._down,
+        return link_state(started=self._greenlet is not None, down=self._down or bool(self._missing),
                           subscribed=self._private_ev.is_set(), live=self._live.is_set(),
                           stalled=self._stalled)
 
@@ -304,7 +292,7 @@ class RedisBroker(Broker):
         if not (self._stalled or self._down or self._greenlet is None):
             # (re)connecting, catching up from history: bounded waits
             self._private_ev.wait(READY_WAIT) and self._live.wait(READY_WAIT)
-        state = link_state(started=self._greenlet is not None, down=self._down,
+        state = link_state(started=self._greenlet is not None, down=self._down or bool(self._missing),
                            subscribed=self._private_ev.is_set(), live=self._live.is_set(),
                            stalled=self._stalled)
         if state != OK:
@@ -398,26 +386,60 @@ class RedisBroker(Broker):
             attempt += 1
 
     def _connect(self):
-        conns = self.link.subscribers(LISTENER_TIMEOUT, "fonana-rt-sub-" + str(os.getpid()))
-        self._shards = {shard: PubSubConn(conn, self.link.sharded) for shard, conn in conns.items()}
-        self._probes = self.link.probe_channels(self._private, self._shards)
-        self._probes_acked = 0
+        conns = self.link.subscribers(LISTENER_TIMEOUT, self._name())
+        self._shards, self._probes, self._probes_acked = {}, {}, 0
         self._down = False
         self._connects += 1
         if self._connects > 1:
             metrics.BROKER_RECONNECTS.inc()
-        for shard, pubsub in self._shards.items():
-            pubsub.subscribe([(self._probes[shard], None)])
+        self._join(conns)
         # classic pub/sub: every node of a Cluster hears it, so one connection is enough
         next(iter(self._shards.values())).subscribe([(self._control, None)], classic=True)
-        self.catchup.link_up()                      # live messages wait until we caught up
-        metrics.BROKER_LINK_DOWN.set(0)
-        metrics.BROKER_CATCHING_UP.set(1)
-        self._dirty.update(self._wanted)            # everything this worker needs
         self._flush()
         log.info("redis listener connected", extra={
             "event": "broker_connected", "redis": self.where, "topics": len(self._acked),
-            "shards": len(self._shards), "reconnect": self._connects > 1})
+            "shards": len(self._shards), "missing": len(self._missing), "reconnect": self._connects > 1})
+
+    def _name(self) -> str:
+        return "fonana-rt-sub-" + str(os.getpid())
+
+    def _join(self, conns: dict):
+        """New connections of this link ({shard: Connection, or None: not reachable now}):
+        each hears this worker's probe channel on it, every topic whose shard it is gets
+        subscribed (the next flush), and the worker catches up once they are acknowledged."""
+        joined = {shard: PubSubConn(conn, self.link.sharded) for shard, conn in conns.items() if conn}
+        self._missing = {shard for shard, conn in conns.items() if conn is None}
+        if self._missing:
+            self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
+            self._rejoins += 1
+            log.warning("redis listener: shards unreachable, their topics wait", extra={
+                "event": "broker_shards_missing", "redis": self.where, "shards": sorted(self._missing)})
+        else:
+            self._rejoins = 0
+        if not joined:
+            return
+        self._shards.update(joined)
+        probes = self.link.probe_channels(self._private, joined)
+        self._probes.update(probes)
+        self._private_ev.clear()
+        for shard, pubsub in joined.items():
+            pubsub.subscribe([(probes[shard], None)])
+        self.catchup.link_up()                      # live messages wait until we caught up
+        self._live.clear()
+        metrics.BROKER_LINK_DOWN.set(1 if self._missing else 0)
+        metrics.BROKER_CATCHING_UP.set(1)
+        self._dirty.update(self._wanted)            # everything this worker needs and lacks
+
+    def _rejoin(self):
+        """Ask again for the shards that could not be reached (their master died and no
+        replica has its slots yet): the connected ones go on meanwhile."""
+        conns = self.link.rejoin(set(self._shards), LISTENER_TIMEOUT, self._name())
+        if conns is None:
+            raise redis.ConnectionError("the slot map changed: rebuilding the link")
+        self._join(conns)
+        if not self._missing:
+            log.info("redis listener: every shard heard again", extra={
+                "event": "broker_shards_joined", "redis": self.where, "shards": len(self._shards)})
 
     def _lost(self):
         """The link is gone: release everyone waiting on it; the next link resubscribes."""
@@ -431,6 +453,7 @@ class RedisBroker(Broker):
             event.set()
         self._acked.clear()
         self._waiting.clear()
+        self._missing.clear()
         self._probes_acked = 0
         self._private_ev.clear()
         self._live.clear()
@@ -442,10 +465,9 @@ class RedisBroker(Broker):
         return any(pubsub.pending for pubsub in self._shards.values())
 
     def _serve(self):
-        shards = list(self._shards.values())
         wake = self._wake_r
-        fds = [pubsub.fd for pubsub in shards] + [wake]
         while not self._stopping:
+            shards = list(self._shards.values())
             if self._rebuild:
                 self._rebuild = False
                 raise _Stalled("a probe was published but never arrived")
@@ -467,6 +489,12 @@ class RedisBroker(Broker):
                 self._catch_up()
                 continue
             timeout = min(pubsub.idle_timeout() for pubsub in shards)
+            if self._missing:
+                if time.monotonic() >= self._rejoin_at:
+                    self._rejoin()
+                    continue
+                timeout = min(timeout, self._rejoin_at - time.monotonic() + 0.01)
+            fds = [pubsub.fd for pubsub in shards] + [wake]
             readable, _, _ = gevent.select.select(fds, [], [], timeout)
             if wake in readable:
                 self._wake_pending = False
@@ -488,6 +516,11 @@ class RedisBroker(Broker):
         for topic in dirty:
             if topic in wanted:
                 if topic not in self._acked:
+                    if self._missing and self.link.shard_of(self._channel(topic)) in self._missing:
+                        event = self._waiting.pop(topic, None)     # waits for its shard's rejoin
+                        if event is not None:
+                            event.set()
+                        continue
                     event = self._waiting.pop(topic, None) or Event()
                     self._acked[topic] = event
                     subscribe.append((topic, event))
@@ -575,32 +608,20 @@ class RedisBroker(Broker):
     # ---- marks and catching up ---------------------------------------------------------
 
     def _read_baselines(self, topics):
-        """Before a stream's first SUBSCRIBE: its position now. Everything after it that
-        this worker does not receive live is what a catch-up reads from history; nothing
-        at or before it can arrive on the new subscription, so it never hides a live one."""
-        streams = [wire.topic_stream(t) for t in topics]
-        streams = self.catchup.unmarked(streams)
-        if not streams or not self.redis_history.size:
-            return
-        try:
-            for start in range(0, len(streams), CATCHUP_BATCH):
-                chunk = streams[start:start + CATCHUP_BATCH]
-                for stream, position in zip(chunk, self.redis_history.positions(chunk)):
-                    self.catchup.baseline(stream, position)
-        except redis.RedisError as exc:
-            # Subscribing still works; these streams just cannot be caught up after a
-            # drop until their next message gives them a mark.
-            log.warning("redis: stream positions unreadable before subscribing",
-                        extra={"event": "broker_baseline_failed", "error": type(exc).__name__,
-                               "streams": len(streams)})
+        self.reads.baselines(self.catchup, [wire.topic_stream(t) for t in topics])
 
     def _hears(self, stream: str) -> bool:
-        return wire.stream_topic(stream) in self._wanted
+        """Held here and heard now: a stream whose shard is unreachable is caught up once
+        it is heard again (its mark waits; reading it now would fail the whole catch-up)."""
+        topic = wire.stream_topic(stream)
+        if topic not in self._wanted:
+            return False
+        return not self._missing or self.link.shard_of(self._channel(topic)) not in self._missing
 
     def _catch_up(self):
         """Every SUBSCRIBE of this link is acknowledged: read what each held stream
         missed since its mark, hand it on in order, then the held live messages."""
-        replayed, lost = self._read_missed()
+        replayed, lost = self.reads.missed(self.catchup, self._hears)
         messages, count = self.catchup.finish(replayed, self._hears)
         for message in messages:
             self.on_message(message)
@@ -619,47 +640,6 @@ class RedisBroker(Broker):
         if count or failed or self._connects > 1:
             log.info("redis listener caught up", extra={
                 "event": "broker_caught_up", "count": count, "streams": len(self.catchup.marks)})
-
-    def _read_missed(self) -> tuple[list, dict]:
-        """Per held stream with a mark: its missed events (lists of Messages, each in
-        offset order), and how many streams could not be recovered, by reason."""
-        requests = self.catchup.requests(self._hears)
-        if not requests or not self.redis_history.size:
-            return [], {}
-        store, limit = self.redis_history, self.recovery_max
-        first_held = self.catchup.first_held()
-        replayed, lost = [], {}
-        try:
-            for again in (False, True):     # a stream whose epoch changed: read its new epoch
-                retry = []
-                for start in range(0, len(requests), CATCHUP_BATCH):
-                    chunk = requests[start:start + CATCHUP_BATCH]
-                    for (stream, _, _), rec in zip(chunk, store.since_many(chunk, limit)):
-                        if rec.ok:
-                            replayed.append(self._stored(stream, rec.entries))
-                            continue
-                        request = self.catchup.settle(stream, rec, first_held, lost, again=again)
-                        if request is not None:
-                            retry.append(request)
-                requests = retry
-                if not requests:
-                    break
-        except redis.RedisError as exc:
-            # Redis answered the SUBSCRIBEs but not this: go live with what we have;
-            # the marks stay, so the next link tries again.
-            log.warning("redis: history unreadable while catching up", extra={
-                "event": "broker_catchup_failed", "error": type(exc).__name__})
-            metrics.BROKER_CATCHUP_FAILED.labels("unavailable").inc()
-        return replayed, lost
-
-    def _stored(self, stream: str, entries) -> list:
-        out = []
-        for entry in entries:
-            try:
-                out.append(self._decoder.decode_stored(stream, entry))
-            except wire.Drop:                   # the script only stores what decodes
-                pass
-        return out
 
     def _drop(self, reason: str, topic: str):
         """An untrusted message we cannot deliver: counted, logged without its payload."""
