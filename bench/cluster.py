@@ -13,7 +13,9 @@ a third shard: what is measured is the cost per publish, and what one core of Re
 sustains on each topology); per round each gets
 --procs publisher processes (publisher.RedisPublisher, the publish script the server runs:
 offsets, history, (S)PUBLISH) that publish for --seconds to streams picked at random among
---streams, one call at a time (a round trip each, as the server's API does). Reported:
+--streams, one call at a time (a round trip each, as the server's API does; then the
+publishers' own CPU is the bound), or --batch calls pipelined per master (then Redis is
+the bound). Reported:
 publishes/s over all processes, and the Redis CPU per publish (user+sys of every node of
 the topology, replicas included, from INFO, divided by the publishes: what each publish
 costs Redis, less dependent on the machine's load than the rate).
@@ -53,16 +55,40 @@ def pin(nodes) -> None:
         os.sched_setaffinity(node.proc.pid, {REDIS_CPU})
 
 
-def publish_for(url: str, prefix: str, streams: int, seconds: float, seed: int, out) -> None:
+def publish_for(url: str, prefix: str, streams: int, seconds: float, seed: int, batch: int, out) -> None:
+    """Publish for `seconds`: one script call at a time (`batch` 1, as the server's API
+    does), or `batch` calls pipelined per master (the Redis side is the bound then)."""
+    from redis.exceptions import NoScriptError
+
+    from fonana_realtime.broker.link_cluster import node_pipeline, on_cluster
     from fonana_realtime.publisher import RedisPublisher
+    from fonana_realtime.redis_history import PUBLISH_SCRIPT
     os.sched_setaffinity(0, {GEN_CPU})
     rnd = random.Random(seed)
     pub = RedisPublisher(url, prefix, history_size=100, history_seconds=300, history_meta_seconds=3600)
+    history = pub.history
+    sha = pub.client.script_load(PUBLISH_SCRIPT)
     count = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        pub.publish({"type": "tick", "n": count}, channel=f"post_b{rnd.randrange(streams)}")
-        count += 1
+        if batch == 1:
+            pub.publish({"type": "tick", "n": count}, channel=f"post_b{rnd.randrange(streams)}")
+            count += 1
+            continue
+        pipes = {}
+        for _ in range(batch):
+            keys, args = history.publish_args([f"channel:post_b{rnd.randrange(streams)}"], b'{"type":"tick"}')
+            if on_cluster(pub.client):
+                name, pipe = node_pipeline(pub.client, keys[0])
+                pipe = pipes.setdefault(name, pipe)
+            else:
+                pipe = pipes.setdefault("", pub.client.pipeline(transaction=False))
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        for pipe in pipes.values():
+            try:
+                count += len(pipe.execute())
+            except NoScriptError:
+                sha = pub.client.script_load(PUBLISH_SCRIPT)
     pub.close()
     out.put(count)
 
@@ -84,7 +110,7 @@ def throughput(url: str, nodes, args) -> dict:
     queue = multiprocessing.Queue()
     cpu_before = cpu_seconds(nodes)
     procs = [multiprocessing.Process(target=publish_for,
-                                     args=(url, prefix, args.streams, args.seconds, i, queue))
+                                     args=(url, prefix, args.streams, args.seconds, i, args.batch, queue))
              for i in range(args.procs)]
     started = time.monotonic()
     for p in procs:
@@ -98,7 +124,7 @@ def throughput(url: str, nodes, args) -> dict:
     return {"publishes_per_s": round(total / elapsed), "redis_cpu_us_per_publish": round(cpu / total * 1e6, 1)}
 
 
-def connections(url: str, nodes, db_url: str, workdir: Path, workers: int, cluster=None) -> float:
+def connections(url: str, nodes, db_url: str, workdir: Path, workers: int) -> dict:
     seed = Seed(db_url)
     srv = Server(workdir / "conn-host", name="conn-host", database_url=db_url,
                  command=["taskset", "-c", str(GEN_CPU), *gunicorn_cmd()],
@@ -120,7 +146,7 @@ def connections(url: str, nodes, db_url: str, workdir: Path, workers: int, clust
             assert srv.api("/api/events", {"event": {"type": "tick", "n": n},
                                            "channel": {"type": "post", "postId": post}}).status_code == 202
         time.sleep(1.0)                         # let presence and the probes run once
-        total = 0
+        total = listener = 0
         for node in nodes:
             r = node.client()
             try:
@@ -128,9 +154,10 @@ def connections(url: str, nodes, db_url: str, workdir: Path, workers: int, clust
                 for c in r.client_list():
                     if c.get("name") != INSPECT and not set(c.get("flags", "")) & {"S", "M"}:
                         total += 1
+                        listener += c.get("name", "").startswith("fonana-rt-sub-")
             finally:
                 r.close()
-        return total / workers
+        return {"all": total / workers, "listener": listener / workers}
     finally:
         for ws in clients:
             ws.close()
@@ -144,6 +171,8 @@ def main():
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--streams", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=1,
+                   help="publish calls pipelined per master (1: one at a time, as the API)")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="fonana-cluster-bench-") as tmp:

@@ -174,6 +174,53 @@ def test_an_event_for_a_user_and_a_channel_in_other_slots_reaches_both(tmp_path,
             srv.stop()
 
 
+def test_a_slot_moved_to_another_master_is_heard_there_and_nothing_is_lost(tmp_path, cluster, pg_url, seed):
+    """A slot migration: the old master pushes `sunsubscribe` for the channels of the slot it
+    gave up; each worker resubscribes them on the new owner and catches up from history."""
+    prefix = f"cm-{secrets.token_hex(3)}:"
+    servers = hosts(tmp_path, cluster, pg_url, prefix, "cluster-migrate")
+    try:
+        for srv in servers:
+            srv.start()
+        creator, fan = seed.user(is_creator=True), seed.user()
+        post = seed.post(creator)
+        channel = {"type": "post", "postId": post}
+        stream_slot = slot(prefix, f"post_{post}")
+        wait_until(lambda: all_ready(servers), 30, "ready on the cluster")
+        listeners = []
+        for srv in servers:
+            legacy = srv.connect(fan)
+            legacy.subscribe(channel)
+            modern = v2(srv, fan)
+            subscribe_v2(modern, channel)
+            listeners += [legacy, modern]
+        for n in range(5):
+            assert servers[n % 2].api("/api/events", {"event": {"type": "tick", "n": n},
+                                                      "channel": channel}).status_code == 202
+        for ws in listeners:
+            assert next_ticks(ws, 5) == list(range(5))
+        owner = cluster.master_of(stream_slot)
+        other = next(s["master"] for s in cluster.shards() if s["master"] not in (None, owner))
+        cluster.migrate_slot(stream_slot, other)
+        for n in range(5, 10):
+            r = servers[n % 2].api("/api/events", {"event": {"type": "tick", "n": n}, "channel": channel})
+            assert r.status_code == 202, r.text
+        for ws in listeners:
+            assert next_ticks(ws, 5) == list(range(5, 10))
+            assert ticks(drain(ws)) == []
+        wait_until(lambda: all_ready(servers), 30, "ready after the migration")
+        for node in (s["master"] for s in cluster.shards()):
+            r = node.client()
+            try:
+                heard = r.execute_command("PUBSUB", "SHARDNUMSUB", f"{prefix}{{post_{post}}}")[1]
+            finally:
+                r.close()
+            assert (heard > 0) == (node is other), f"heard on {node.port}: {heard}"
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
 def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently(
         tmp_path, cluster, pg_url, seed):
     prefix = f"cf-{secrets.token_hex(3)}:"

@@ -184,6 +184,30 @@ class RedisCluster:
                 return shard["master"]
         raise AssertionError(f"no master serves slot {slot}")
 
+    def migrate_slot(self, slot: int, to: ClusterNode) -> None:
+        """Move `slot` and its keys to the master `to` (as `redis-cli --cluster reshard`
+        does: IMPORTING/MIGRATING, MIGRATE each key, then SETSLOT NODE on every master)."""
+        source = self.master_of(slot)
+        src, dst = source.client(), to.client()
+        try:
+            src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+            for shard in self.shards():
+                if shard["master"] is not None:
+                    r = shard["master"].client()
+                    try:
+                        r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                    finally:
+                        r.close()
+        finally:
+            src.close()
+            dst.close()
+        _poll(lambda: self.master_of(slot) is to and all(_cluster_ok(n) for n in self.nodes if n.running),
+              30, f"slot {slot} served by {to.port}")
+
     def wait_promoted(self, old: ClusterNode, slot: int, timeout: float = 30.0) -> ClusterNode:
         """Another node is master of `slot`, says so itself, and every live node agrees
         the cluster is ok."""

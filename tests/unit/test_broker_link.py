@@ -84,3 +84,32 @@ def test_probe_verdicts():
     assert readiness.probe_verdict(True, True) is True
     assert readiness.probe_verdict(True, False) is False       # published, never arrived: stalled
     assert readiness.probe_verdict(False, False) is None       # Redis unreachable: not a silent death
+
+
+def test_sharded_subscribes_name_one_slot_each():
+    """Redis answers CROSSSLOT to a SSUBSCRIBE naming channels of two slots."""
+    from redis.crc import key_slot
+
+    from fonana_realtime.broker.pubsub import CHANNELS_PER_COMMAND, PubSubConn
+    link = open_link("redis+cluster://127.0.0.1:1")
+    channels = [link.channel(b"p:", f"post_{i}") for i in range(50)] + \
+        [link.channel(b"p:", "post_same")] * (CHANNELS_PER_COMMAND + 1)
+    sharded = list(PubSubConn._chunks(channels, lambda c: c, sharded=True))
+    assert all(len({key_slot(c) for c in chunk}) == 1 for chunk in sharded)
+    assert all(len(chunk) <= CHANNELS_PER_COMMAND for chunk in sharded)
+    assert sorted(c for chunk in sharded for c in chunk) == sorted(channels)
+    classic = list(PubSubConn._chunks(channels[:50], lambda c: c, sharded=False))
+    assert classic == [channels[:50]]                          # one command, slots ignored
+
+
+def test_each_shard_gets_a_probe_channel_it_serves():
+    from redis.crc import key_slot
+
+    from fonana_realtime.broker.link_cluster import SLOTS
+    link = open_link("redis+cluster://127.0.0.1:1")
+    link._owners = ["a"] * 100 + ["b"] * (SLOTS - 200) + ["c"] * 100     # a slot map
+    probes = link.probe_channels(b"p:worker:h:1:x", ["a", "b", "c"])
+    assert set(probes) == {"a", "b", "c"}
+    for shard, channel in probes.items():
+        assert channel.startswith(b"p:worker:h:1:x{")
+        assert link._owners[key_slot(channel)] == shard
