@@ -138,6 +138,11 @@ def test_events_cross_hosts_through_the_cluster_on_their_own_shards(tmp_path, cl
         assert published.positions[f"post_{posts[0]}"][1] == 3
         for ws in listeners[posts[0]]:
             assert next_ticks(ws, 1) == [99]
+
+        # Operator control (classic pub/sub: every node hears it) reaches every worker.
+        assert servers[1].api("/api/disconnect", {"userId": fan, "code": 4321}).status_code == 202
+        for ws in (ws for group in listeners.values() for ws in group):
+            assert ws.expect_closed() == 4321
     finally:
         for srv in servers:
             srv.stop()

@@ -75,6 +75,19 @@ class _Cluster(RedisCluster):
         pipe.execute = _converted(pipe.execute)
         return pipe
 
+    def publish(self, channel, message, **kwargs):
+        """Classic PUBLISH (the control channel): it has no slot, and any master forwards
+        it to every node over the cluster bus. redis-py sends a command without a slot to
+        its default node, picked once, and does not pick another when that one dies (it
+        only does when it may retry, and a publish must not be sent twice): so the first
+        master that answers."""
+        for node in self.get_primaries():
+            try:
+                return self.get_redis_connection(node).publish(channel, message)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+        raise redis.ConnectionError("cluster: no master reachable")
+
     def script_load(self, script):
         """On every master that answers. redis-py's loads it on every master of its slot
         map and fails if one is down, so while a master is dead (before a replica takes
