@@ -152,13 +152,9 @@ class SqliteStore(Store):
         return self._fetchone('SELECT 1 FROM "users" WHERE "id" = ?', (user_id,)) is not None
 
     def existing_users(self, user_ids: list[str]) -> set[str]:
-        ids = [u for u in user_ids if is_key(u)]
-        if not ids:
-            return set()
-        with self._cursor() as cur:
-            found = cur.execute(f'SELECT "id" FROM "users" WHERE "id" IN ({",".join("?" * len(ids))})',
-                                ids).fetchall()
-        return {row[0] for row in found}
+        # A local file: one query per id costs no round trip, and `= ?` is the statement a
+        # single handshake always ran (`IN (?, ...)` cost ~1 % more per connect, issue 22).
+        return {u for u in user_ids if self.user_exists(u)}
 
     def post_access_until(self, user_id: str, post_id: str) -> datetime | None:
         if not (is_key(user_id) and is_key(post_id)):
