@@ -18,7 +18,8 @@ publishers' own CPU is the bound), or --batch calls pipelined per master (then R
 the bound). Reported:
 publishes/s over all processes, and the Redis CPU per publish (user+sys of every node of
 the topology, replicas included, from INFO, divided by the publishes: what each publish
-costs Redis, less dependent on the machine's load than the rate).
+costs Redis, less dependent on the machine's load than the rate; and of the masters
+alone). The single Redis has a replica too, as each of the cluster's masters has.
 
 Connections: one gunicorn host with --workers workers on each topology; clients on 30
 channels spread over every shard, 30 events published over HTTP; then CLIENT LIST on every
@@ -105,10 +106,10 @@ def cpu_seconds(nodes) -> float:
     return total
 
 
-def throughput(url: str, nodes, args) -> dict:
+def throughput(url: str, nodes, masters, args) -> dict:
     prefix = f"bc-{secrets.token_hex(3)}:"
     queue = multiprocessing.Queue()
-    cpu_before = cpu_seconds(nodes)
+    cpu_before, masters_before = cpu_seconds(nodes), cpu_seconds(masters)
     procs = [multiprocessing.Process(target=publish_for,
                                      args=(url, prefix, args.streams, args.seconds, i, args.batch, queue))
              for i in range(args.procs)]
@@ -119,9 +120,10 @@ def throughput(url: str, nodes, args) -> dict:
     elapsed = time.monotonic() - started
     for p in procs:
         p.join(30)
-    cpu = cpu_seconds(nodes) - cpu_before
+    cpu, masters_cpu = cpu_seconds(nodes) - cpu_before, cpu_seconds(masters) - masters_before
     total = sum(counts)
-    return {"publishes_per_s": round(total / elapsed), "redis_cpu_us_per_publish": round(cpu / total * 1e6, 1)}
+    return {"publishes_per_s": round(total / elapsed), "redis_cpu_us_per_publish": round(cpu / total * 1e6, 1),
+            "masters_cpu_us_per_publish": round(masters_cpu / total * 1e6, 1)}
 
 
 def connections(url: str, nodes, db_url: str, workdir: Path, workers: int) -> dict:
@@ -178,15 +180,19 @@ def main():
     with tempfile.TemporaryDirectory(prefix="fonana-cluster-bench-") as tmp:
         tmp = Path(tmp)
         single = RedisServer(tmp / "single").start()
+        replica = RedisServer(tmp / "single-replica").start()     # as the cluster's masters have
+        single.client().config_set("repl-diskless-sync-delay", "0")
+        replica.client().replicaof("127.0.0.1", single.port)
         cluster = RedisCluster(tmp / "cluster").start()
-        pin([single, *cluster.nodes])
+        pin([single, replica, *cluster.nodes])
         db = TestDatabase().create()
         try:
             rounds = {"single": [], "cluster": []}
             for _ in range(args.rounds):
-                for name, url, nodes in (("single", single.url, [single]),
-                                         ("cluster", cluster.url, cluster.nodes)):
-                    result = throughput(url, nodes, args)
+                masters = [s["master"] for s in cluster.shards()]
+                for name, url, nodes, heads in (("single", single.url, [single, replica], [single]),
+                                                ("cluster", cluster.url, cluster.nodes, masters)):
+                    result = throughput(url, nodes, heads, args)
                     rounds[name].append(result)
                     print(json.dumps({"topology": name, **result}), flush=True)
             summary = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
@@ -200,6 +206,7 @@ def main():
         finally:
             db.drop()
             cluster.stop()
+            replica.stop()
             single.stop()
 
 

@@ -11,7 +11,8 @@ were lost silently (must be 0).
 Each run: a private Sentinel set (master, replica, three sentinels; down-after 1000 ms,
 tests/support/redis_sentinel.py) or a private Cluster (three masters with a replica each,
 cluster-node-timeout 1000 ms, tests/support/redis_cluster.py; the master killed is the one
-serving the channel's slot), a fresh PostgreSQL database, two gunicorn instances
+serving the channel's slot; a second channel on another shard is published alike, and
+its clients' longest pause in delivery around the kill is reported), a fresh PostgreSQL database, two gunicorn instances
 ("hosts") x two gevent workers pinned to core 0 (`taskset -c 0`), this process (the
 publisher and the clients) on core 1. Two hosts publish over HTTP at --rate events/s in
 turn; a v2 and a legacy client per host read every frame. After --before seconds the
@@ -95,6 +96,12 @@ def one_run(args, workdir: Path) -> dict:
         creator, fan = seed.user(is_creator=True), seed.user()
         post = seed.post(creator)
         channel = {"type": "post", "postId": post}
+        calm, calm_readers, calm_refused = None, [], 0
+        if args.topology == "cluster":          # a channel on another shard, published alike
+            def master(p):
+                return sentinels.master_of(key_slot(f"{prefix}{{post_{p}}}:m".encode()))
+            calm_post = next(p for p in (seed.post(creator) for _ in range(100)) if master(p) is not master(post))
+            calm = {"type": "post", "postId": calm_post}
         deadline = time.monotonic() + 20
         while not all(s.get("/ready").status_code == 200 for s in servers for _ in range(4)):
             assert time.monotonic() < deadline, "servers not ready"
@@ -104,9 +111,13 @@ def one_run(args, workdir: Path) -> dict:
             legacy = srv.connect(fan)
             legacy.subscribe(channel)
             readers += [Reader(ws), Reader(legacy)]
+            if calm is not None:
+                ws = v2(srv, fan)
+                subscribe_v2(ws, calm)
+                calm_readers.append(Reader(ws))
         away = v2(servers[0], fan)
         subscribe_v2(away, channel)
-        for r in readers:
+        for r in readers + calm_readers:
             r.start()
 
         accepted, answered_at, refused = [], {}, 0
@@ -142,6 +153,11 @@ def one_run(args, workdir: Path) -> dict:
                 assert r.status_code == 503, r.text
                 if killed is not None:
                     refused += 1
+            if calm is not None:
+                r = srv.api("/api/events", {"event": {"type": "tick", "n": n}, "channel": calm})
+                if r.status_code != 202:
+                    assert r.status_code == 503, r.text
+                    calm_refused += 1
             n += 1
             if first_after is not None and sum(1 for a in accepted if a >= first_after) >= args.after:
                 break
@@ -151,7 +167,7 @@ def one_run(args, workdir: Path) -> dict:
         deadline = time.monotonic() + 30
         while any(set(after) - set(r.got) for r in readers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for r in readers:
+        for r in readers + calm_readers:
             r.stop.set()
         lost = sum(len(set(after) - set(r.got)) for r in readers)
         caught_up = max(r.got[first_after] for r in readers if first_after in r.got)
@@ -166,7 +182,16 @@ def one_run(args, workdir: Path) -> dict:
             replayed = {tick_of(f) for f in frames}
             lost += len({a for a in accepted if a > away_n} - replayed)
         back.close()
-        return {"first_accepted_s": round(answered_at[first_after] - killed, 3),
+        extra = {}
+        if calm is not None:
+            # the other shard's channel: the longest pause in its delivery around the kill
+            gaps = []
+            for r in calm_readers:
+                times = sorted(t for t in r.got.values() if killed - 1 <= t <= answered_at[first_after] + 1)
+                gaps += [b - a for a, b in zip(times, times[1:])]
+            extra = {"other_shard_refused_503": calm_refused,
+                     "other_shard_longest_pause_s": round(max(gaps, default=0.0), 3)}
+        return {**extra, "first_accepted_s": round(answered_at[first_after] - killed, 3),
                 "all_caught_up_s": round(caught_up - killed, 3),
                 "refused_503": refused, "lost_silently": lost,
                 "accepted": len(accepted), "recovered_across": data["recovered"]}
@@ -197,7 +222,8 @@ def main():
         results.append(result)
     print("median over", len(results), "runs:", json.dumps({
         key: statistics.median(r[key] for r in results)
-        for key in ("first_accepted_s", "all_caught_up_s", "refused_503", "lost_silently")}))
+        for key in ("first_accepted_s", "all_caught_up_s", "refused_503", "lost_silently",
+                    "other_shard_refused_503", "other_shard_longest_pause_s") if key in results[0]}))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ class ClusterNode:
              "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
              # a replica with stale data still takes over (tests kill masters under load)
              "--cluster-replica-validity-factor", "0",
+             # the other shards go on serving while one has no master (docs/DEPLOY.md)
+             "--cluster-require-full-coverage", "no",
              "--repl-diskless-sync-delay", "0"],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
