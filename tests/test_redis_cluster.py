@@ -332,3 +332,22 @@ def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently
             p.stop.set()
         for srv in servers:
             srv.stop()
+
+
+def test_a_server_started_while_the_cluster_does_not_answer_says_so_and_refuses_publishes(tmp_path, seed, pg_url):
+    """Nothing listens on the cluster's ports: the workers still boot (redis-py's
+    RedisCluster connects in its constructor: it is built at first use), /ready answers
+    503 and publishes 503, never a crash loop."""
+    from support.redis_cluster import free_cluster_port
+    url = f"redis+cluster://127.0.0.1:{free_cluster_port()},127.0.0.1:{free_cluster_port()}"
+    srv = Server(tmp_path / "no-cluster", name="no-cluster", database_url=pg_url,
+                 env={"REDIS_URL": url, "WS_WORKERS": 1})
+    try:
+        srv.start()
+        r = srv.get("/ready")
+        assert (r.status_code, r.json()["reason"]) == (503, "broker_unavailable")
+        post = seed.post(seed.user(is_creator=True))
+        r = srv.api("/api/events", {"event": {"type": "tick", "n": 1}, "channel": {"type": "post", "postId": post}})
+        assert r.status_code == 503, r.text
+    finally:
+        srv.stop()

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.connection import Encoder
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
@@ -123,6 +125,15 @@ class ClusterClient:
 
     def __getattr__(self, name):
         return getattr(self.real(), name)
+
+    def register_script(self, script) -> Script:
+        """A Script run through this client: registering one (the modules that keep state
+        in Redis do at a worker's start) must not need the cluster to answer."""
+        return Script(self, script)
+
+    def get_encoder(self) -> Encoder:
+        """What a Script hashes its text with; the cluster client's own settings."""
+        return Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)
 
     def close(self):
         if self._real is not None:
