@@ -1,7 +1,8 @@
 """A worker killed without a goodbye (SIGKILL: the OOM killer, a crash) loses its legacy
 clients nothing a drain would not (issue 17): real gunicorn with two gevent workers, a
-private redis-server for fan-out, history and resume marks, real PostgreSQL, pacing and
-resume at their defaults."""
+private redis-server for fan-out, history and resume marks (and again on a private Redis
+Cluster, issue 21: the master releases the dead worker's marks through it), real
+PostgreSQL, pacing and resume at their defaults."""
 from __future__ import annotations
 
 import os
@@ -22,10 +23,20 @@ ROUNDS = 30                    # each: a comment on the post and a notification 
 ROUND_SECONDS = 0.05           # faster than pacing writes them (one per type per 200 ms)
 
 
-@pytest.fixture(scope="module")
-def private_redis(tmp_path_factory):
-    rs = RedisServer(tmp_path_factory.mktemp("kill-redis")).start()
-    yield rs
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def private_redis(request, tmp_path_factory):
+    """(REDIS_URL, a redis-py client of it that scans every node)."""
+    if request.param == "cluster":
+        from fonana_realtime.broker.link import open_link
+        from support.redis_cluster import RedisCluster
+        rs = RedisCluster(tmp_path_factory.mktemp("kill-cluster")).start()
+        client = open_link(rs.url).client.real()
+    else:
+        import redis
+        rs = RedisServer(tmp_path_factory.mktemp("kill-redis")).start()
+        client = redis.Redis.from_url(rs.url)
+    yield rs.url, client
+    client.close()
     rs.stop()
 
 
@@ -156,7 +167,7 @@ def test_a_killed_workers_legacy_clients_get_every_accepted_event_once(server_fa
     post = seed.post(creator)
     fans = [seed.user() for _ in range(FANS)]
     env = {"WS_LEGACY_TYPE_GAP_MS": None, "WS_RESUME_SECONDS": None, "WS_WORKERS": 2,
-           "REDIS_URL": private_redis.url, "REDIS_PREFIX": f"kill-{secrets.token_hex(3)}:"}
+           "REDIS_URL": private_redis[0], "REDIS_PREFIX": f"kill-{secrets.token_hex(3)}:"}
     srv = server_factory.start("kill", database_url=pg_url, env=env)
     channel = {"type": "post", "postId": post}
 
@@ -182,8 +193,7 @@ def test_a_killed_workers_legacy_clients_get_every_accepted_event_once(server_fa
     # 200 ms) when the worker dies: accepted events still unwritten, more being published.
     for fan in fans:
         assert collect(clients[fan], got[fan], lambda f=fan: len(got[f]) >= 4)
-    import redis
-    redis_client = redis.Redis.from_url(private_redis.url)
+    redis_client = private_redis[1]
     kill_with_marks_current(victim, clients, got, publisher, redis_client, env["REDIS_PREFIX"])
     for fan in fans:
         assert not collect(clients[fan], got[fan], lambda: False), "the connection outlived its worker"
