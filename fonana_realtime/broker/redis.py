@@ -408,12 +408,13 @@ class RedisBroker(Broker):
         each hears this worker's probe channel on it, every topic whose shard it is gets
         subscribed (the next flush), and the worker catches up once they are acknowledged."""
         joined = {shard: PubSubConn(conn, self.link.sharded) for shard, conn in conns.items() if conn}
-        self._missing = {shard for shard, conn in conns.items() if conn is None}
+        missing, self._missing = self._missing, {shard for shard, conn in conns.items() if conn is None}
         if self._missing:
             self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
             self._rejoins += 1
-            log.warning("redis listener: shards unreachable, their topics wait", extra={
-                "event": "broker_shards_missing", "redis": self.where, "shards": sorted(self._missing)})
+            if self._missing != missing:        # once per change, not per attempt
+                log.warning("redis listener: shards unreachable, their topics wait", extra={
+                    "event": "broker_shards_missing", "redis": self.where, "shards": sorted(self._missing)})
         else:
             self._rejoins = 0
         if not joined:
