@@ -13,6 +13,7 @@ import os
 import time
 
 import gevent
+from greenlet import greenlet
 
 from . import close_codes, metrics
 from .commands import iso_utc
@@ -65,7 +66,11 @@ def serve(rt, sock, parser, head: bytes, subprotocol, identity, ip: str, started
         log.exception("welcome failed", extra={"event": "internal_error", "user_id": conn.user_id,
                                                "conn_id": conn.id})
         conn.close(close_codes.INTERNAL_ERROR)
-    gevent.spawn_raw(_live, rt, conn, resume)      # a bare greenlet: no Greenlet bookkeeping per client
+    # The client's greenlet: a plain one, started by the hub. gevent's Greenlet keeps more per
+    # client, and even its spawn_raw gives each greenlet a record of the one that spawned it
+    # and a `loop` attribute (an instance dict): 194 bytes per idle client (measured).
+    hub = gevent.get_hub()
+    hub.loop.run_callback(greenlet(_live, hub).switch, rt, conn, resume)
 
 
 def _live(rt, conn, resume):
