@@ -200,3 +200,31 @@ def test_missed_events_no_longer_in_history_are_not_replayed_and_live_ones_still
                for srv in servers for line in srv.output().splitlines())
     direct.close()
     r.close()
+
+
+def test_a_catch_up_whose_history_read_fails_does_not_go_live_past_the_missed_events(hosts, seed):
+    """Redis answers the new link's SUBSCRIBEs but not the catch-up's history read (here:
+    CLIENT PAUSE WRITE holds every script call past the command client's 2 s timeout,
+    while SUBSCRIBE is answered): the worker must not go live with the missed events
+    unread. Before, it went live and the next live event moved its marks past them: a
+    connected client never got an event answered 202."""
+    rs, servers = hosts
+    fan, post, clients = scene(seed, servers)
+    expect_exactly(clients, publish_numbered(servers, fan, post, 2))
+
+    r = rs.client()
+    direct = RedisPublisher(rs.url, servers[0].env["REDIS_PREFIX"])
+    direct.post_liked(post, fan, 99)                      # loads the script: the next call is one round trip
+    expect_exactly(clients, [{"type": "post_liked", "postId": post, "userId": fan, "likesCount": 99}])
+    missed = {"type": "post_liked", "postId": post, "userId": fan, "likesCount": 100}
+    wait_until(lambda: len(r.client_list(_type="pubsub")) == 2 * len(servers), 15,
+               "every worker's listener connected")
+    assert r.client_kill_filter(_type="pubsub") == 2 * WORKERS
+    direct.publish(missed)                                # only the history can bring it now
+    r.execute_command("CLIENT", "PAUSE", 4000, "WRITE")   # before any listener is back (>= 50 ms)
+    wait_until(lambda: not ready(servers), 15, "/ready 503 while the listeners have no caught-up link")
+    wait_until(lambda: ready(servers), 30, "/ready 200 once Redis answers scripts again")
+    events = publish_numbered(servers, fan, post, 6, start=101)
+    expect_exactly(clients, [missed] + events)
+    direct.close()
+    r.close()

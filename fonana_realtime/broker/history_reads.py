@@ -9,7 +9,7 @@ import logging
 
 import redis
 
-from .. import metrics, wire
+from .. import wire
 from ..history import UNAVAILABLE, Recovery
 
 log = logging.getLogger("fonana_realtime.broker")
@@ -69,7 +69,8 @@ class HistoryReads:
 
     def missed(self, catchup, hears) -> tuple[list, dict]:
         """Per held stream with a mark: its missed events (lists of Messages, each in
-        offset order), and how many streams could not be recovered, by reason."""
+        offset order), and how many streams could not be recovered, by reason. Raises
+        redis.RedisError if history could not be read (the link must start over)."""
         requests = catchup.requests(hears)
         if not requests or not self.store.size:
             return [], {}
@@ -92,11 +93,15 @@ class HistoryReads:
                 if not requests:
                     break
         except redis.RedisError as exc:
-            # Redis answered the SUBSCRIBEs but not this: go live with what we have;
-            # the marks stay, so the next link tries again.
-            log.warning("redis: history unreadable while catching up", extra={
+            # Redis answered the SUBSCRIBEs but not this. Going live now would hand on the
+            # held live messages and move the marks past the events still unread: lost to
+            # every connected client. The error ends the link instead (the listener
+            # reconnects with back-off); the marks have not moved, so the next link reads
+            # the same history again. Nothing is lost, so fonana_rt_broker_catchup_failed
+            # (streams whose events left history) does not count it; the reconnect does.
+            log.warning("redis: history unreadable while catching up; the link starts over", extra={
                 "event": "broker_catchup_failed", "error": type(exc).__name__})
-            metrics.BROKER_CATCHUP_FAILED.labels("unavailable").inc()
+            raise
         return replayed, lost
 
     def stored(self, stream: str, entries) -> list:
