@@ -47,6 +47,28 @@ def subscriber_options(timeout: float, name: str) -> dict:
                 client_name=name)
 
 
+def split_hosts_url(url: str, scheme: str, what: str) -> dict:
+    """A `scheme://[user[:password]@]host:port[,host:port...][/path]` URL (Sentinel's and
+    Cluster's: several hosts, which urllib cannot split) as {hosts: [(host, port)],
+    path, username, password}; ValueError naming `what` a host is if malformed."""
+    given, sep, rest = url.partition("://")
+    if given.lower() != scheme or not sep:
+        raise ValueError(f"not a {scheme}:// URL")
+    userinfo, at, rest = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = (user or None), (secret if colon else None)
+    hosts, _, path = rest.partition("/")
+    pairs = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"{scheme}: each {what} must be host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return dict(hosts=pairs, path=path, username=username, password=password)
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for logs."""
     scheme, sep, rest = url.partition("://")

@@ -28,31 +28,17 @@ from redis.exceptions import RedisClusterException
 
 from ..wire import stream_topic
 from .link import (CLIENT_TIMEOUT, CLUSTER_SCHEME, PUBLISH_POOL, Link, client_options,
-                   subscriber_options)
+                   split_hosts_url, subscriber_options)
 
 SLOTS = 16384
 
 
 def parse_cluster_url(url: str) -> dict:
     """{nodes: [(host, port)], username, password}; ValueError if malformed."""
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() != CLUSTER_SCHEME or not sep:
-        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL")
-    userinfo, at, rest = rest.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username, password = (user or None), (secret if colon else None)
-    hosts, _, path = rest.partition("/")
-    if path.strip("/") not in ("", "0"):
+    parts = split_hosts_url(url, CLUSTER_SCHEME, "node")
+    if parts["path"].strip("/") not in ("", "0"):
         raise ValueError(f"{CLUSTER_SCHEME}: a cluster has only database 0")
-    nodes = []
-    for item in hosts.split(","):
-        host, colon, port = item.strip().rpartition(":")
-        if not colon or not host or not port.isdigit():
-            raise ValueError(f"{CLUSTER_SCHEME}: each node must be host:port")
-        nodes.append((host.strip("[]"), int(port)))
-    return dict(nodes=nodes, username=username, password=password)
+    return dict(nodes=parts["hosts"], username=parts["username"], password=parts["password"])
 
 
 def _converted(call):

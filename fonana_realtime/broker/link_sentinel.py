@@ -15,33 +15,19 @@ from redis.connection import BlockingConnectionPool, Connection
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .link import (CLIENT_TIMEOUT, PUBLISH_POOL, SENTINEL_SCHEME, Link, client_options,
-                   subscriber_options)
+                   split_hosts_url, subscriber_options)
 
 
 def parse_sentinel_url(url: str) -> dict:
     """{sentinels: [(host, port)], service, db, username, password}; ValueError if malformed."""
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() != SENTINEL_SCHEME or not sep:
-        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
-    userinfo, at, rest = rest.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username, password = (user or None), (secret if colon else None)
-    hosts, _, path = rest.partition("/")
-    sentinels = []
-    for item in hosts.split(","):
-        host, colon, port = item.strip().rpartition(":")
-        if not colon or not host or not port.isdigit():
-            raise ValueError(f"{SENTINEL_SCHEME}: each sentinel must be host:port")
-        sentinels.append((host.strip("[]"), int(port)))
-    service, _, db = path.strip("/").partition("/")
+    parts = split_hosts_url(url, SENTINEL_SCHEME, "sentinel")
+    service, _, db = parts["path"].strip("/").partition("/")
     if not service:
         raise ValueError(f"{SENTINEL_SCHEME}: the master's name is missing (…/MASTER)")
     if db and not db.isdigit():
         raise ValueError(f"{SENTINEL_SCHEME}: the database must be a number")
-    return dict(sentinels=sentinels, service=service, db=int(db or 0),
-                username=username, password=password)
+    return dict(sentinels=parts["hosts"], service=service, db=int(db or 0),
+                username=parts["username"], password=parts["password"])
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
