@@ -30,13 +30,12 @@ CONNECTS_LOW, CONNECTS_HIGH = 20, 120
 
 # Runs inside valgrind: argv = tree, bench dir, connects, protocol ("" for legacy).
 HARNESS = r'''
-import sys, os, tempfile
+import sys, tempfile
 tree, bench, n, protocol = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else ""
 sys.path[:0] = [tree, bench]
 from gevent import monkey; monkey.patch_all()
-import base64, json, socket, struct
 import gevent
-from gevent import socket as gsocket
+from socketpair_clients import close, connect, subscribe_notifications
 from fonana_realtime.app import create_app
 from fonana_realtime.auth import mint_token
 from fonana_realtime.settings import load_settings
@@ -50,47 +49,12 @@ app = create_app(settings)
 rt = app.extensions["fonana_realtime"]
 rt.start()
 token = mint_token(FAN, secret)
-SUBSCRIBE = json.dumps({"type": "subscribe", "channel": {"type": "notifications", "userId": FAN}}).encode()
-
-
-def masked(opcode, payload):
-    head = bytes([0x80 | opcode])
-    head += bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack("!H", len(payload))
-    key = b"\x01\x02\x03\x04"
-    return head + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
-
-
-def read_until(sock, needle, got=b""):
-    while needle not in got:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise SystemExit("the server closed the connection early")
-        got += chunk
-    return got
 
 
 def one():
-    server, client = socket.socketpair()
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "QUERY_STRING": "token=" + token,
-               "HTTP_HOST": "127.0.0.1", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
-               "HTTP_SEC_WEBSOCKET_VERSION": "13",
-               "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode(),
-               "REMOTE_ADDR": "127.0.0.1", "gunicorn.socket": gsocket.socket(fileno=server.detach())}
-    if protocol:
-        environ["HTTP_SEC_WEBSOCKET_PROTOCOL"] = protocol
-    client = gsocket.socket(fileno=client.detach())
-    try:
-        websocket.handshake(app, rt, environ, lambda *a: None)
-        raise SystemExit("the handshake was refused")
-    except StopIteration:
-        pass
-    read_until(client, b'"connected"')
-    client.sendall(masked(1, SUBSCRIBE))
-    read_until(client, b'"subscribed"')
-    client.sendall(masked(8, struct.pack("!H", 1000)))
-    while client.recv(65536):            # the close echo, then the server's end of the TCP
-        pass
-    client.close()
+    client = connect(websocket, app, rt, token, protocol)
+    subscribe_notifications(client, FAN, b'"subscribed"')
+    close(client)
 
 
 for _ in range(n):

@@ -34,13 +34,12 @@ USERS = WAVE * WAVES_HIGH
 
 # Runs inside valgrind: argv = tree, bench dir, waves, database URL ("" for SQLite).
 HARNESS = r'''
-import sys, os, tempfile, sqlite3
+import sys, os, tempfile
 tree, bench, waves, database_url = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 sys.path[:0] = [tree, bench]
 from gevent import monkey; monkey.patch_all()
-import base64, json, socket, struct
 import gevent
-from gevent import socket as gsocket
+from socketpair_clients import close, connect, subscribe_notifications
 from fonana_realtime.app import create_app
 from fonana_realtime.auth import mint_token
 from fonana_realtime.settings import load_settings
@@ -62,43 +61,10 @@ users = [f"bench-u{i}" for i in range(WAVE * waves)]
 tokens = {u: mint_token(u, secret) for u in users}
 
 
-def masked(opcode, payload):
-    head = bytes([0x80 | opcode])
-    head += bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack("!H", len(payload))
-    key = b"\x01\x02\x03\x04"
-    return head + key + bytes(c ^ key[i %% 4] for i, c in enumerate(payload))
-
-
-def read_until(sock, needle, got=b""):
-    while needle not in got:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise SystemExit("the server closed the connection early")
-        got += chunk
-    return got
-
-
 def one(user):
-    server, client = socket.socketpair()
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "QUERY_STRING": "token=" + tokens[user],
-               "HTTP_HOST": "127.0.0.1", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
-               "HTTP_SEC_WEBSOCKET_VERSION": "13",
-               "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode(),
-               "REMOTE_ADDR": "127.0.0.1", "gunicorn.socket": gsocket.socket(fileno=server.detach())}
-    client = gsocket.socket(fileno=client.detach())
-    try:
-        websocket.handshake(app, rt, environ, lambda *a: None)
-        raise SystemExit("the handshake was refused")
-    except StopIteration:
-        pass
-    read_until(client, b'"connected"')
-    client.sendall(masked(1, json.dumps({"type": "subscribe",
-                                         "channel": {"type": "notifications", "userId": user}}).encode()))
-    read_until(client, b'"unread_notifications"')
-    client.sendall(masked(8, struct.pack("!H", 1000)))
-    while client.recv(65536):            # the close echo, then the server's end of the TCP
-        pass
-    client.close()
+    client = connect(websocket, app, rt, tokens[user])
+    subscribe_notifications(client, user, b'"unread_notifications"')
+    close(client)
 
 
 for wave in range(waves):
