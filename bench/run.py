@@ -35,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))      # support.db: the throw-away PostgreSQL database
 BENCH = ROOT / "bench"
 LOADGEN_SRC = BENCH / "loadgen" / "loadgen.c"
 LOADGEN = BENCH / "loadgen" / "build" / "loadgen"
@@ -64,7 +65,6 @@ SERVERS = ("ours", "reference")
 # default, and PostgreSQL as production runs it (a bench database made for the run).
 DATABASES = ("sqlite", "postgresql")
 PG_ADMIN_URL = os.environ.get("FONANA_BENCH_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
-PG_SCHEMA = ROOT / "fonana_realtime" / "store" / "schema" / "postgres.sql"
 
 
 def keyed(key, db):
@@ -286,36 +286,23 @@ def add_bench_users(db: Path, count: int):
 
 
 class BenchDatabase:
-    """A PostgreSQL database of its own for the run (`fonana_bench_<hex>`), with the
-    project's schema (fonana_realtime/store/schema/postgres.sql, as tests/support/db.py
-    loads it) and the bench users; dropped at the end."""
+    """A PostgreSQL database of its own for the run (`fonana_bench_<hex>`): the tests'
+    throw-away database (tests/support/db.py's TestDatabase: the project's schema,
+    fonana_realtime/store/schema/postgres.sql) and the bench users; dropped at the end."""
 
     def __init__(self, admin_url=PG_ADMIN_URL):
-        from urllib.parse import urlsplit, urlunsplit
-        self.admin_url = admin_url
-        self.name = "fonana_bench_" + secrets.token_hex(6)
-        parts = urlsplit(admin_url)
-        self.url = urlunsplit((parts.scheme, parts.netloc, "/" + self.name, "", ""))
+        from support.db import TestDatabase
+        self.db = TestDatabase(admin_url, prefix="fonana_bench_")
+        self.admin_url, self.name, self.url = admin_url, self.db.name, self.db.url
         self.created = False
-
-    def _admin(self, sql):
-        import psycopg2
-        conn = psycopg2.connect(self.admin_url, connect_timeout=5)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-        finally:
-            conn.close()
 
     def create(self, users: int):
         import psycopg2
-        self._admin(f'CREATE DATABASE "{self.name}"')
+        self.db.create()
         self.created = True
         conn = psycopg2.connect(self.url, connect_timeout=5)
         try:
             with conn, conn.cursor() as cur:
-                cur.execute(PG_SCHEMA.read_text())
                 # users who never connected and have no notifications, as in the SQLite storm
                 cur.execute("""INSERT INTO "users" ("id", "wallet", "updatedAt")
                                SELECT 'bench-u' || i, 'bench-wallet-' || i, now() AT TIME ZONE 'utc'
@@ -327,7 +314,7 @@ class BenchDatabase:
 
     def drop(self):
         if self.created:
-            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self.db.drop()
             self.created = False
 
     def backend_pids(self) -> list[int]:

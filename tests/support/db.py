@@ -51,9 +51,9 @@ class TestDatabase:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, admin_url: str = ADMIN_URL):
+    def __init__(self, admin_url: str = ADMIN_URL, prefix: str = "fonana_rt_test_"):
         self.admin_url = admin_url
-        self.name = "fonana_rt_test_" + secrets.token_hex(6)
+        self.name = prefix + secrets.token_hex(6)
         parts = urlsplit(admin_url)
         self.url = urlunsplit((parts.scheme, parts.netloc, "/" + self.name, "", ""))
         self.schema_file: Path | None = None
