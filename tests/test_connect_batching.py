@@ -8,14 +8,12 @@ import datetime as dt
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from support.db import new_id
+from support.db import new_id, proxied
 from support.server import ServerFactory
-from support.tcpproxy import TcpProxy
 from support.waiting import wait_until
 from support.ws import open_ws
 
@@ -91,10 +89,7 @@ def test_concurrent_subscribes_each_get_their_own_unread_list(server, seed):
 @pytest.fixture
 def behind_proxy(tmp_path_factory, pg_url):
     """A server of its own whose database connection goes through a proxy the test cuts."""
-    parts = urlsplit(pg_url)
-    proxy = TcpProxy(parts.hostname, parts.port or 5432)
-    netloc = f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
-    url = urlunsplit((parts.scheme, netloc, parts.path, "connect_timeout=2", ""))
+    proxy, url = proxied(pg_url)
     factory = ServerFactory(tmp_path_factory)
     srv = factory.start("batch-outage", database_url=url, env={"WS_USER_CACHE_SECONDS": 0})
     yield srv, proxy

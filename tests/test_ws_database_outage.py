@@ -2,12 +2,11 @@
 HTTP 503", 2.2 `unavailable`, 4 /ready). The server reaches the database through a TCP proxy
 the test cuts; the real database keeps serving everybody else."""
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from support.db import proxied
 from support.server import ServerFactory
-from support.tcpproxy import TcpProxy
 from support.ws import refused_handshake
 
 pytestmark = pytest.mark.postgres
@@ -15,10 +14,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture(scope="module")
 def outage(tmp_path_factory, pg_url):
-    parts = urlsplit(pg_url)
-    proxy = TcpProxy(parts.hostname, parts.port or 5432)
-    netloc = f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
-    url = urlunsplit((parts.scheme, netloc, parts.path, "connect_timeout=2", ""))
+    proxy, url = proxied(pg_url)
     factory = ServerFactory(tmp_path_factory)
     srv = factory.start("db-outage", database_url=url)
     yield srv, proxy

@@ -46,6 +46,17 @@ def postgres_available() -> bool:
         return False
 
 
+def proxied(pg_url: str):
+    """A TcpProxy (tests/support/tcpproxy.py) in front of `pg_url`'s server, and the URL a
+    server reaches the database through it by (a 2 s connect timeout: a cut proxy is an
+    outage the server must notice, not wait on): (proxy, url)."""
+    from .tcpproxy import TcpProxy
+    parts = urlsplit(pg_url)
+    proxy = TcpProxy(parts.hostname, parts.port or 5432)
+    netloc = f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
+    return proxy, urlunsplit((parts.scheme, netloc, parts.path, "connect_timeout=2", ""))
+
+
 class TestDatabase:
     """CREATE DATABASE with a random name, load the schema; DROP it at the end."""
 
