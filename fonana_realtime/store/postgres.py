@@ -298,9 +298,7 @@ class PostgresStore(Store):
         self._fetchone("SELECT 1", None)
 
     def user_exists(self, user_id: str) -> bool:
-        if not is_key(user_id):
-            return False
-        return self._fetchone('SELECT 1 FROM "users" WHERE "id" = %s', (user_id,)) is not None
+        return user_id in self.existing_users([user_id])     # one query, one shape for both
 
     def existing_users(self, user_ids: list[str]) -> set[str]:
         ids = [u for u in user_ids if is_key(u)]
@@ -322,33 +320,7 @@ class PostgresStore(Store):
         return LASTING if row[0] else row[1]
 
     def unread_notifications(self, user_id: str, limit: int = 20) -> tuple[list[dict], int]:
-        if not is_key(user_id):
-            return [], 0
-        limit = max(0, int(limit))
-
-        def work(cur: Any) -> tuple[list[dict], int]:
-            # COUNT(*) OVER () is computed before LIMIT: the total comes with the page.
-            cur.execute(
-                f"""
-                SELECT {_ROW_COLUMNS}, COUNT(*) OVER () AS "total"
-                FROM "notifications"
-                WHERE "userId" = %s AND NOT "isRead"
-                ORDER BY "createdAt" DESC, "id" DESC
-                LIMIT %s
-                """,
-                (user_id, limit),
-            )
-            found = cur.fetchall()
-            if found:
-                return [notification_row(*r[:8]) for r in found], int(found[0][8])
-            if limit == 0:
-                cur.execute(
-                    'SELECT COUNT(*) FROM "notifications" WHERE "userId" = %s AND NOT "isRead"', (user_id,)
-                )
-                return [], int(cur.fetchone()[0])
-            return [], 0
-
-        return self._run(work, read_only=True)
+        return self.unread_notifications_of([user_id], limit)[user_id]
 
     def unread_notifications_of(self, user_ids: list[str], limit: int = 20) -> dict[str, tuple[list[dict], int]]:
         answer: dict[str, tuple[list[dict], int]] = {u: ([], 0) for u in user_ids}
