@@ -19,12 +19,10 @@ import secrets
 from collections import defaultdict
 
 import pytest
-from redis.crc import key_slot
 
 from fonana_realtime.publisher import RedisPublisher
-from fonana_realtime.redis_history import meta_key
 from support.failover import MAX_EVENTS, RATE, Publisher, drain, ticks
-from support.redis_cluster import RedisCluster
+from support.redis_cluster import RedisCluster, posts_on_shards, slot_of
 from support.redis_server import SPREAD_WORKER_CONNECTIONS
 from support.server import Server
 from support.v2 import subscribe_v2, v2
@@ -43,22 +41,6 @@ def cluster(tmp_path_factory):
         yield nodes
     finally:
         nodes.stop()
-
-
-def slot(prefix: str, stream: str) -> int:
-    return key_slot(meta_key(prefix, stream).encode())
-
-
-def posts_on_shards(seed, cluster, prefix, creator, count: int) -> list[str]:
-    """`count` posts of `creator` whose streams are served by `count` different masters."""
-    found: dict = {}
-    for _ in range(200):
-        post = seed.post(creator)
-        master = cluster.master_of(slot(prefix, f"post_{post}"))
-        found.setdefault(master.port, post)
-        if len(found) == count:
-            return list(found.values())
-    raise AssertionError("no posts on enough shards")
 
 
 def hosts(tmp_path, cluster, pg_url, prefix, label):
@@ -97,7 +79,7 @@ def test_events_cross_hosts_through_the_cluster_on_their_own_shards(tmp_path, cl
                 listeners.setdefault(post, []).extend([legacy, modern])
         # every post's channel is heard on its own master only (sharded pub/sub)
         for post in posts:
-            owner = cluster.master_of(slot(prefix, f"post_{post}"))
+            owner = cluster.master_of(slot_of(prefix, f"post_{post}"))
             channel = f"{prefix}{{post_{post}}}"
             for node in (s["master"] for s in cluster.shards()):
                 r = node.client()
@@ -158,8 +140,8 @@ def test_an_event_for_a_user_and_a_channel_in_other_slots_reaches_both(tmp_path,
         post = seed.post(creator)
         for _ in range(200):
             fan = seed.user()
-            if cluster.master_of(slot(prefix, f"user_{fan}")) is not \
-                    cluster.master_of(slot(prefix, f"post_{post}")):
+            if cluster.master_of(slot_of(prefix, f"user_{fan}")) is not \
+                    cluster.master_of(slot_of(prefix, f"post_{post}")):
                 break
         wait_until(lambda: all_ready(servers), 30, "ready on the cluster")
         own = v2(servers[0], fan)                           # holds its user stream only
@@ -190,7 +172,7 @@ def test_a_slot_moved_to_another_master_is_heard_there_and_nothing_is_lost(tmp_p
         creator, fan = seed.user(is_creator=True), seed.user()
         post = seed.post(creator)
         channel = {"type": "post", "postId": post}
-        stream_slot = slot(prefix, f"post_{post}")
+        stream_slot = slot_of(prefix, f"post_{post}")
         wait_until(lambda: all_ready(servers), 30, "ready on the cluster")
         listeners = []
         for srv in servers:
@@ -262,10 +244,10 @@ def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently
         away_at = {"epoch": seen[-1]["epoch"], "offset": seen[-1]["offset"]}
         away_n = seen[-1]["data"]["n"]
 
-        master = cluster.master_of(slot(prefix, stream))
+        master = cluster.master_of(slot_of(prefix, stream))
         master.kill()                                   # SIGKILL
         killed_at = len(publisher.accepted) + 1         # (+1: an answer may be on its way)
-        cluster.wait_promoted(master, slot(prefix, stream))
+        cluster.wait_promoted(master, slot_of(prefix, stream))
         publisher.wait_accepted(killed_at + AFTER)
         for p in publishers:
             p.stop.set()

@@ -5,6 +5,14 @@ benchmarks. Nothing is saved to disk; `stop()` kills every node it started.
 A master that stops answering is judged failed after NODE_TIMEOUT_MS, then its replica is
 promoted (a few hundred ms more). `url` is the REDIS_URL the server takes
 (`redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`).
+
+`RedisCluster(workdir, proxied=True)`: every node behind a StallProxy of its own
+(tests/support/stall_proxy.py), which is the address it announces (`--cluster-announce-port`;
+its cluster bus port stays its real one, `--cluster-announce-bus-port`). So CLUSTER
+SLOTS/SHARDS, MOVED and a replica's link to its master all name the proxy: every client
+connection (the servers' commands and listeners, replication) passes it, and a test can
+`node.proxy.stall()` one node's listener links. Only the nodes' bus (gossip, failure
+detection) and this module's own admin clients (`node.client()`) go straight to them.
 """
 from __future__ import annotations
 
@@ -17,9 +25,13 @@ import time
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
+
+from fonana_realtime.redis_history import meta_key
 
 from .redis_server import client
 from .server import LOW_PORT, ephemeral_range
+from .stall_proxy import StallProxy
 
 NODE_TIMEOUT_MS = 1000
 MASTERS = 3
@@ -48,8 +60,21 @@ def free_cluster_port() -> int:
 
 
 class ClusterNode:
-    def __init__(self, workdir: Path):
-        self.port = free_cluster_port()
+    def __init__(self, workdir: Path, *, proxied: bool = False):
+        self.port = free_cluster_port()             # where it really listens
+        self.proxy: StallProxy | None = None
+        announce: list[str] = []
+        if proxied:
+            for _ in range(10):     # the proxy's free port may be our own, not bound yet
+                self.proxy = StallProxy("127.0.0.1", self.port)
+                if self.proxy.port not in (self.port, self.port + BUS_OFFSET):
+                    break
+                self.proxy.down()
+            else:
+                raise AssertionError(f"no proxy port apart from node {self.port}'s")
+            announce = ["--cluster-announce-ip", "127.0.0.1",
+                        "--cluster-announce-port", str(self.proxy.port),
+                        "--cluster-announce-bus-port", str(self.port + BUS_OFFSET)]
         self.workdir = workdir / str(self.port)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.workdir / "redis.log", "ab")
@@ -62,16 +87,22 @@ class ClusterNode:
              "--cluster-replica-validity-factor", "0",
              # the other shards go on serving while one has no master (docs/DEPLOY.md)
              "--cluster-require-full-coverage", "no",
-             "--repl-diskless-sync-delay", "0"],
+             "--repl-diskless-sync-delay", "0", *announce],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
 
     @property
+    def announced_port(self) -> int:
+        """The port the cluster names this node by (its proxy's, when it has one)."""
+        return self.proxy.port if self.proxy is not None else self.port
+
+    @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.announced_port}"
 
     def client(self) -> redis.Redis:
-        return client(f"redis://{self.address}/0", socket_timeout=1, socket_connect_timeout=1)
+        """Straight to the node (never stalled): the test's own look at it."""
+        return client(f"redis://127.0.0.1:{self.port}/0", socket_timeout=1, socket_connect_timeout=1)
 
     @property
     def running(self) -> bool:
@@ -86,11 +117,14 @@ class ClusterNode:
     def stop(self):
         self.kill()
         self.log.close()
+        if self.proxy is not None:
+            self.proxy.down()
 
 
 class RedisCluster:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *, proxied: bool = False):
         self.workdir = Path(workdir)
+        self.proxied = proxied
         self.nodes: list[ClusterNode] = []
 
     @property
@@ -98,10 +132,14 @@ class RedisCluster:
         return "redis+cluster://" + ",".join(n.address for n in self.nodes[:MASTERS])
 
     def start(self, timeout: float = 60.0) -> "RedisCluster":
-        self.nodes = [ClusterNode(self.workdir) for _ in range(2 * MASTERS)]
         try:
-            _poll(lambda: all(self._answers(n) for n in self.nodes), timeout, "the nodes starting")
-        except SystemExit as exc:
+            # one by one: a node's ports are bound before the next one (and its proxy)
+            # picks free ones
+            for _ in range(2 * MASTERS):
+                node = ClusterNode(self.workdir, proxied=self.proxied)
+                self.nodes.append(node)
+                _poll(lambda node=node: self._answers(node), timeout, f"cluster node {node.port} starting")
+        except (SystemExit, AssertionError) as exc:
             self.stop()
             raise AssertionError(str(exc)) from None
         created = subprocess.run(
@@ -135,7 +173,7 @@ class RedisCluster:
                 continue
             finally:
                 r.close()
-            by_port = {n.port: n for n in self.nodes}
+            by_port = {n.announced_port: n for n in self.nodes}
             out = []
             for shard in raw:
                 shard = _pairs(shard)
@@ -230,6 +268,23 @@ class RedisCluster:
     def stop(self):
         for node in self.nodes:
             node.stop()
+
+
+def slot_of(prefix: str, stream: str) -> int:
+    """The slot of `stream`'s keys and channel (its hash tag: broker/link_cluster.py)."""
+    return key_slot(meta_key(prefix, stream).encode())
+
+
+def posts_on_shards(seed, cluster: RedisCluster, prefix: str, creator, count: int) -> list[str]:
+    """`count` posts of `creator` whose streams are served by `count` different masters."""
+    found: dict = {}
+    for _ in range(200):
+        post = seed.post(creator)
+        master = cluster.master_of(slot_of(prefix, f"post_{post}"))
+        found.setdefault(master.port, post)
+        if len(found) == count:
+            return list(found.values())
+    raise AssertionError("no posts on enough shards")
 
 
 def _cluster_ok(node: ClusterNode) -> bool:

@@ -130,16 +130,17 @@ SPREAD_WORKER_CONNECTIONS = 10
 PLUGS_PER_MISS = 4
 
 
-def spread(servers, user_id: str, workers_per_server: int, attempts: int = 40) -> dict:
+def spread(servers, user_id: str, workers_per_server: int, attempts: int = 40, **connect) -> dict:
     """One connection of `user_id` on every worker of every server, keyed by
-    (server name, worker pid) as the welcome frame names it."""
+    (server name, worker pid) as the welcome frame names it; `connect`: Server.connect's
+    options (subprotocols=[V2] for v2 clients)."""
     found, extra, plugs = {}, [], []
     want = workers_per_server * len(servers)
     try:
         for i in range(attempts):
             srv = servers[i % len(servers)]
             try:
-                ws = srv.connect(user_id)
+                ws = srv.connect(user_id, **connect)
             except InvalidStatus as exc:
                 # the favoured worker is full (503 worker_full): a miss like any other
                 if exc.response.status_code != 503:

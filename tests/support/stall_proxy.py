@@ -12,7 +12,8 @@ import threading
 from .tcpproxy import TcpProxy
 
 SUBSCRIBER_NAME = b"fonana-rt-sub-"     # the listener's CLIENT SETNAME (broker/redis.py)
-PUSHED_MESSAGE = b"$7\r\nmessage\r\n"   # RESP2: a message pushed to a subscriber
+# RESP2: a message pushed to a subscriber, classic (SUBSCRIBE) or sharded (a Cluster's SSUBSCRIBE)
+PUSHED_MESSAGES = (b"$7\r\nmessage\r\n", b"$8\r\nsmessage\r\n")
 
 
 class StallProxy(TcpProxy):
@@ -39,7 +40,7 @@ class StallProxy(TcpProxy):
         if SUBSCRIBER_NAME in data:                     # client -> server: a listener names itself
             with self._marks_lock:
                 self._subscribers.add(src)
-        if dst in self._stalled and PUSHED_MESSAGE in data:
+        if dst in self._stalled and any(kind in data for kind in PUSHED_MESSAGES):
             self.dropped += 1                           # server -> a stalled listener
             return
         dst.sendall(data)
