@@ -11,7 +11,9 @@ create`, tests/support/redis_cluster.py), two gunicorn instances x two gevent wo
   clients listen on both: the servers follow the promoted replica by themselves, every
   event answered 202 reaches every live client exactly once, a v2 client away across the
   failover recovers everything or is told `recovered: false`, and never are two events
-  under one (epoch, stream, offset).
+  under one (epoch, stream, offset);
+- one shard's listener links silently dead (a cluster whose nodes are reached through
+  StallProxies): the per-shard probe notices it and the workers recover by themselves.
 """
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ import pytest
 from fonana_realtime.publisher import RedisPublisher
 from support.failover import MAX_EVENTS, RATE, Publisher, drain, ticks
 from support.redis_cluster import RedisCluster, posts_on_shards, slot_of
-from support.redis_server import SPREAD_WORKER_CONNECTIONS
+from support.hardening import metric_total
+from support.redis_server import SPREAD_WORKER_CONNECTIONS, spread
 from support.server import Server
-from support.v2 import subscribe_v2, v2
+from support.v2 import V2, subscribe_v2, v2
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -43,12 +46,12 @@ def cluster(tmp_path_factory):
         nodes.stop()
 
 
-def hosts(tmp_path, cluster, pg_url, prefix, label):
+def hosts(tmp_path, cluster, pg_url, prefix, label, count: int = 2):
     return [Server(tmp_path / name, name=name, database_url=pg_url,
                    env={"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix, "WS_WORKERS": WORKERS,
                         "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS,
                         "WS_LEGACY_TYPE_GAP_MS": 0})       # every tick to legacy clients too
-            for name in (f"{label}-a", f"{label}-b")]
+            for name in (f"{label}-a", f"{label}-b")[:count]]
 
 
 def next_ticks(ws, count: int) -> list[int]:
@@ -314,6 +317,81 @@ def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently
             p.stop.set()
         for srv in servers:
             srv.stop()
+
+
+@pytest.fixture
+def proxied_cluster(tmp_path):
+    """A cluster whose every client connection passes a StallProxy (support/redis_cluster.py)."""
+    nodes = RedisCluster(tmp_path / "proxied-cluster", proxied=True).start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+STALL_NOTICED = 15          # s: the probe notices within PROBE_EVERY + PROBE_WAIT (4 s)
+
+
+def test_one_shards_silently_dead_links_are_noticed_and_the_workers_recover(
+        tmp_path, proxied_cluster, pg_url, seed):
+    """The listener links to one master stop receiving messages (the connection stays open,
+    acknowledgements and PONGs pass, publishes succeed): each worker's probe, which has a
+    channel on every shard, notices it within seconds, /metrics counts it, and the worker
+    recovers by itself: every event published to that shard's post during and after the
+    stall reaches every v2 and legacy client exactly once, in order, and so does every
+    event of a post on another shard. Two workers; each has both kinds of client, each
+    client hears both posts (their ticks apart: the stalled post's n < 100)."""
+    cluster = proxied_cluster
+    prefix = f"cs-{secrets.token_hex(3)}:"
+    srv, = hosts(tmp_path, cluster, pg_url, prefix, "cluster-stall", count=1)
+    try:
+        srv.start()
+        creator, fan = seed.user(is_creator=True), seed.user()
+        stalled_post, other_post = posts_on_shards(seed, cluster, prefix, creator, 2)
+        wait_until(lambda: all_ready([srv]), 30, "ready on the cluster")
+        clients = [*spread([srv], fan, WORKERS).values(), *spread([srv], fan, WORKERS, subprotocols=[V2]).values()]
+        for ws in clients:
+            for post in (stalled_post, other_post):
+                channel = {"type": "post", "postId": post}
+                if ws.welcome["data"].get("protocol") == V2:
+                    subscribe_v2(ws, channel)
+                else:
+                    ws.subscribe(channel)
+        bases = {stalled_post: 0, other_post: 100}     # a tick's post: which hundred its n is in
+
+        def publish(round_: int):
+            """Ticks 3*round_ .. +2 of each post, over HTTP."""
+            for post, base in bases.items():
+                for n in range(base + 3 * round_, base + 3 * round_ + 3):
+                    r = srv.api("/api/events", {"event": {"type": "tick", "n": n},
+                                                "channel": {"type": "post", "postId": post}})
+                    assert r.status_code == 202, r.text
+
+        def heard(rounds: range):
+            """Every client hears the ticks of these rounds, each once, in order per post."""
+            for i, ws in enumerate(clients):
+                got = next_ticks(ws, 6 * len(rounds))
+                for post, base in bases.items():
+                    want = [base + n for n in range(3 * rounds.start, 3 * rounds.stop)]
+                    assert [n for n in got if base <= n < base + 100] == want, \
+                        f"client {i}, post_{post}: each event once, in order"
+                assert ticks(drain(ws)) == [], f"client {i}: an event twice"
+
+        publish(0)
+        heard(range(0, 1))
+        proxy = cluster.master_of(slot_of(prefix, f"post_{stalled_post}")).proxy
+        assert proxy.stall() == WORKERS                 # each worker's listener link to that master
+        publish(1)                                      # during the stall (the stalled post's: withheld)
+        wait_until(lambda: metric_total(srv, "fonana_rt_broker_stalls_total") >= WORKERS,
+                   STALL_NOTICED, "both workers counted a stalled link")
+        publish(2)                                      # while the workers recover
+        wait_until(lambda: all_ready([srv]), STALL_NOTICED, "ready again after the stall")
+        publish(3)                                      # after
+        assert proxy.dropped >= 1                       # the stall really withheld messages
+        heard(range(1, 4))
+        assert metric_total(srv, "fonana_rt_broker_stalled") == 0      # nobody stalled now
+    finally:
+        srv.stop()
 
 
 def test_a_server_started_while_the_cluster_does_not_answer_says_so_and_refuses_publishes(tmp_path, seed, pg_url):
