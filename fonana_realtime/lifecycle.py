@@ -86,6 +86,7 @@ def _live(rt, conn, resume):
         metrics.step(metrics.CONNECTIONS, -1)
         conn.abort()
         conn.sock.close()
+        conn.ended()                # freed by reference counting, not the cyclic collector
         # At debug level (LOG_LEVEL=DEBUG): the `connected` line is the one record of a
         # connection at info; a second per client was ~2.5 % of a connect in a reconnect
         # storm (issue 11). Server-side closes have their own lines (slow_client, ...).

@@ -9,7 +9,7 @@ A connection's `Streams` owns (other modules call its methods, never write these
   stream (welcome, `subscribed`): what came after it was written live.
 - `buffers`: stream -> [Outgoing], the live events of a stream that wait while it replays.
 
-It delivers a connection's events (`deliver`: the legacy or the v2 way, picked once when
+It delivers a connection's events (`delivery`: the legacy or the v2 way, picked once when
 the connection is made) and holds the one routine by which a stream is replayed and then
 goes live, which v2 recovery (`since`, `recover`; fanout.Fanout.recover) and legacy
 automatic resume (resume.Resume.after_join) both call: `replay_then_live`.
@@ -25,7 +25,7 @@ GAP_REREADS = 2
 
 
 class Streams:
-    __slots__ = ("conn", "v2", "user_stream", "channels", "marks", "joined", "buffers", "deliver")
+    __slots__ = ("conn", "v2", "user_stream", "channels", "marks", "joined", "buffers")
 
     def __init__(self, conn, v2: bool):
         self.conn = conn                  # writes go through its one write path
@@ -35,8 +35,13 @@ class Streams:
         self.marks: dict = {}
         self.joined: dict = {}
         self.buffers: dict = {}
-        # the legacy or the v2 way, decided once: no per-delivery `if`
-        self.deliver = self._deliver_v2 if v2 else self._deliver_legacy
+
+    def delivery(self):
+        """The connection's one entry point for events (Connection.deliver): the legacy or
+        the v2 way, decided once, so no delivery asks. Not kept in a slot of this object:
+        its own bound method there was a reference cycle (Streams -> method -> Streams)
+        that only the cyclic collector freed (bench/connection_cycles.py)."""
+        return self._deliver_v2 if self.v2 else self._deliver_legacy
 
     # ---- which stream -----------------------------------------------------------------
 
@@ -301,8 +306,8 @@ class Streams:
             self.marks[stream] = (recovery.epoch, since if ok else recovery.top)
         if before_live is not None:
             before_live(recovery, replay)
-        if replay or live:
-            self.deliver(replay + live)
+        if replay or live:                # (a legacy stream: v2 returned above)
+            self._deliver_legacy(replay + live)
 
 
 def _already(out, stream: str, epoch, last: int) -> bool:
