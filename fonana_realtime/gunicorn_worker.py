@@ -35,9 +35,12 @@ log = logging.getLogger("fonana_realtime.worker")
 # meanwhile, four of them in the reconnect (gc.callbacks; issue 22). Python's default
 # allows one every 10 collections of the middle generation; every 100 took the reconnect's
 # close→subscribed p99 from 301-313 to 66-101 ms (10,000 clients on PostgreSQL, 2 runs
-# each). Young garbage is still collected as often; what waits longer is the cycles of
-# connections that lived long (Python also waits until a full collection has a quarter
-# more objects to look at than the last).
+# each). Young garbage is still collected as often; what waits longer is old garbage in
+# reference cycles (Python also waits until a full collection has a quarter more objects
+# to look at than the last). Closed connections are no longer any of it: they left 17
+# (legacy) and 20 (v2) objects each in cycles, now 0 (Connection.ended,
+# bench/connection_cycles.py). Kept for the pauses: a full collection still walks every
+# live connection's objects.
 FULL_COLLECTION_EVERY = 100
 
 
