@@ -6,10 +6,13 @@ history and hands the answers in; tests/unit/test_broker_catchup.py drives it di
 Per stream this worker hears, its *mark*: the (epoch, offset) up to which it has handed
 everything on. It starts at the stream's position read right before the stream's first
 SUBSCRIBE (its *baseline*, which also tells a legacy connection where it joined) and moves
-with every message handed on. While a new link catches up, live messages are *held*; once
-every SUBSCRIBE of the link is acknowledged, each stream's history after its mark is read,
-handed on in order, then the held live messages, each only if it is newer than its
-stream's mark (so an event comes once, whether replayed, live or both).
+with every message handed on. A stream subscribed again on a new connection (the whole link
+was lost, or only its shard's connection on a Cluster) is *catching up*: its live messages
+are *held*; once every SUBSCRIBE written is acknowledged, each catching stream's history
+after its mark is read, handed on in order, then the held live messages, each only if it is
+newer than its stream's mark (so an event comes once, whether replayed, live or both). The
+other streams' messages go on meanwhile: on a Cluster, one shard's failover does not hold
+up the others.
 
 A stream whose epoch changed (Redis lost its data, or a failover made a new epoch) is read
 again from the start of its new epoch: every event in it is newer than the loss. A stream
@@ -21,6 +24,7 @@ from __future__ import annotations
 import heapq
 
 from ..history import EPOCH
+from ..wire import topic_stream
 
 
 class Catchup:
@@ -29,19 +33,37 @@ class Catchup:
         # stream -> its position read before its first SUBSCRIBE, until a join takes it
         # (take_baseline) or the stream is no longer heard
         self._baselines: dict[str, tuple[str, int]] = {}
-        self.catching_up = False            # a new link: hold live messages until caught up
-        self._held: list = []               # live Messages received while catching up
+        self.catching_up = False            # a catch-up is due once the SUBSCRIBEs are acknowledged
+        self._catching: set[str] = set()    # streams whose live messages are held until then
+        self._held: list = []               # those live Messages, in arrival order
 
     # ---- the link --------------------------------------------------------------------
 
     def link_up(self):
-        """A new link: live messages wait until it caught up."""
+        """A new link: every marked stream catches up, live messages wait until it did."""
         self.catching_up = True
+        self._catching = set(self.marks)
         self._held = []
+
+    def resubscribed(self, streams):
+        """`streams` are subscribed again on a new connection (a shard's, on a Cluster):
+        they catch up; the other streams' messages go on."""
+        self.catching_up = True
+        self._catching.update(streams)
 
     def link_lost(self):
         """Held messages came on a dead link: the next catch-up reads them from history."""
         self._held = []
+        self._catching = set()
+        self.catching_up = False
+
+    def shard_lost(self, streams):
+        """The connection that carried `streams` is gone (one shard's, on a Cluster): their
+        held messages came on it, and the catch-up after their next SUBSCRIBE reads them
+        from history. The other streams' catch-up is not held up by them."""
+        streams = set(streams)
+        self._catching -= streams
+        self._held = [m for m in self._held if not streams.intersection(_streams_of(m))]
 
     # ---- marks and baselines -----------------------------------------------------------
 
@@ -67,10 +89,15 @@ class Catchup:
     # ---- messages ----------------------------------------------------------------------
 
     def receive(self, message, hears) -> bool:
-        """A live message: True if it goes on now; held while catching up."""
-        if self.catching_up:
-            self._held.append(message)
-            return False
+        """A live message: True if it goes on now; held while a stream it names catches
+        up. Its other streams are held from then on too (a union: a later message of one
+        of them must not overtake it)."""
+        if self._catching:
+            streams = _streams_of(message)
+            if not self._catching.isdisjoint(streams):
+                self._catching.update(s for s in streams if hears(s))
+                self._held.append(message)
+                return False
         return self.fresh(message, hears)
 
     def fresh(self, message, hears) -> bool:
@@ -99,8 +126,9 @@ class Catchup:
     # ---- one catch-up --------------------------------------------------------------------
 
     def requests(self, hears) -> list[tuple[str, str, int]]:
-        """(stream, epoch, offset) to read history after, for every held stream."""
-        return [(stream, epoch, offset) for stream, (epoch, offset) in self.marks.items() if hears(stream)]
+        """(stream, epoch, offset) to read history after, for every catching stream heard."""
+        marks = self.marks
+        return [(stream, *marks[stream]) for stream in sorted(self._catching) if stream in marks and hears(stream)]
 
     def first_held(self) -> dict:
         """(stream, epoch) -> the first offset received live while catching up."""
@@ -132,6 +160,14 @@ class Catchup:
                 out.append(message)
         count = len(out)
         self.catching_up = False
+        self._catching = set()
         held, self._held = self._held, []
         out += [message for message in held if self.fresh(message, hears)]
         return out, count
+
+
+def _streams_of(message):
+    """The streams a message names: its positions' (or, without positions, its topics')."""
+    if message.positions:
+        return message.positions.keys()
+    return [topic_stream(t) for t in message.topics]

@@ -87,3 +87,40 @@ def test_a_lost_link_drops_what_it_held_and_a_stream_no_longer_heard_is_forgotte
     assert c.first_held() == {}                 # the next catch-up reads it from history
     c.forget("s")
     assert c.mark("s") is None and c.take_baseline("s") is None and c.unmarked(["s"]) == ["s"]
+
+
+def test_a_resubscribed_stream_catches_up_while_the_others_go_on():
+    """One shard's connection lost (Cluster): only its streams are held and read again."""
+    c = Catchup()
+    c.baseline("s", ("E", 2))
+    c.baseline("t", ("T", 0))
+    c.resubscribed(["s"])
+    assert c.catching_up
+    assert not c.receive(msg(3, s=("E", 3)), hears)         # s catches up: held
+    assert c.receive(msg(1, t=("T", 1)), hears)             # t goes on
+    assert c.requests(hears) == [("s", "E", 2)]
+    out, count = c.finish([[msg(3, s=("E", 3))]], hears)
+    assert ids(out) == ["m3"] and count == 1 and not c.catching_up
+
+
+def test_a_union_held_for_one_stream_holds_the_later_messages_of_its_other_streams():
+    c = Catchup()
+    c.baseline("s", ("E", 2))
+    c.resubscribed(["s"])
+    assert not c.receive(msg(3, s=("E", 3), t=("T", 1)), hears)     # held: s catches up
+    assert not c.receive(msg(4, t=("T", 2)), hears)                 # must not overtake it
+    out, _ = c.finish([], hears)
+    assert ids(out) == ["m3", "m4"]
+
+
+def test_a_lost_shard_drops_its_held_messages_and_leaves_the_catch_up_of_the_others():
+    c = Catchup()
+    c.baseline("s", ("E", 2))
+    c.baseline("t", ("T", 0))
+    c.resubscribed(["s", "t"])
+    c.receive(msg(3, s=("E", 3)), hears)
+    c.receive(msg(1, t=("T", 1)), hears)
+    c.shard_lost(["s"])                     # its connection is gone: history has m3
+    assert c.requests(hears) == [("t", "T", 0)]
+    out, _ = c.finish([], hears)
+    assert ids(out) == ["m1"] and c.mark("s") == ("E", 2)
