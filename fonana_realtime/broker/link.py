@@ -117,10 +117,12 @@ class Link:
         for the listener; raises redis errors when none can."""
         return {"": self.subscriber(timeout, name)}
 
-    def rejoin(self, connected, timeout: float, name: str) -> dict | None:
-        """The shards not in `connected`, as `subscribers` answers them, or None when the
-        whole link must be built again."""
-        return None
+    def rejoin(self, connected, timeout: float, name: str) -> tuple[dict, set]:
+        """After a shard's connection was lost: the shards not in `connected`, as
+        `subscribers` answers them, and the connected ones that no longer serve all they
+        did (their connections must be built again too). One shard only here: losing it
+        is losing the link."""
+        return {}, set()
 
     def shard_of(self, channel: bytes) -> str:
         return ""

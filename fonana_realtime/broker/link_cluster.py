@@ -14,8 +14,9 @@ the slot of the stream's keys (`<prefix>{<stream>}:m`, `:h`), so the publish scr
 publishes where it writes and a message travels only to the shard that owns it. The
 listener holds one connection per master, named by the slot map read right before it
 connects (`subscribers`), and asks `shard_of(channel)` where each channel goes. A master
-that cannot be reached does not hold the others up: its topics wait, the listener asks
-again (`rejoin`) until the slot map names a master for them that answers.
+whose connection is lost, or that cannot be reached, does not hold the others up: its
+topics wait, the listener asks again (`rejoin`) until the slot map names a master for
+them that answers, and only that master's connection is built again.
 """
 from __future__ import annotations
 
@@ -169,17 +170,16 @@ class ClusterLink(Link):
         self._owners = owners
         return conns
 
-    def rejoin(self, connected, timeout: float, name: str) -> dict | None:
+    def rejoin(self, connected, timeout: float, name: str) -> tuple[dict, set]:
         """The masters the listener has no connection to, on the slot map read now (as
-        `subscribers`), or None when a slot moved to or from a connected master (a
-        migration, a demotion): then the whole link is built again."""
+        `subscribers`), and the connected ones a slot moved away from (a migration, a
+        demotion): their connections hear channels they no longer serve, and are built
+        again. A slot that moved to a connected master is simply subscribed there."""
         owners = self._read_owners()
-        for old, new in zip(self._owners, owners):
-            if old != new and (old in connected or new in connected):
-                return None
+        moved = {old for old, new in zip(self._owners, owners) if old != new and old in connected}
         conns = self._connect(sorted(set(owners) - {""} - set(connected)), timeout, name)
         self._owners = owners
-        return conns
+        return conns, moved
 
     def _read_owners(self) -> list[str]:
         real = self.client.real()

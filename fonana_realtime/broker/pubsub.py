@@ -6,11 +6,13 @@ travels only to the shard that owns its channel). Only the listener greenlet tou
 
 Replies arrive in command order, so a FIFO of expected replies pairs each acknowledgement
 with the exact command it answers (and the Event a subscriber waits on). Anything else
-(a reply nobody asked for, another kind than expected) is a desync: the link is rebuilt.
-That is also how a Cluster tells us a slot moved: the node pushes an unrequested
+(a reply nobody asked for, another kind than expected) is a desync: the connection is
+rebuilt. That is also how a Cluster tells us a slot moved: the node pushes an unrequested
 `sunsubscribe` for each channel of a slot it no longer serves (a migration, a demotion),
 and answers a SSUBSCRIBE for a slot it does not serve with MOVED; either way the listener
-builds its links again on the owners named now and catches up from history.
+drops this connection (only this shard's: `channels` says what it held), reads the slot
+map again, subscribes those channels where they are served now and catches them up from
+history.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class PubSubConn:
         self._unsubscribe = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
         self._expect: deque = deque()       # (kind, channel, event|None) in reply order
         self.pending = 0                    # subscribe acknowledgements still to come
+        self.channels: set[bytes] = set()   # what it was asked to hear (and not to stop hearing)
         self.last_rx = time.monotonic()
         self._ping_sent: float | None = None
 
@@ -56,6 +59,7 @@ class PubSubConn:
         commands = []
         for chunk in self._chunks(list(channels), lambda item: item[0], sharded=self.sharded and not classic):
             self._expect.extend((b"subscribe", channel, event) for channel, event in chunk)
+            self.channels.update(channel for channel, _ in chunk)
             self.pending += len(chunk)
             commands.append((command, *(channel for channel, _ in chunk)))
         self._send(commands)
@@ -64,6 +68,7 @@ class PubSubConn:
         commands = []
         for chunk in self._chunks(list(channels), lambda channel: channel, sharded=self.sharded):
             self._expect.extend((b"unsubscribe", channel, None) for channel in chunk)
+            self.channels.difference_update(chunk)
             commands.append((self._unsubscribe, *chunk))
         self._send(commands)
 

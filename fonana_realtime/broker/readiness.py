@@ -22,6 +22,10 @@ UNAVAILABLE = "broker_unavailable"      # no link to Redis (connecting, refused,
 CATCHING_UP = "broker_catching_up"      # a new link reads what the old one missed
 STALLED = "broker_stalled"              # publishes succeed, nothing arrives: being rebuilt
 TIMEOUT = "broker_timeout"              # /ready's own round trip did not come back
+# Ready all the same: a Cluster shard is not heard now (its master died, no replica took
+# over yet). Every host shares it, so taking them out of a balancer would only refuse the
+# other shards' streams too; its topics wait, its publishes answer 503 meanwhile.
+SHARDS_MISSING = "broker_shards_missing"
 
 
 def link_state(*, started: bool, down: bool, subscribed: bool, live: bool, stalled: bool) -> str:

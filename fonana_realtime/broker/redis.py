@@ -13,9 +13,11 @@ commands that `listen`/`unlisten` ask for (woken through a pipe), batched per wa
 holds only the topics fanout asked for (`listen` and not yet `unlisten`: those with local
 connections) plus this worker's private probe channel on each shard, used by `ready()`
 and the probe for a real publish -> receive round trip. Every message it receives is
-decoded (wire.Decoder) and handed to `on_message`. The connections are one link: when
-any of them is lost (a shard's master died, a slot moved), all are built again on the
-nodes that serve now, and the worker catches up from history.
+decoded (wire.Decoder) and handed to `on_message`. On a Cluster each connection is lost
+alone (its master died, a slot moved away from it, the probe found it dead): the topics
+it held wait, the slot map is read again, they are subscribed where they are served now
+and caught up from history, while the other shards' connections go on untouched. With one
+connection (one Redis, Sentinel), losing it is losing the link: it is built again.
 
 "Subscribed means delivered": the first local subscriber of a topic waits (at most
 SUBSCRIBE_WAIT) until Redis has acknowledged the SUBSCRIBE, and so does anyone who
@@ -27,16 +29,16 @@ in the streams' history and PUBLISHes it, in one atomic step.
 
 Which Redis: `link.py` (one Redis; Sentinel: the command client and each new listener
 connection go to the master the sentinels name now; Cluster: to the masters the slot map
-names now), so a failover is one more lost link. A Cluster master that cannot be reached
-does not hold up the others: its topics wait and the listener asks the slot map again
-(with back-off) until a master serves them, then subscribes them there and catches up. A
-link that dies silently (publishes succeed, nothing arrives) is found by the probe
-(readiness.py) and rebuilt like a lost one.
+names now), so a failover is one more lost connection. A Cluster master that cannot be
+reached does not hold up the others: its topics wait and the listener asks the slot map
+again (with back-off) until a master serves them, then subscribes them there and catches
+up. A connection that dies silently (publishes succeed, nothing arrives) is found by the
+probe (readiness.py, one probe channel per shard) and rebuilt like a lost one.
 
 Redis goes away: the listener reconnects with capped, jittered back-off and
 resubscribes every topic it was asked for; publishes raise BrokerUnavailable (the
-HTTP API answers 503); waits are bounded everywhere. Before it goes live again it
-catches up (the decisions are catchup.py's, the reads history_reads.py's): per stream it holds,
+HTTP API answers 503); waits are bounded everywhere. Before a resubscribed stream goes
+live again it catches up (the decisions are catchup.py's, the reads history_reads.py's): per stream it holds,
 the worker knows up to which offset it has handed everything on (its mark: read from
 Redis before the stream's first SUBSCRIBE, then moved by every message); once the new
 SUBSCRIBEs are acknowledged it reads each stream's history after its mark and hands the
@@ -68,7 +70,8 @@ from .catchup import Catchup
 from .history_reads import HistoryReads
 from .link import open_link
 from .pubsub import Desync, PubSubConn
-from .readiness import OK, PROBE_EVERY, PROBE_WAIT, TIMEOUT, link_state, probe_verdict
+from .readiness import (OK, PROBE_EVERY, PROBE_WAIT, SHARDS_MISSING, TIMEOUT, link_state,
+                        probe_verdict)
 from .readiness import UNAVAILABLE as LINK_UNAVAILABLE
 
 log = logging.getLogger("fonana_realtime.broker")
@@ -90,6 +93,10 @@ def backoff_delay(attempt: int) -> float:
 
 class _Stalled(Exception):
     """The probe found the link silently dead: drop it and build a new one."""
+
+
+class _CatchupFailed(Exception):
+    """History could not be read while catching up: the link starts over (history_reads.py)."""
 
 
 class RedisBroker(Broker):
@@ -118,12 +125,13 @@ class RedisBroker(Broker):
         self._prober = None                     # finds a silently dead link (readiness.py)
         self._shards: dict[str, PubSubConn] = {}     # the link: shard -> its connection
         self._probes: dict[str, bytes] = {}     # shard -> this worker's probe channel on it
-        self._probes_acked = 0
-        self._missing: set[str] = set()         # shards not reachable now: their topics wait
+        self._probes_heard: set[str] = set()    # shards whose probe SUBSCRIBE is acknowledged
+        self._control_on: str | None = None     # the shard whose connection hears the control channel
+        self._missing: set[str] = set()         # shards not heard now: their topics wait for a rejoin
         self._rejoin_at = 0.0
         self._rejoins = 0
         self._stalled = False                   # the probe found this link dead; until one succeeds
-        self._rebuild = False                   # asked of the listener by the probe
+        self._rebuild: set[str] = set()         # shards the probe found dead: asked of the listener
         self._down = False                      # the last connection attempt failed / link lost
         self._stopping = False
         self._private = b""                     # this worker's own channel name, for ready()
@@ -222,7 +230,7 @@ class RedisBroker(Broker):
           what was handed on before is before its join. Redis would answer the same or a
           later position.
         - nobody here hears it yet: the join makes the first SUBSCRIBE, and the listener
-          reads the stream's position right before writing it (`_read_baselines`). No
+          reads the stream's position right before writing it (`_flush`). No
           event at or before that position can arrive on the new subscription: the
           connection's start, taken once the join is done.
 
@@ -282,47 +290,54 @@ class RedisBroker(Broker):
     # ---- readiness ----------------------------------------------------------------------
 
     def link_state(self) -> str:
-        return link_state(started=self._greenlet is not None, down=self._down or bool(self._missing),
+        return link_state(started=self._greenlet is not None, down=self._down,
                           subscribed=self._private_ev.is_set(), live=self._live.is_set(),
                           stalled=self._stalled)
 
+    def shards_missing(self) -> int:
+        """Shards of a Cluster this worker cannot hear now (their topics wait)."""
+        return len(self._missing)
+
     def ready(self) -> tuple[bool, str]:
         """The link's state (readiness.link_state), then a real round trip: publish a
-        nonce to our private topic, wait for our own listener to receive it."""
+        nonce to our probe channel on every shard we hear, wait for our own listener to
+        receive them. A Cluster shard that is not heard now (its master died and no
+        replica took over yet) does not make the worker unready: every host shares that
+        shard, the others' streams flow, and the answer says `broker_shards_missing`."""
         if not (self._stalled or self._down or self._greenlet is None):
             # (re)connecting, catching up from history: bounded waits
             self._private_ev.wait(READY_WAIT) and self._live.wait(READY_WAIT)
-        state = link_state(started=self._greenlet is not None, down=self._down or bool(self._missing),
-                           subscribed=self._private_ev.is_set(), live=self._live.is_set(),
-                           stalled=self._stalled)
+        state = self.link_state()
         if state != OK:
             return False, state
         published, arrived = self._round_trip(READY_WAIT)
         if not published:
             return False, LINK_UNAVAILABLE
-        if not arrived:
+        if not all(arrived.values()):
             return False, TIMEOUT
-        return True, OK
+        return True, SHARDS_MISSING if self._missing else OK
 
-    def _round_trip(self, wait: float) -> tuple[bool, bool]:
-        """(published, arrived): a nonce through the command client to our probe channel
-        on every shard, and whether our listener received them all within `wait`."""
-        probes = list(self._probes.values())
+    def _round_trip(self, wait: float) -> tuple[bool, dict]:
+        """(published, {shard: arrived}): a nonce through the command client to our probe
+        channel on every shard whose probe is heard, and which ones our listener received
+        within `wait`."""
+        probes = {shard: self._probes[shard] for shard in self._probes_heard if shard in self._probes}
         if not probes:
-            return False, False
-        nonces = [uuid.uuid4().hex for _ in probes]
-        for nonce in nonces:
+            return False, {}
+        nonces = {shard: uuid.uuid4().hex for shard in probes}
+        for nonce in nonces.values():
             self._nonces[nonce] = Event()
         try:
             try:
-                for channel, nonce in zip(probes, nonces):
-                    self.link.publish_probe(channel, nonce)
+                for shard, nonce in nonces.items():
+                    self.link.publish_probe(probes[shard], nonce)
             except redis.RedisError:
-                return False, False
+                return False, {}
             deadline = time.monotonic() + wait
-            return True, all(self._nonces[n].wait(max(0.0, deadline - time.monotonic())) for n in nonces)
+            return True, {shard: self._nonces[nonce].wait(max(0.0, deadline - time.monotonic()))
+                          for shard, nonce in nonces.items()}
         finally:
-            for nonce in nonces:
+            for nonce in nonces.values():
                 self._nonces.pop(nonce, None)
 
     # ---- the probe: a silently dead link (readiness.py) ---------------------------------
@@ -330,19 +345,21 @@ class RedisBroker(Broker):
     def _probe_loop(self):
         while not self._stopping:
             gevent.sleep(PROBE_EVERY)
-            link = self._connects
             if not self._shards or not self._live.is_set():
                 continue                        # no link, or one still catching up
-            verdict = probe_verdict(*self._round_trip(PROBE_WAIT))
-            if verdict is False and self._connects == link and self._shards and not self._stopping:
-                self._stall()
-            elif verdict and self._stalled:
+            probed = dict(self._shards)         # a connection built meanwhile is not judged
+            published, arrived = self._round_trip(PROBE_WAIT)
+            dead = {shard for shard, came in arrived.items()
+                    if probe_verdict(published, came) is False and self._shards.get(shard) is probed.get(shard)}
+            if dead and not self._stopping:
+                self._stall(dead)
+            elif published and arrived and all(arrived.values()) and self._stalled:
                 self._stalled = False
                 metrics.BROKER_STALLED.set(0)
                 log.info("redis listener: link works again", extra={
                     "event": "broker_unstalled", "redis": self.where})
 
-    def _stall(self):
+    def _stall(self, shards: set):
         if not self._stalled:
             self._stalled = True
             metrics.BROKER_STALLS.inc()
@@ -350,8 +367,8 @@ class RedisBroker(Broker):
             log.warning("redis listener: link silently dead (a probe was published but never "
                         "arrived), rebuilding it", extra={
                             "event": "broker_stalled", "redis": self.where,
-                            "probe_wait": PROBE_WAIT})
-        self._rebuild = True
+                            "probe_wait": PROBE_WAIT, "shards": sorted(shards)})
+        self._rebuild.update(shards)
         self._wake()
 
     # ---- the listener greenlet -------------------------------------------------------
@@ -368,7 +385,7 @@ class RedisBroker(Broker):
             except gevent.GreenletExit:
                 raise
             except Exception as exc:        # never let the listener die: log, back off, retry
-                expected = isinstance(exc, (redis.RedisError, OSError, Desync, _Stalled))
+                expected = isinstance(exc, (redis.RedisError, OSError, Desync, _Stalled, _CatchupFailed))
                 now = time.monotonic()
                 if not self._stopping and (attempt == 0 or not expected or now - logged_at > 30):
                     logged_at = now
@@ -386,15 +403,17 @@ class RedisBroker(Broker):
             attempt += 1
 
     def _connect(self):
+        """A whole new link: a connection per shard the link names now."""
         conns = self.link.subscribers(LISTENER_TIMEOUT, self._name())
-        self._shards, self._probes, self._probes_acked = {}, {}, 0
         self._down = False
         self._connects += 1
         if self._connects > 1:
             metrics.BROKER_RECONNECTS.inc()
+        self._private_ev.clear()
+        self._live.clear()
+        self.catchup.link_up()                      # live messages wait until we caught up
+        metrics.BROKER_CATCHING_UP.set(1)
         self._join(conns)
-        # classic pub/sub: every node of a Cluster hears it, so one connection is enough
-        next(iter(self._shards.values())).subscribe([(self._control, None)], classic=True)
         self._flush()
         log.info("redis listener connected", extra={
             "event": "broker_connected", "redis": self.where, "topics": len(self._acked),
@@ -405,8 +424,9 @@ class RedisBroker(Broker):
 
     def _join(self, conns: dict):
         """New connections of this link ({shard: Connection, or None: not reachable now}):
-        each hears this worker's probe channel on it, every topic whose shard it is gets
-        subscribed (the next flush), and the worker catches up once they are acknowledged."""
+        each hears this worker's probe channel on it; every wanted topic not heard yet is
+        looked at again (the next flush subscribes those whose shard is heard now); the
+        control channel goes on one of them if no connection hears it."""
         joined = {shard: PubSubConn(conn, self.link.sharded) for shard, conn in conns.items() if conn}
         missing, self._missing = self._missing, {shard for shard, conn in conns.items() if conn is None}
         if self._missing:
@@ -417,30 +437,74 @@ class RedisBroker(Broker):
                     "event": "broker_shards_missing", "redis": self.where, "shards": sorted(self._missing)})
         else:
             self._rejoins = 0
+        metrics.BROKER_LINK_DOWN.set(1 if self._missing else 0)
+        self._dirty.update(self._wanted)            # everything this worker needs and lacks
         if not joined:
             return
         self._shards.update(joined)
         probes = self.link.probe_channels(self._private, joined)
         self._probes.update(probes)
-        self._private_ev.clear()
         for shard, pubsub in joined.items():
             pubsub.subscribe([(probes[shard], None)])
-        self.catchup.link_up()                      # live messages wait until we caught up
-        self._live.clear()
-        metrics.BROKER_LINK_DOWN.set(1 if self._missing else 0)
-        metrics.BROKER_CATCHING_UP.set(1)
-        self._dirty.update(self._wanted)            # everything this worker needs and lacks
+        self._hear_control()
+
+    def _hear_control(self):
+        """Classic pub/sub for the control channel: every node of a Cluster hears it, so
+        one connection is enough; a new one takes it when the one that had it is lost."""
+        if self._control_on is None and self._shards:
+            self._control_on = next(iter(self._shards))
+            self._shards[self._control_on].subscribe([(self._control, None)], classic=True)
 
     def _rejoin(self):
-        """Ask again for the shards that could not be reached (their master died and no
-        replica has its slots yet): the connected ones go on meanwhile."""
-        conns = self.link.rejoin(set(self._shards), LISTENER_TIMEOUT, self._name())
-        if conns is None:
-            raise redis.ConnectionError("the slot map changed: rebuilding the link")
+        """Ask again for the shards not heard now (a connection lost, or a master that
+        could not be reached): the connected ones go on meanwhile, untouched unless a slot
+        moved away from them."""
+        try:
+            conns, moved = self.link.rejoin(set(self._shards), LISTENER_TIMEOUT, self._name())
+        except redis.RedisError as exc:         # no slot map now: ask again later
+            self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
+            self._rejoins += 1
+            log.warning("redis listener: slot map unreadable, asking again", extra={
+                "event": "broker_rejoin_failed", "redis": self.where, "error": type(exc).__name__})
+            return
+        if any(conns.values()):
+            metrics.BROKER_RECONNECTS.inc()
         self._join(conns)
+        for shard in moved:
+            self._lose_shard(shard, "a slot moved away from it")
         if not self._missing:
             log.info("redis listener: every shard heard again", extra={
                 "event": "broker_shards_joined", "redis": self.where, "shards": len(self._shards)})
+
+    def _lose_shard(self, shard: str, why: str):
+        """One shard's connection is gone (its master died, a slot moved, the probe found
+        it dead): only what it held is subscribed again once a rejoin finds where it is
+        served, and caught up from history; the other shards' connections go on. With one
+        shard (one Redis, Sentinel) or none left, the whole link is rebuilt instead."""
+        pubsub = self._shards.pop(shard, None)
+        if pubsub is None:
+            return
+        if not self.link.sharded or not self._shards:
+            self._shards[shard] = pubsub            # _lost closes it with the others
+            raise redis.ConnectionError(f"the link's last connection was lost: {why}")
+        log.warning("redis listener: lost one shard's connection, rebuilding it alone", extra={
+            "event": "broker_shard_lost", "redis": self.where, "shard": shard, "why": why})
+        self._probes.pop(shard, None)
+        self._probes_heard.discard(shard)
+        if self._control_on == shard:
+            self._control_on = None
+        topics = [self.link.topic_of(self._bprefix, channel) for channel in pubsub.channels]
+        topics = [topic for topic in topics if self._acked.pop(topic, None) is not None]
+        pubsub.close()
+        self.catchup.shard_lost([wire.topic_stream(topic) for topic in topics])
+        self._dirty.update(topic for topic in topics if topic in self._wanted)
+        if not self._missing:
+            self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
+            self._rejoins += 1
+        self._missing.add(shard)
+        metrics.BROKER_LINK_DOWN.set(1)
+        self._hear_control()
+        metrics.BROKER_TOPICS.set(len(self._acked))
 
     def _lost(self):
         """The link is gone: release everyone waiting on it; the next link resubscribes."""
@@ -455,7 +519,10 @@ class RedisBroker(Broker):
         self._acked.clear()
         self._waiting.clear()
         self._missing.clear()
-        self._probes_acked = 0
+        self._probes.clear()
+        self._probes_heard.clear()
+        self._rebuild.clear()
+        self._control_on = None
         self._private_ev.clear()
         self._live.clear()
         self.catchup.link_lost()
@@ -468,35 +535,34 @@ class RedisBroker(Broker):
     def _serve(self):
         wake = self._wake_r
         while not self._stopping:
-            shards = list(self._shards.values())
             if self._rebuild:
-                self._rebuild = False
-                raise _Stalled("a probe was published but never arrived")
-            for pubsub in shards:
-                handled = 0
-                while pubsub.readable():
-                    self._on_reply(pubsub.read())
-                    handled += 1
-                    if self.catchup.catching_up and not self._pending():
-                        self._catch_up()            # at once, even while messages keep coming
-                    if handled % YIELD_EVERY == 0:
-                        gevent.sleep(0)
-                        if self._dirty:
-                            self._flush()
+                rebuild, self._rebuild = self._rebuild, set()
+                if not self.link.sharded:
+                    raise _Stalled("a probe was published but never arrived")
+                for shard in rebuild:
+                    self._lose_shard(shard, "a probe was published but never arrived")
+            timeout = LISTENER_TIMEOUT
+            for shard, pubsub in list(self._shards.items()):
+                if self._shards.get(shard) is not pubsub:
+                    continue                    # lost meanwhile (a write to it failed)
+                try:
+                    self._read(pubsub)
+                    timeout = min(timeout, pubsub.idle_timeout())
+                except (redis.RedisError, OSError, Desync) as exc:
+                    self._lose_shard(shard, type(exc).__name__)
             if self._dirty:
                 self._flush()
                 continue
             if self.catchup.catching_up and not self._pending():
                 self._catch_up()
                 continue
-            timeout = min(pubsub.idle_timeout() for pubsub in shards)
             if self._missing:
                 if time.monotonic() >= self._rejoin_at:
                     self._rejoin()
                     continue
                 timeout = min(timeout, self._rejoin_at - time.monotonic() + 0.01)
-            fds = [pubsub.fd for pubsub in shards] + [wake]
-            readable, _, _ = gevent.select.select(fds, [], [], timeout)
+            fds = [pubsub.fd for pubsub in self._shards.values()] + [wake]
+            readable, _, _ = gevent.select.select(fds, [], [], max(0.0, timeout))
             if wake in readable:
                 self._wake_pending = False
                 try:
@@ -505,9 +571,23 @@ class RedisBroker(Broker):
                 except BlockingIOError:
                     pass
 
+    def _read(self, pubsub: PubSubConn):
+        """Every reply this connection has now."""
+        handled = 0
+        while pubsub.readable():
+            self._on_reply(pubsub.read())
+            handled += 1
+            if self.catchup.catching_up and not self._pending():
+                self._catch_up()            # at once, even while messages keep coming
+            if handled % YIELD_EVERY == 0:
+                gevent.sleep(0)
+                if self._dirty:
+                    self._flush()
+
     def _flush(self):
         """Write the SUBSCRIBE/UNSUBSCRIBE commands the changed topics need, each on the
-        connection of the shard that serves its channel."""
+        connection of the shard that serves its channel. A topic whose shard is not heard
+        now waits for the rejoin; topics subscribed again after a lost connection catch up."""
         dirty, self._dirty = self._dirty, set()
         if not self._shards:
             self._dirty = dirty | self._dirty
@@ -517,7 +597,11 @@ class RedisBroker(Broker):
         for topic in dirty:
             if topic in wanted:
                 if topic not in self._acked:
-                    if self._missing and self.link.shard_of(self._channel(topic)) in self._missing:
+                    shard = self.link.shard_of(self._channel(topic))
+                    if shard not in self._shards:
+                        if not self._missing:
+                            self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
+                        self._missing.add(shard)
                         event = self._waiting.pop(topic, None)     # waits for its shard's rejoin
                         if event is not None:
                             event.set()
@@ -535,24 +619,34 @@ class RedisBroker(Broker):
                 self.catchup.forget(wire.topic_stream(topic))
         by_shard: dict[str, list] = {}
         if subscribe:
-            self._read_baselines([topic for topic, _ in subscribe])
+            streams = [wire.topic_stream(topic) for topic, _ in subscribe]
+            if any(self.catchup.mark(stream) is not None for stream in streams):
+                # held here before: events may have passed while it was not heard
+                self.catchup.resubscribed(streams)
+                metrics.BROKER_CATCHING_UP.set(1)
+            self.reads.baselines(self.catchup, streams)
             for topic, event in subscribe:
                 channel = self._channel(topic)
                 by_shard.setdefault(self.link.shard_of(channel), []).append((channel, event))
         for shard, channels in by_shard.items():
-            self._shard(shard).subscribe(channels)
+            self._write(shard, lambda pubsub, channels=channels: pubsub.subscribe(channels))
         for shard, channels in unsubscribe.items():
-            self._shard(shard).unsubscribe(channels)
+            self._write(shard, lambda pubsub, channels=channels: pubsub.unsubscribe(channels))
         metrics.BROKER_TOPICS.set(len(self._acked))
+
+    def _write(self, shard: str, command):
+        """A command on one shard's connection; a connection that fails is that shard's
+        loss alone (a connection already lost took its channels with it)."""
+        pubsub = self._shards.get(shard)
+        if pubsub is None:
+            return
+        try:
+            command(pubsub)
+        except (redis.RedisError, OSError) as exc:
+            self._lose_shard(shard, type(exc).__name__)
 
     def _channel(self, topic: str) -> bytes:
         return self.link.channel(self._bprefix, wire.topic_stream(topic))
-
-    def _shard(self, shard: str) -> PubSubConn:
-        pubsub = self._shards.get(shard)
-        if pubsub is None:          # a slot no master served when the link was built
-            raise redis.ConnectionError(f"no connection to shard {shard or '?'}: rebuilding the link")
-        return pubsub
 
     def _on_reply(self, reply):
         if reply is None:
@@ -567,10 +661,13 @@ class RedisBroker(Broker):
         channel = reply[1]
         if channel == self._control:
             self._control_heard()
-        elif channel in self._nonce_channels():
-            self._probes_acked += 1
-            if self._probes_acked == len(self._probes):
-                self._private_ev.set()
+            return
+        for shard, probe in self._probes.items():
+            if channel == probe and shard not in self._probes_heard:
+                self._probes_heard.add(shard)
+                if len(self._probes_heard) == len(self._probes):
+                    self._private_ev.set()
+                return
 
     def _nonce_channels(self):
         return self._probes.values()
@@ -608,21 +705,21 @@ class RedisBroker(Broker):
 
     # ---- marks and catching up ---------------------------------------------------------
 
-    def _read_baselines(self, topics):
-        self.reads.baselines(self.catchup, [wire.topic_stream(t) for t in topics])
-
     def _hears(self, stream: str) -> bool:
         """Held here and heard now: a stream whose shard is unreachable is caught up once
         it is heard again (its mark waits; reading it now would fail the whole catch-up)."""
         topic = wire.stream_topic(stream)
         if topic not in self._wanted:
             return False
-        return not self._missing or self.link.shard_of(self._channel(topic)) not in self._missing
+        return not self._missing or self.link.shard_of(self._channel(topic)) in self._shards
 
     def _catch_up(self):
         """Every SUBSCRIBE of this link is acknowledged: read what each held stream
         missed since its mark, hand it on in order, then the held live messages."""
-        replayed, lost = self.reads.missed(self.catchup, self._hears)
+        try:
+            replayed, lost = self.reads.missed(self.catchup, self._hears)
+        except redis.RedisError as exc:
+            raise _CatchupFailed(type(exc).__name__) from None
         messages, count = self.catchup.finish(replayed, self._hears)
         for message in messages:
             self.on_message(message)

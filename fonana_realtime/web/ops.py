@@ -28,7 +28,10 @@ def ready():
     ok, reason = rt.broker.ready()
     if not ok:
         return json_error(503, "not_ready", reason=reason)
-    return jsonify({"status": "ready", "database": rt.store.kind, "broker": rt.broker.name})
+    body = {"status": "ready", "database": rt.store.kind, "broker": rt.broker.name}
+    if reason != "ok":                  # ready all the same: e.g. broker_shards_missing
+        body["degraded"] = reason
+    return jsonify(body)
 
 
 def _operator_only():

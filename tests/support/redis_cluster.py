@@ -104,6 +104,16 @@ class ClusterNode:
         """Straight to the node (never stalled): the test's own look at it."""
         return client(f"redis://127.0.0.1:{self.port}/0", socket_timeout=1, socket_connect_timeout=1)
 
+    def listeners(self) -> set[int]:
+        """The ids of the servers' listener connections to this node (CLIENT SETNAME
+        `fonana-rt-sub-<pid>`, broker/redis.py): the same ids later mean the same
+        connections, never rebuilt meanwhile."""
+        r = self.client()
+        try:
+            return {c["id"] for c in r.client_list() if c.get("name", "").startswith("fonana-rt-sub-")}
+        finally:
+            r.close()
+
     @property
     def running(self) -> bool:
         return self.proc.poll() is None
