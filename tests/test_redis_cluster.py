@@ -191,6 +191,8 @@ def test_a_slot_moved_to_another_master_is_heard_there_and_nothing_is_lost(tmp_p
             assert next_ticks(ws, 5) == list(range(5))
         owner = cluster.master_of(stream_slot)
         other = next(s["master"] for s in cluster.shards() if s["master"] not in (None, owner))
+        kept = {node: node.listeners() for node in (s["master"] for s in cluster.shards()) if node is not owner}
+        assert all(kept.values())
         cluster.migrate_slot(stream_slot, other)
         for n in range(5, 10):
             r = servers[n % 2].api("/api/events", {"event": {"type": "tick", "n": n}, "channel": channel})
@@ -206,6 +208,9 @@ def test_a_slot_moved_to_another_master_is_heard_there_and_nothing_is_lost(tmp_p
             finally:
                 r.close()
             assert (heard > 0) == (node is other), f"heard on {node.port}: {heard}"
+        # only the connections to the master that gave the slot up were built again
+        for node, ids in kept.items():
+            assert ids <= node.listeners(), f"listener connections to {node.port} were rebuilt"
     finally:
         for srv in servers:
             srv.stop()
@@ -220,7 +225,11 @@ def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently
         for srv in servers:
             srv.start()
         creator, fan = seed.user(is_creator=True), seed.user()
-        doomed_post, other_post = posts_on_shards(seed, cluster, prefix, creator, 2)
+        # the doomed post on the master whose connection hears the control channel (each
+        # worker's first, by address): operator calls must move to another connection
+        posts = sorted(posts_on_shards(seed, cluster, prefix, creator, 3),
+                       key=lambda p: cluster.master_of(slot_of(prefix, f"post_{p}")).address)
+        doomed_post, other_post = posts[0], posts[1]
         doomed = {"type": "post", "postId": doomed_post}
         other = {"type": "post", "postId": other_post}
         stream = f"post_{doomed_post}"
@@ -248,6 +257,8 @@ def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently
         away_n = seen[-1]["data"]["n"]
 
         master = cluster.master_of(slot_of(prefix, stream))
+        kept = {s["master"]: s["master"].listeners() for s in cluster.shards() if s["master"] not in (None, master)}
+        assert len(kept) == 2 and all(kept.values())
         master.kill()                                   # SIGKILL
         killed_at = len(publisher.accepted) + 1         # (+1: an answer may be on its way)
         cluster.wait_promoted(master, slot_of(prefix, stream))
@@ -258,6 +269,9 @@ def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently
             assert not p.is_alive()
         accepted = publisher.accepted
         wait_until(lambda: all_ready(servers), 30, "ready on the new master")
+        # only the dead master's connections were built again (on the promoted replica)
+        for node, ids in kept.items():
+            assert ids <= node.listeners(), f"listener connections to {node.port} were rebuilt"
 
         by_position = defaultdict(set)              # (epoch, stream, offset) -> event n
 
@@ -312,6 +326,11 @@ def test_a_shard_master_killed_under_publishing_loses_no_accepted_event_silently
         assert published.positions[stream][0] == epoch
         for ws in live[doomed_post]:
             assert ticks([ws.recv_json(timeout=10)]) == [MAX_EVENTS]
+
+        # Operator control still reaches every worker: its connection was the dead one.
+        assert servers[0].api("/api/disconnect", {"userId": fan, "code": 4321}).status_code == 202
+        for ws in (ws for group in live.values() for ws in group):
+            assert ws.expect_closed() == 4321
     finally:
         for p in publishers:
             p.stop.set()
@@ -411,3 +430,56 @@ def test_a_server_started_while_the_cluster_does_not_answer_says_so_and_refuses_
         assert r.status_code == 503, r.text
     finally:
         srv.stop()
+
+
+def test_a_shard_gone_for_good_leaves_the_others_serving_and_the_worker_ready(tmp_path, pg_url, seed):
+    """A shard whose master and replica are both killed: nobody serves its slots again. The
+    other shards' streams go on (subscribe, publish, deliver), that shard's publishes answer
+    503, and `/ready` stays 200 saying `broker_shards_missing`: every host shares the
+    missing shard, so taking them all out of a balancer would only refuse the rest
+    (PROTOCOL.md 10). `fonana_rt_broker_link_down` says a worker lacks part of its link."""
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    prefix = f"cg-{secrets.token_hex(3)}:"
+    srv = Server(tmp_path / "cluster-gone", name="cluster-gone", database_url=pg_url,
+                 env={"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix, "WS_WORKERS": WORKERS,
+                      "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS})
+    try:
+        srv.start()
+        creator, fan = seed.user(is_creator=True), seed.user()
+        doomed_post, other_post = posts_on_shards(seed, cluster, prefix, creator, 2)
+        doomed, other = ({"type": "post", "postId": p} for p in (doomed_post, other_post))
+        wait_until(lambda: all_ready([srv]), 30, "ready on the cluster")
+        listeners = []
+        for _ in range(2):
+            modern = v2(srv, fan)
+            subscribe_v2(modern, other)
+            legacy = srv.connect(fan)
+            legacy.subscribe(other)
+            listeners += [modern, legacy]
+        shard = next(s for s in cluster.shards()
+                     if s["master"] is cluster.master_of(slot_of(prefix, f"post_{doomed_post}")))
+        for node in (shard["master"], *shard["replicas"]):
+            node.kill()                                 # SIGKILL, the whole shard
+
+        def degraded():
+            answers = [srv.get("/ready") for _ in range(4)]     # likely both workers
+            return all(r.status_code == 200 and r.json().get("degraded") == "broker_shards_missing"
+                       for r in answers)
+        wait_until(degraded, 30, "/ready 200 with broker_shards_missing")
+        assert metric_total(srv, "fonana_rt_broker_link_down") >= 1
+
+        late = v2(srv, fan)                             # joins the healthy shard's channel now
+        subscribe_v2(late, other)
+        listeners.append(late)
+        for n in range(3):
+            r = srv.api("/api/events", {"event": {"type": "tick", "n": n}, "channel": other})
+            assert r.status_code == 202, r.text
+        r = srv.api("/api/events", {"event": {"type": "tick", "n": 99}, "channel": doomed})
+        assert r.status_code == 503, r.text
+        for ws in listeners:
+            assert next_ticks(ws, 3) == [0, 1, 2]
+            assert ticks(drain(ws)) == []
+        assert degraded()
+    finally:
+        srv.stop()
+        cluster.stop()
