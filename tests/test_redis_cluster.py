@@ -398,7 +398,10 @@ def test_one_shards_silently_dead_links_are_noticed_and_the_workers_recover(
 
         publish(0)
         heard(range(0, 1))
-        proxy = cluster.master_of(slot_of(prefix, f"post_{stalled_post}")).proxy
+        stalled_master = cluster.master_of(slot_of(prefix, f"post_{stalled_post}"))
+        kept = {s["master"]: s["master"].listeners() for s in cluster.shards()
+                if s["master"] not in (None, stalled_master)}
+        proxy = stalled_master.proxy
         assert proxy.stall() == WORKERS                 # each worker's listener link to that master
         publish(1)                                      # during the stall (the stalled post's: withheld)
         wait_until(lambda: metric_total(srv, "fonana_rt_broker_stalls_total") >= WORKERS,
@@ -409,6 +412,8 @@ def test_one_shards_silently_dead_links_are_noticed_and_the_workers_recover(
         assert proxy.dropped >= 1                       # the stall really withheld messages
         heard(range(1, 4))
         assert metric_total(srv, "fonana_rt_broker_stalled") == 0      # nobody stalled now
+        for node, ids in kept.items():              # only the stalled shard's were built again
+            assert ids and ids <= node.listeners(), f"listener connections to {node.port} were rebuilt"
     finally:
         srv.stop()
 
