@@ -43,7 +43,8 @@ BROKER_STALLS = Counter("fonana_rt_broker_stalls",
                         "Pub/sub links found silently dead (a probe published but never received) and rebuilt")
 BROKER_STALLED = Gauge("fonana_rt_broker_stalled", "Workers whose pub/sub link is stalled now",
                        multiprocess_mode="livesum")
-BROKER_LINK_DOWN = Gauge("fonana_rt_broker_link_down", "Workers without a Redis pub/sub link now",
+BROKER_LINK_DOWN = Gauge("fonana_rt_broker_link_down",
+                         "Workers without a Redis pub/sub link now, or (Cluster) without one shard's",
                          multiprocess_mode="livesum")
 BROKER_CATCHING_UP = Gauge("fonana_rt_broker_catching_up",
                            "Workers whose new Redis link is still catching up from history (live events held)",
