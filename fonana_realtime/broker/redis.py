@@ -9,8 +9,10 @@ Listening: per worker, one listener greenlet and its subscriber connections, one
 shard (pubsub.py: one for a single Redis or Sentinel; one per master of a Cluster, with
 SSUBSCRIBE, each holding the topics whose slots that master serves). The listener is the
 only greenlet that touches them: it reads, and it writes the (S)SUBSCRIBE/UNSUBSCRIBE
-commands that `listen`/`unlisten` ask for (woken through a pipe), batched per wake-up. It
-holds only the topics fanout asked for (`listen` and not yet `unlisten`: those with local
+commands that `listen`/`unlisten` ask for (woken through a pipe), batched per wake-up
+(subscriptions.py keeps what is wanted, written and waited for; shards.py the connections
+by shard, their probe channels and the missing shards). It holds only the topics fanout
+asked for (`listen` and not yet `unlisten`: those with local
 connections) plus this worker's private probe channel on each shard, used by `ready()`
 and the probe for a real publish -> receive round trip. Every message it receives is
 decoded (wire.Decoder) and handed to `on_message`. On a Cluster each connection is lost
@@ -53,7 +55,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import socket
 import time
 import uuid
@@ -66,10 +67,13 @@ from gevent.event import Event
 from .. import metrics, wire
 from ..redis_history import GHOST_SECONDS, RedisHistory
 from . import Broker, BrokerUnavailable
+from .backoff import backoff_delay
 from .catchup import Catchup
 from .history_reads import HistoryReads
 from .link import open_link
 from .pubsub import Desync, PubSubConn
+from .shards import Shards
+from .subscriptions import Subscriptions
 from .readiness import (OK, PROBE_EVERY, PROBE_WAIT, SHARDS_MISSING, TIMEOUT, link_state,
                         probe_verdict)
 from .readiness import UNAVAILABLE as LINK_UNAVAILABLE
@@ -79,16 +83,9 @@ log = logging.getLogger("fonana_realtime.broker")
 SUBSCRIBE_WAIT = 2.0        # a first subscriber waits at most this for Redis's acknowledgement
 READY_WAIT = 2.0            # /ready: publish -> receive round trip through our own listener
 LISTENER_TIMEOUT = 5.0      # subscriber connection: connect and mid-message reads
-BACKOFF_BASE, BACKOFF_CAP = 0.1, 1.0
 STABLE_LINK = 5.0           # a link that lived this long resets the back-off (no tight flapping)
 YIELD_EVERY = 64            # a burst of messages: let client greenlets run between batches
 DROP_LOG_EVERY = 10.0       # seconds between warnings about dropped (malformed) messages
-
-
-def backoff_delay(attempt: int) -> float:
-    """Exponential, capped, with jitter in the upper half (never a synchronised herd)."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(attempt, 16)))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 class _Stalled(Exception):
@@ -123,24 +120,15 @@ class RedisBroker(Broker):
         self._greenlet = None
         self._keeper = None                     # renews the ghost metas of held streams
         self._prober = None                     # finds a silently dead link (readiness.py)
-        self._shards: dict[str, PubSubConn] = {}     # the link: shard -> its connection
-        self._probes: dict[str, bytes] = {}     # shard -> this worker's probe channel on it
-        self._probes_heard: set[str] = set()    # shards whose probe SUBSCRIBE is acknowledged
-        self._control_on: str | None = None     # the shard whose connection hears the control channel
-        self._missing: set[str] = set()         # shards not heard now: their topics wait for a rejoin
-        self._rejoin_at = 0.0
-        self._rejoins = 0
+        self._shards = Shards()                 # the link: a connection per shard (shards.py)
+        self._topics = Subscriptions()          # wanted, written, waited for (subscriptions.py)
         self._stalled = False                   # the probe found this link dead; until one succeeds
         self._rebuild: set[str] = set()         # shards the probe found dead: asked of the listener
         self._down = False                      # the last connection attempt failed / link lost
         self._stopping = False
         self._private = b""                     # this worker's own channel name, for ready()
         self._control = self._bprefix + b"control"   # every worker's: control messages (control.py)
-        self._private_ev = Event()              # set while every probe channel is acknowledged
-        self._acked: dict[str, Event] = {}      # topic -> event of the last SUBSCRIBE written
-        self._waiting: dict[str, Event] = {}    # topic -> event for a SUBSCRIBE not yet written
-        self._dirty: set[str] = set()           # topics whose membership changed since the last flush
-        self._wanted: set[str] = set()          # topics fanout asked for (local subscribers)
+        self._private_ev = Event()              # set once the new link's probe channels are acknowledged
         self._wake_r = self._wake_w = -1
         self._wake_pending = False
         self._nonces: dict[str, Event] = {}     # ready() round trips in flight
@@ -208,7 +196,7 @@ class RedisBroker(Broker):
         while True:
             gevent.sleep(GHOST_SECONDS / 3)
             try:
-                self.redis_history.keep_ghosts([wire.topic_stream(t) for t in list(self._wanted)])
+                self.redis_history.keep_ghosts([wire.topic_stream(t) for t in list(self._topics.wanted)])
             except Exception as exc:        # Redis away, or a bug: this greenlet must outlive it
                 log.warning("redis: ghost metas not renewed", extra={"event": "broker_keep_ghosts_failed",
                                                                     "error": type(exc).__name__})
@@ -237,13 +225,13 @@ class RedisBroker(Broker):
         Otherwise (that SUBSCRIBE on its way, Redis down, no history kept) Redis is asked."""
         if self._shards and not self._down and self.redis_history.size:
             topic = wire.stream_topic(stream)
-            acked = self._acked.get(topic)
-            if acked is not None:
-                if acked.is_set():
-                    mark = self.catchup.mark(stream)
-                    if mark is not None:
-                        return lambda: mark
-            elif topic not in self._wanted and self.catchup.mark(stream) is None:
+            acknowledged = self._topics.acknowledged(topic)
+            if acknowledged:
+                mark = self.catchup.mark(stream)
+                if mark is not None:
+                    return lambda: mark
+            elif acknowledged is None and topic not in self._topics.wanted \
+                    and self.catchup.mark(stream) is None:
                 return lambda: self.catchup.take_baseline(stream)
         position = self.position(stream)
         return lambda: position
@@ -254,29 +242,22 @@ class RedisBroker(Broker):
         """First local subscriber of `topic`: returns once Redis acknowledged the
         SUBSCRIBE, or after SUBSCRIBE_WAIT, or at once while Redis is down (the
         reconnect resubscribes every topic asked for)."""
-        self._wanted.add(topic)
-        self._dirty.add(topic)
+        event = self._topics.want(topic)
         self._wake()
         if self._down or self._greenlet is None:
             return
-        event = self._acked.get(topic)
-        if event is None:
-            event = self._waiting.get(topic)
-            if event is None:
-                event = self._waiting[topic] = Event()
         event.wait(SUBSCRIBE_WAIT)
 
     def wait_listening(self, topic: str):
         """A later subscriber: waits only while the first one's SUBSCRIBE is unacknowledged."""
         if self._down:
             return
-        event = self._acked.get(topic) or self._waiting.get(topic)
+        event = self._topics.waiter(topic)
         if event is not None and not event.is_set():
             event.wait(SUBSCRIBE_WAIT)
 
     def unlisten(self, topic: str):
-        self._wanted.discard(topic)
-        self._dirty.add(topic)
+        self._topics.unwant(topic)
         self._wake()
 
     def _wake(self):
@@ -296,7 +277,7 @@ class RedisBroker(Broker):
 
     def shards_missing(self) -> int:
         """Shards of a Cluster this worker cannot hear now (their topics wait)."""
-        return len(self._missing)
+        return len(self._shards.missing)
 
     def ready(self) -> tuple[bool, str]:
         """The link's state (readiness.link_state), then a real round trip: publish a
@@ -315,13 +296,13 @@ class RedisBroker(Broker):
             return False, LINK_UNAVAILABLE
         if not all(arrived.values()):
             return False, TIMEOUT
-        return True, SHARDS_MISSING if self._missing else OK
+        return True, SHARDS_MISSING if self._shards.missing else OK
 
     def _round_trip(self, wait: float) -> tuple[bool, dict]:
         """(published, {shard: arrived}): a nonce through the command client to our probe
         channel on every shard whose probe is heard, and which ones our listener received
         within `wait`."""
-        probes = {shard: self._probes[shard] for shard in self._probes_heard if shard in self._probes}
+        probes = self._shards.heard_probes()
         if not probes:
             return False, {}
         nonces = {shard: uuid.uuid4().hex for shard in probes}
@@ -347,10 +328,10 @@ class RedisBroker(Broker):
             gevent.sleep(PROBE_EVERY)
             if not self._shards or not self._live.is_set():
                 continue                        # no link, or one still catching up
-            probed = dict(self._shards)         # a connection built meanwhile is not judged
+            probed = dict(self._shards.conns)   # a connection built meanwhile is not judged
             published, arrived = self._round_trip(PROBE_WAIT)
             dead = {shard for shard, came in arrived.items()
-                    if probe_verdict(published, came) is False and self._shards.get(shard) is probed.get(shard)}
+                    if probe_verdict(published, came) is False and self._shards.conns.get(shard) is probed.get(shard)}
             if dead and not self._stopping:
                 self._stall(dead)
             elif published and arrived and all(arrived.values()) and self._stalled:
@@ -416,8 +397,9 @@ class RedisBroker(Broker):
         self._join(conns)
         self._flush()
         log.info("redis listener connected", extra={
-            "event": "broker_connected", "redis": self.where, "topics": len(self._acked),
-            "shards": len(self._shards), "missing": len(self._missing), "reconnect": self._connects > 1})
+            "event": "broker_connected", "redis": self.where, "topics": self._topics.written,
+            "shards": len(self._shards.conns), "missing": len(self._shards.missing),
+            "reconnect": self._connects > 1})
 
     def _name(self) -> str:
         return "fonana-rt-sub-" + str(os.getpid())
@@ -428,42 +410,32 @@ class RedisBroker(Broker):
         looked at again (the next flush subscribes those whose shard is heard now); the
         control channel goes on one of them if no connection hears it."""
         joined = {shard: PubSubConn(conn, self.link.sharded) for shard, conn in conns.items() if conn}
-        missing, self._missing = self._missing, {shard for shard, conn in conns.items() if conn is None}
-        if self._missing:
-            self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
-            self._rejoins += 1
-            if self._missing != missing:        # once per change, not per attempt
-                log.warning("redis listener: shards unreachable, their topics wait", extra={
-                    "event": "broker_shards_missing", "redis": self.where, "shards": sorted(self._missing)})
-        else:
-            self._rejoins = 0
-        metrics.BROKER_LINK_DOWN.set(1 if self._missing else 0)
-        self._dirty.update(self._wanted)            # everything this worker needs and lacks
-        if not joined:
-            return
-        self._shards.update(joined)
-        probes = self.link.probe_channels(self._private, joined)
-        self._probes.update(probes)
-        for shard, pubsub in joined.items():
-            pubsub.subscribe([(probes[shard], None)])
+        if self._shards.join(joined, [shard for shard, conn in conns.items() if conn is None]):
+            log.warning("redis listener: shards unreachable, their topics wait", extra={
+                "event": "broker_shards_missing", "redis": self.where,
+                "shards": sorted(self._shards.missing)})
+        metrics.BROKER_LINK_DOWN.set(1 if self._shards.missing else 0)
+        self._topics.look_again()                   # everything this worker needs and lacks
+        if joined:
+            probes = self.link.probe_channels(self._private, joined)
+            self._shards.add_probes(probes)
+            for shard, pubsub in joined.items():
+                pubsub.subscribe([(probes[shard], None)])
         self._hear_control()
 
     def _hear_control(self):
-        """Classic pub/sub for the control channel: every node of a Cluster hears it, so
-        one connection is enough; a new one takes it when the one that had it is lost."""
-        if self._control_on is None and self._shards:
-            self._control_on = next(iter(self._shards))
-            self._shards[self._control_on].subscribe([(self._control, None)], classic=True)
+        shard = self._shards.control_needed()
+        if shard is not None:
+            self._write(shard, lambda pubsub: pubsub.subscribe([(self._control, None)], classic=True))
 
     def _rejoin(self):
         """Ask again for the shards not heard now (a connection lost, or a master that
         could not be reached): the connected ones go on meanwhile, untouched unless a slot
         moved away from them."""
         try:
-            conns, moved = self.link.rejoin(set(self._shards), LISTENER_TIMEOUT, self._name())
+            conns, moved = self.link.rejoin(set(self._shards.conns), LISTENER_TIMEOUT, self._name())
         except redis.RedisError as exc:         # no slot map now: ask again later
-            self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
-            self._rejoins += 1
+            self._shards.rejoin_failed()
             log.warning("redis listener: slot map unreadable, asking again", extra={
                 "event": "broker_rejoin_failed", "redis": self.where, "error": type(exc).__name__})
             return
@@ -472,68 +444,47 @@ class RedisBroker(Broker):
         self._join(conns)
         for shard in moved:
             self._lose_shard(shard, "a slot moved away from it")
-        if not self._missing:
+        if not self._shards.missing:
             log.info("redis listener: every shard heard again", extra={
-                "event": "broker_shards_joined", "redis": self.where, "shards": len(self._shards)})
+                "event": "broker_shards_joined", "redis": self.where, "shards": len(self._shards.conns)})
 
     def _lose_shard(self, shard: str, why: str):
         """One shard's connection is gone (its master died, a slot moved, the probe found
         it dead): only what it held is subscribed again once a rejoin finds where it is
         served, and caught up from history; the other shards' connections go on. With one
         shard (one Redis, Sentinel) or none left, the whole link is rebuilt instead."""
-        pubsub = self._shards.pop(shard, None)
-        if pubsub is None:
+        if not self._shards.heard(shard):
             return
-        if not self.link.sharded or not self._shards:
-            self._shards[shard] = pubsub            # _lost closes it with the others
+        if not self.link.sharded or len(self._shards.conns) == 1:
             raise redis.ConnectionError(f"the link's last connection was lost: {why}")
         log.warning("redis listener: lost one shard's connection, rebuilding it alone", extra={
             "event": "broker_shard_lost", "redis": self.where, "shard": shard, "why": why})
-        self._probes.pop(shard, None)
-        self._probes_heard.discard(shard)
-        if self._control_on == shard:
-            self._control_on = None
-        topics = [self.link.topic_of(self._bprefix, channel) for channel in pubsub.channels]
-        topics = [topic for topic in topics if self._acked.pop(topic, None) is not None]
+        pubsub = self._shards.lose(shard)
+        carried = self._topics.connection_lost(
+            [self.link.topic_of(self._bprefix, channel) for channel in pubsub.channels])
         pubsub.close()
-        self.catchup.shard_lost([wire.topic_stream(topic) for topic in topics])
-        self._dirty.update(topic for topic in topics if topic in self._wanted)
-        if not self._missing:
-            self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
-            self._rejoins += 1
-        self._missing.add(shard)
+        self.catchup.shard_lost([wire.topic_stream(topic) for topic in carried])
         metrics.BROKER_LINK_DOWN.set(1)
+        metrics.BROKER_TOPICS.set(self._topics.written)
         self._hear_control()
-        metrics.BROKER_TOPICS.set(len(self._acked))
 
     def _lost(self):
         """The link is gone: release everyone waiting on it; the next link resubscribes."""
         metrics.BROKER_LINK_DOWN.set(1)
         metrics.BROKER_CATCHING_UP.set(0)
-        shards, self._shards = self._shards, {}
         self._down = True
-        for pubsub in shards.values():
+        for pubsub in self._shards.clear():
             pubsub.close()
-        for event in self._waiting.values():
-            event.set()
-        self._acked.clear()
-        self._waiting.clear()
-        self._missing.clear()
-        self._probes.clear()
-        self._probes_heard.clear()
+        self._topics.link_lost()
         self._rebuild.clear()
-        self._control_on = None
         self._private_ev.clear()
         self._live.clear()
         self.catchup.link_lost()
         metrics.BROKER_TOPICS.set(0)
 
-    def _pending(self) -> bool:
-        """SUBSCRIBE acknowledgements still to come on this link."""
-        return any(pubsub.pending for pubsub in self._shards.values())
-
     def _serve(self):
         wake = self._wake_r
+        shards = self._shards
         while not self._stopping:
             if self._rebuild:
                 rebuild, self._rebuild = self._rebuild, set()
@@ -542,26 +493,26 @@ class RedisBroker(Broker):
                 for shard in rebuild:
                     self._lose_shard(shard, "a probe was published but never arrived")
             timeout = LISTENER_TIMEOUT
-            for shard, pubsub in list(self._shards.items()):
-                if self._shards.get(shard) is not pubsub:
+            for shard, pubsub in list(shards.conns.items()):
+                if shards.conns.get(shard) is not pubsub:
                     continue                    # lost meanwhile (a write to it failed)
                 try:
                     self._read(pubsub)
                     timeout = min(timeout, pubsub.idle_timeout())
                 except (redis.RedisError, OSError, Desync) as exc:
                     self._lose_shard(shard, type(exc).__name__)
-            if self._dirty:
+            if self._topics.dirty:
                 self._flush()
                 continue
-            if self.catchup.catching_up and not self._pending():
+            if self.catchup.catching_up and not shards.pending():
                 self._catch_up()
                 continue
-            if self._missing:
-                if time.monotonic() >= self._rejoin_at:
+            if shards.missing:
+                if shards.rejoin_in() <= 0:
                     self._rejoin()
                     continue
-                timeout = min(timeout, self._rejoin_at - time.monotonic() + 0.01)
-            fds = [pubsub.fd for pubsub in self._shards.values()] + [wake]
+                timeout = min(timeout, shards.rejoin_in() + 0.01)
+            fds = [pubsub.fd for pubsub in shards.conns.values()] + [wake]
             readable, _, _ = gevent.select.select(fds, [], [], max(0.0, timeout))
             if wake in readable:
                 self._wake_pending = False
@@ -577,67 +528,45 @@ class RedisBroker(Broker):
         while pubsub.readable():
             self._on_reply(pubsub.read())
             handled += 1
-            if self.catchup.catching_up and not self._pending():
+            if self.catchup.catching_up and not self._shards.pending():
                 self._catch_up()            # at once, even while messages keep coming
             if handled % YIELD_EVERY == 0:
                 gevent.sleep(0)
-                if self._dirty:
+                if self._topics.dirty:
                     self._flush()
 
     def _flush(self):
         """Write the SUBSCRIBE/UNSUBSCRIBE commands the changed topics need, each on the
-        connection of the shard that serves its channel. A topic whose shard is not heard
-        now waits for the rejoin; topics subscribed again after a lost connection catch up."""
-        dirty, self._dirty = self._dirty, set()
+        connection of the shard that serves its channel (subscriptions.py decides which).
+        A topic whose shard is not heard now waits for the rejoin; topics subscribed again
+        after a lost connection catch up."""
         if not self._shards:
-            self._dirty = dirty | self._dirty
             return
-        wanted = self._wanted
-        subscribe, unsubscribe = [], {}
-        for topic in dirty:
-            if topic in wanted:
-                if topic not in self._acked:
-                    shard = self.link.shard_of(self._channel(topic))
-                    if shard not in self._shards:
-                        if not self._missing:
-                            self._rejoin_at = time.monotonic() + backoff_delay(self._rejoins)
-                        self._missing.add(shard)
-                        event = self._waiting.pop(topic, None)     # waits for its shard's rejoin
-                        if event is not None:
-                            event.set()
-                        continue
-                    event = self._waiting.pop(topic, None) or Event()
-                    self._acked[topic] = event
-                    subscribe.append((topic, event))
-            else:
-                event = self._waiting.pop(topic, None)
-                if event is not None:
-                    event.set()
-                if self._acked.pop(topic, None) is not None:
-                    channel = self._channel(topic)
-                    unsubscribe.setdefault(self.link.shard_of(channel), []).append(channel)
-                self.catchup.forget(wire.topic_stream(topic))
-        by_shard: dict[str, list] = {}
-        if subscribe:
-            streams = [wire.topic_stream(topic) for topic, _ in subscribe]
+        plan = self._topics.plan(lambda topic: self.link.shard_of(self._channel(topic)), self._shards.heard)
+        for shard in plan.unheard:
+            self._shards.wait_for(shard)
+        for topic in plan.dropped:
+            self.catchup.forget(wire.topic_stream(topic))
+        topics = plan.topics()
+        if topics:
+            streams = [wire.topic_stream(topic) for topic in topics]
             if any(self.catchup.mark(stream) is not None for stream in streams):
                 # held here before: events may have passed while it was not heard
                 self.catchup.resubscribed(streams)
                 metrics.BROKER_CATCHING_UP.set(1)
             self.reads.baselines(self.catchup, streams)
-            for topic, event in subscribe:
-                channel = self._channel(topic)
-                by_shard.setdefault(self.link.shard_of(channel), []).append((channel, event))
-        for shard, channels in by_shard.items():
+        for shard, items in plan.subscribe.items():
+            channels = [(self._channel(topic), event) for topic, event in items]
             self._write(shard, lambda pubsub, channels=channels: pubsub.subscribe(channels))
-        for shard, channels in unsubscribe.items():
+        for shard, items in plan.unsubscribe.items():
+            channels = [self._channel(topic) for topic in items]
             self._write(shard, lambda pubsub, channels=channels: pubsub.unsubscribe(channels))
-        metrics.BROKER_TOPICS.set(len(self._acked))
+        metrics.BROKER_TOPICS.set(self._topics.written)
 
     def _write(self, shard: str, command):
         """A command on one shard's connection; a connection that fails is that shard's
         loss alone (a connection already lost took its channels with it)."""
-        pubsub = self._shards.get(shard)
+        pubsub = self._shards.conns.get(shard)
         if pubsub is None:
             return
         try:
@@ -661,16 +590,11 @@ class RedisBroker(Broker):
         channel = reply[1]
         if channel == self._control:
             self._control_heard()
-            return
-        for shard, probe in self._probes.items():
-            if channel == probe and shard not in self._probes_heard:
-                self._probes_heard.add(shard)
-                if len(self._probes_heard) == len(self._probes):
-                    self._private_ev.set()
-                return
+        elif self._shards.probe_heard(channel):
+            self._private_ev.set()
 
     def _nonce_channels(self):
-        return self._probes.values()
+        return self._shards.probes.values()
 
     def _control_heard(self):
         """The control channel is heard on this link: every later control message will
@@ -709,9 +633,9 @@ class RedisBroker(Broker):
         """Held here and heard now: a stream whose shard is unreachable is caught up once
         it is heard again (its mark waits; reading it now would fail the whole catch-up)."""
         topic = wire.stream_topic(stream)
-        if topic not in self._wanted:
+        if topic not in self._topics.wanted:
             return False
-        return not self._missing or self.link.shard_of(self._channel(topic)) in self._shards
+        return not self._shards.missing or self._shards.heard(self.link.shard_of(self._channel(topic)))
 
     def _catch_up(self):
         """Every SUBSCRIBE of this link is acknowledged: read what each held stream

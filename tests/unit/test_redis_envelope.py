@@ -22,7 +22,7 @@ def test_union_envelope_names_every_topic_and_has_an_id():
 
 
 def test_backoff_is_capped_and_jittered():
-    from fonana_realtime.broker.redis import BACKOFF_CAP, backoff_delay
+    from fonana_realtime.broker.backoff import BACKOFF_CAP, backoff_delay
     first = [backoff_delay(0) for _ in range(200)]
     late = [backoff_delay(n) for n in range(5, 60) for _ in range(20)]
     assert max(first) <= 0.1 and min(first) >= 0.05
