@@ -271,9 +271,10 @@ class RedisBroker(Broker):
     # ---- readiness ----------------------------------------------------------------------
 
     def link_state(self) -> str:
-        return link_state(started=self._greenlet is not None, down=self._down,
-                          subscribed=self._private_ev.is_set(), live=self._live.is_set(),
-                          stalled=self._stalled)
+        state = link_state(started=self._greenlet is not None, down=self._down,
+                           subscribed=self._private_ev.is_set(), live=self._live.is_set(),
+                           stalled=self._stalled)
+        return SHARDS_MISSING if state == OK and self._shards.missing else state
 
     def shards_missing(self) -> int:
         """Shards of a Cluster this worker cannot hear now (their topics wait)."""
@@ -289,14 +290,14 @@ class RedisBroker(Broker):
             # (re)connecting, catching up from history: bounded waits
             self._private_ev.wait(READY_WAIT) and self._live.wait(READY_WAIT)
         state = self.link_state()
-        if state != OK:
+        if state not in (OK, SHARDS_MISSING):
             return False, state
         published, arrived = self._round_trip(READY_WAIT)
         if not published:
             return False, LINK_UNAVAILABLE
         if not all(arrived.values()):
             return False, TIMEOUT
-        return True, SHARDS_MISSING if self._shards.missing else OK
+        return True, state
 
     def _round_trip(self, wait: float) -> tuple[bool, dict]:
         """(published, {shard: arrived}): a nonce through the command client to our probe
