@@ -120,6 +120,8 @@ class RedisBroker(Broker):
         self._greenlet = None
         self._keeper = None                     # renews the ghost metas of held streams
         self._prober = None                     # finds a silently dead link (readiness.py)
+        self._asking = None                     # asks the slot map for missing shards (_ask)
+        self._answer = None                     # its answer, for the listener to take
         self._shards = Shards()                 # the link: a connection per shard (shards.py)
         self._topics = Subscriptions()          # wanted, written, waited for (subscriptions.py)
         self._stalled = False                   # the probe found this link dead; until one succeeds
@@ -157,7 +159,7 @@ class RedisBroker(Broker):
     def stop(self):
         self._stopping = True
         self._wake()
-        for greenlet in (self._greenlet, self._keeper, self._prober):
+        for greenlet in (self._greenlet, self._keeper, self._prober, self._asking):
             if greenlet is not None:
                 greenlet.kill(block=False)
         self._lost()
@@ -429,17 +431,31 @@ class RedisBroker(Broker):
         if shard is not None:
             self._write(shard, lambda pubsub: pubsub.subscribe([(self._control, None)], classic=True))
 
-    def _rejoin(self):
-        """Ask again for the shards not heard now (a connection lost, or a master that
-        could not be reached): the connected ones go on meanwhile, untouched unless a slot
-        moved away from them."""
+    def _ask(self, connected: set):
+        """Its own greenlet: the slot map read again and a connection tried to every master
+        not in `connected`. A master that does not answer (its host gone, not refusing)
+        takes up to LISTENER_TIMEOUT to give up on, and the listener must not stop
+        reading the other shards meanwhile; it takes the answer when woken."""
         try:
-            conns, moved = self.link.rejoin(set(self._shards.conns), LISTENER_TIMEOUT, self._name())
-        except redis.RedisError as exc:         # no slot map now: ask again later
+            answer = self.link.rejoin(connected, LISTENER_TIMEOUT, self._name())
+        except redis.RedisError as exc:
+            answer = exc
+        self._answer, self._asking = answer, None
+        self._wake()
+
+    def _rejoin(self, answer):
+        """The shards not heard now, asked again (`_ask`): join what answered; the
+        connected ones went on meanwhile, untouched unless a slot moved away from them."""
+        if isinstance(answer, Exception):       # no slot map now: ask again later
             self._shards.rejoin_failed()
             log.warning("redis listener: slot map unreadable, asking again", extra={
-                "event": "broker_rejoin_failed", "redis": self.where, "error": type(exc).__name__})
+                "event": "broker_rejoin_failed", "redis": self.where, "error": type(answer).__name__})
             return
+        conns, moved = answer
+        for shard, conn in list(conns.items()):
+            if conn is not None and self._shards.heard(shard):     # joined meanwhile
+                conn.disconnect()
+                del conns[shard]
         if any(conns.values()):
             metrics.BROKER_RECONNECTS.inc()
         self._join(conns)
@@ -474,6 +490,13 @@ class RedisBroker(Broker):
         metrics.BROKER_LINK_DOWN.set(1)
         metrics.BROKER_CATCHING_UP.set(0)
         self._down = True
+        if self._asking is not None:            # a rejoin of the link that is gone
+            self._asking.kill(block=False)
+        answer, self._asking, self._answer = self._answer, None, None
+        if answer is not None and not isinstance(answer, Exception):
+            for conn in answer[0].values():
+                if conn is not None:
+                    conn.disconnect()
         for pubsub in self._shards.clear():
             pubsub.close()
         self._topics.link_lost()
@@ -508,11 +531,15 @@ class RedisBroker(Broker):
             if self.catchup.catching_up and not shards.pending():
                 self._catch_up()
                 continue
-            if shards.missing:
+            if self._answer is not None:
+                answer, self._answer = self._answer, None
+                self._rejoin(answer)
+                continue
+            if shards.missing and self._asking is None:
                 if shards.rejoin_in() <= 0:
-                    self._rejoin()
-                    continue
-                timeout = min(timeout, shards.rejoin_in() + 0.01)
+                    self._asking = gevent.spawn(self._ask, set(shards.conns))
+                else:
+                    timeout = min(timeout, shards.rejoin_in() + 0.01)
             fds = [pubsub.fd for pubsub in shards.conns.values()] + [wake]
             readable, _, _ = gevent.select.select(fds, [], [], max(0.0, timeout))
             if wake in readable:
