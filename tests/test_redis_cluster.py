@@ -418,6 +418,53 @@ def test_one_shards_silently_dead_links_are_noticed_and_the_workers_recover(
         srv.stop()
 
 
+
+def test_a_master_that_does_not_answer_does_not_hold_up_the_other_shards(tmp_path, proxied_cluster, pg_url, seed):
+    """A master whose host went silent for the listener (it connects, then nothing comes
+    back; commands and replication still pass): each attempt to join it again waits for
+    the listener connection's timeout (5 s). The attempt runs beside the listener, so the
+    other shards' events are delivered while one is still waiting; once the master answers
+    again, its streams are subscribed and caught up: every event once, in order."""
+    cluster = proxied_cluster
+    prefix = f"cq-{secrets.token_hex(3)}:"
+    srv = Server(tmp_path / "cluster-silent", name="cluster-silent", database_url=pg_url,
+                 env={"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix, "WS_WORKERS": 1})
+    try:
+        srv.start()
+        creator, fan = seed.user(is_creator=True), seed.user()
+        silent_post, other_post = posts_on_shards(seed, cluster, prefix, creator, 2)
+        silent, other = ({"type": "post", "postId": p} for p in (silent_post, other_post))
+        wait_until(lambda: all_ready([srv]), 30, "ready on the cluster")
+        clients = [v2(srv, fan), srv.connect(fan)]
+        for channel in (silent, other):
+            subscribe_v2(clients[0], channel)
+            clients[1].subscribe(channel)
+
+        def publish(channel, n):
+            r = srv.api("/api/events", {"event": {"type": "tick", "n": n}, "channel": channel})
+            assert r.status_code == 202, r.text
+
+        publish(silent, 0)
+        publish(other, 100)
+        for ws in clients:
+            assert sorted(next_ticks(ws, 2)) == [0, 100]
+        proxy = cluster.master_of(slot_of(prefix, f"post_{silent_post}")).proxy
+        assert proxy.hold_listeners() == 1              # the worker's listener link to that master
+        assert proxy.holds.wait(15), "no attempt to join the silent master again"
+        waiting = set(proxy.held)                       # an attempt waiting for its timeout now
+        publish(silent, 1)                              # accepted: commands still reach it
+        publish(other, 101)
+        for ws in clients:
+            assert next_ticks(ws, 1) == [101]
+        assert waiting <= proxy.held, "the other shard's event waited for the attempt to give up"
+        proxy.release()
+        publish(silent, 2)
+        for ws in clients:
+            assert next_ticks(ws, 2) == [1, 2]          # caught up once the master answers
+            assert ticks(drain(ws)) == []
+    finally:
+        srv.stop()
+
 def test_a_server_started_while_the_cluster_does_not_answer_says_so_and_refuses_publishes(tmp_path, seed, pg_url):
     """Nothing listens on the cluster's ports: the workers still boot (redis-py's
     RedisCluster connects in its constructor: it is built at first use), /ready answers
