@@ -46,12 +46,23 @@ def cluster(tmp_path_factory):
         nodes.stop()
 
 
-def hosts(tmp_path, cluster, pg_url, prefix, label, count: int = 2):
+def hosts(tmp_path, cluster, pg_url, prefix, label, count: int = 2, workers: int = WORKERS):
     return [Server(tmp_path / name, name=name, database_url=pg_url,
-                   env={"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix, "WS_WORKERS": WORKERS,
+                   env={"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix, "WS_WORKERS": workers,
                         "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS,
                         "WS_LEGACY_TYPE_GAP_MS": 0})       # every tick to legacy clients too
             for name in (f"{label}-a", f"{label}-b")[:count]]
+
+
+def started_on_two_shards(servers, seed, cluster, prefix):
+    """`servers` started and ready; a fan, and two posts whose streams are on two shards,
+    with their channels."""
+    for srv in servers:
+        srv.start()
+    creator, fan = seed.user(is_creator=True), seed.user()
+    posts = posts_on_shards(seed, cluster, prefix, creator, 2)
+    wait_until(lambda: all_ready(servers), 30, "ready on the cluster")
+    return fan, posts, [{"type": "post", "postId": post} for post in posts]
 
 
 def next_ticks(ws, count: int) -> list[int]:
@@ -364,10 +375,7 @@ def test_one_shards_silently_dead_links_are_noticed_and_the_workers_recover(
     prefix = f"cs-{secrets.token_hex(3)}:"
     srv, = hosts(tmp_path, cluster, pg_url, prefix, "cluster-stall", count=1)
     try:
-        srv.start()
-        creator, fan = seed.user(is_creator=True), seed.user()
-        stalled_post, other_post = posts_on_shards(seed, cluster, prefix, creator, 2)
-        wait_until(lambda: all_ready([srv]), 30, "ready on the cluster")
+        fan, (stalled_post, other_post), _ = started_on_two_shards([srv], seed, cluster, prefix)
         clients = [*spread([srv], fan, WORKERS).values(), *spread([srv], fan, WORKERS, subprotocols=[V2]).values()]
         for ws in clients:
             for post in (stalled_post, other_post):
@@ -427,14 +435,9 @@ def test_a_master_that_does_not_answer_does_not_hold_up_the_other_shards(tmp_pat
     again, its streams are subscribed and caught up: every event once, in order."""
     cluster = proxied_cluster
     prefix = f"cq-{secrets.token_hex(3)}:"
-    srv = Server(tmp_path / "cluster-silent", name="cluster-silent", database_url=pg_url,
-                 env={"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix, "WS_WORKERS": 1})
+    srv, = hosts(tmp_path, cluster, pg_url, prefix, "cluster-silent", count=1, workers=1)
     try:
-        srv.start()
-        creator, fan = seed.user(is_creator=True), seed.user()
-        silent_post, other_post = posts_on_shards(seed, cluster, prefix, creator, 2)
-        silent, other = ({"type": "post", "postId": p} for p in (silent_post, other_post))
-        wait_until(lambda: all_ready([srv]), 30, "ready on the cluster")
+        fan, (silent_post, _), (silent, other) = started_on_two_shards([srv], seed, cluster, prefix)
         clients = [v2(srv, fan), srv.connect(fan)]
         for channel in (silent, other):
             subscribe_v2(clients[0], channel)
@@ -492,15 +495,9 @@ def test_a_shard_gone_for_good_leaves_the_others_serving_and_the_worker_ready(tm
     (PROTOCOL.md 10). `fonana_rt_broker_link_down` says a worker lacks part of its link."""
     cluster = RedisCluster(tmp_path / "cluster").start()
     prefix = f"cg-{secrets.token_hex(3)}:"
-    srv = Server(tmp_path / "cluster-gone", name="cluster-gone", database_url=pg_url,
-                 env={"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix, "WS_WORKERS": WORKERS,
-                      "WS_WORKER_CONNECTIONS": SPREAD_WORKER_CONNECTIONS})
+    srv, = hosts(tmp_path, cluster, pg_url, prefix, "cluster-gone", count=1)
     try:
-        srv.start()
-        creator, fan = seed.user(is_creator=True), seed.user()
-        doomed_post, other_post = posts_on_shards(seed, cluster, prefix, creator, 2)
-        doomed, other = ({"type": "post", "postId": p} for p in (doomed_post, other_post))
-        wait_until(lambda: all_ready([srv]), 30, "ready on the cluster")
+        fan, (doomed_post, _), (doomed, other) = started_on_two_shards([srv], seed, cluster, prefix)
         listeners = []
         for _ in range(2):
             modern = v2(srv, fan)
