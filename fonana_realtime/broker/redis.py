@@ -11,7 +11,7 @@ SSUBSCRIBE, each holding the topics whose slots that master serves). The listene
 only greenlet that touches them: it reads, and it writes the (S)SUBSCRIBE/UNSUBSCRIBE
 commands that `listen`/`unlisten` ask for (woken through a pipe), batched per wake-up
 (subscriptions.py keeps what is wanted, written and waited for; shards.py the connections
-by shard, their probe channels and the missing shards). It holds only the topics fanout
+by shard, their probe channels and the missing shards; probe.py the probe's round trips). It holds only the topics fanout
 asked for (`listen` and not yet `unlisten`: those with local
 connections) plus this worker's private probe channel on each shard, used by `ready()`
 and the probe for a real publish -> receive round trip. Every message it receives is
@@ -72,11 +72,11 @@ from .catchup import Catchup
 from .history_reads import HistoryReads
 from .link import open_link
 from .pubsub import Desync, PubSubConn
+from .probe import Probe
+from .readiness import OK, SHARDS_MISSING, TIMEOUT, link_state
+from .readiness import UNAVAILABLE as LINK_UNAVAILABLE
 from .shards import Shards
 from .subscriptions import Subscriptions
-from .readiness import (OK, PROBE_EVERY, PROBE_WAIT, SHARDS_MISSING, TIMEOUT, link_state,
-                        probe_verdict)
-from .readiness import UNAVAILABLE as LINK_UNAVAILABLE
 
 log = logging.getLogger("fonana_realtime.broker")
 
@@ -119,12 +119,12 @@ class RedisBroker(Broker):
         # listener state (only the listener greenlet writes the subscriber socket)
         self._greenlet = None
         self._keeper = None                     # renews the ghost metas of held streams
-        self._prober = None                     # finds a silently dead link (readiness.py)
+        self._prober = None                     # finds a silently dead link (probe.py)
         self._asking = None                     # asks the slot map for missing shards (_ask)
         self._answer = None                     # its answer, for the listener to take
         self._shards = Shards()                 # the link: a connection per shard (shards.py)
+        self._probe = Probe(self.link, self._shards, self.where)     # its round trips (probe.py)
         self._topics = Subscriptions()          # wanted, written, waited for (subscriptions.py)
-        self._stalled = False                   # the probe found this link dead; until one succeeds
         self._rebuild: set[str] = set()         # shards the probe found dead: asked of the listener
         self._down = False                      # the last connection attempt failed / link lost
         self._stopping = False
@@ -133,7 +133,6 @@ class RedisBroker(Broker):
         self._private_ev = Event()              # set once the new link's probe channels are acknowledged
         self._wake_r = self._wake_w = -1
         self._wake_pending = False
-        self._nonces: dict[str, Event] = {}     # ready() round trips in flight
         self._decoder = wire.Decoder()
         self._dropped = 0
         self._drop_logged_at = 0.0
@@ -152,7 +151,8 @@ class RedisBroker(Broker):
         metrics.BROKER_LINK_DOWN.set(1)         # until the first link is up
         self._greenlet = gevent.spawn(self._run)
         self._keeper = gevent.spawn(self._keep_ghosts)
-        self._prober = gevent.spawn(self._probe_loop)
+        self._prober = gevent.spawn(self._probe.run, self._live, lambda: self._stopping,
+                                    self._rebuild_shards)
         log.info("redis broker starting", extra={"event": "broker_start", "redis": self.where,
                                                  "prefix": self.prefix})
 
@@ -275,12 +275,8 @@ class RedisBroker(Broker):
     def link_state(self) -> str:
         state = link_state(started=self._greenlet is not None, down=self._down,
                            subscribed=self._private_ev.is_set(), live=self._live.is_set(),
-                           stalled=self._stalled)
+                           stalled=self._probe.stalled)
         return SHARDS_MISSING if state == OK and self._shards.missing else state
-
-    def shards_missing(self) -> int:
-        """Shards of a Cluster this worker cannot hear now (their topics wait)."""
-        return len(self._shards.missing)
 
     def ready(self) -> tuple[bool, str]:
         """The link's state (readiness.link_state), then a real round trip: publish a
@@ -288,70 +284,21 @@ class RedisBroker(Broker):
         receive them. A Cluster shard that is not heard now (its master died and no
         replica took over yet) does not make the worker unready: every host shares that
         shard, the others' streams flow, and the answer says `broker_shards_missing`."""
-        if not (self._stalled or self._down or self._greenlet is None):
+        if not (self._probe.stalled or self._down or self._greenlet is None):
             # (re)connecting, catching up from history: bounded waits
             self._private_ev.wait(READY_WAIT) and self._live.wait(READY_WAIT)
         state = self.link_state()
         if state not in (OK, SHARDS_MISSING):
             return False, state
-        published, arrived = self._round_trip(READY_WAIT)
+        published, arrived = self._probe.round_trip(READY_WAIT)
         if not published:
             return False, LINK_UNAVAILABLE
         if not all(arrived.values()):
             return False, TIMEOUT
         return True, state
 
-    def _round_trip(self, wait: float) -> tuple[bool, dict]:
-        """(published, {shard: arrived}): a nonce through the command client to our probe
-        channel on every shard whose probe is heard, and which ones our listener received
-        within `wait`."""
-        probes = self._shards.heard_probes()
-        if not probes:
-            return False, {}
-        nonces = {shard: uuid.uuid4().hex for shard in probes}
-        for nonce in nonces.values():
-            self._nonces[nonce] = Event()
-        try:
-            try:
-                for shard, nonce in nonces.items():
-                    self.link.publish_probe(probes[shard], nonce)
-            except redis.RedisError:
-                return False, {}
-            deadline = time.monotonic() + wait
-            return True, {shard: self._nonces[nonce].wait(max(0.0, deadline - time.monotonic()))
-                          for shard, nonce in nonces.items()}
-        finally:
-            for nonce in nonces.values():
-                self._nonces.pop(nonce, None)
-
-    # ---- the probe: a silently dead link (readiness.py) ---------------------------------
-
-    def _probe_loop(self):
-        while not self._stopping:
-            gevent.sleep(PROBE_EVERY)
-            if not self._shards or not self._live.is_set():
-                continue                        # no link, or one still catching up
-            probed = dict(self._shards.conns)   # a connection built meanwhile is not judged
-            published, arrived = self._round_trip(PROBE_WAIT)
-            dead = {shard for shard, came in arrived.items()
-                    if probe_verdict(published, came) is False and self._shards.conns.get(shard) is probed.get(shard)}
-            if dead and not self._stopping:
-                self._stall(dead)
-            elif published and arrived and all(arrived.values()) and self._stalled:
-                self._stalled = False
-                metrics.BROKER_STALLED.set(0)
-                log.info("redis listener: link works again", extra={
-                    "event": "broker_unstalled", "redis": self.where})
-
-    def _stall(self, shards: set):
-        if not self._stalled:
-            self._stalled = True
-            metrics.BROKER_STALLS.inc()
-            metrics.BROKER_STALLED.set(1)
-            log.warning("redis listener: link silently dead (a probe was published but never "
-                        "arrived), rebuilding it", extra={
-                            "event": "broker_stalled", "redis": self.where,
-                            "probe_wait": PROBE_WAIT, "shards": sorted(shards)})
+    def _rebuild_shards(self, shards: set):
+        """The probe found these shards' connections silently dead (probe.py)."""
         self._rebuild.update(shards)
         self._wake()
 
@@ -422,8 +369,8 @@ class RedisBroker(Broker):
         if joined:
             probes = self.link.probe_channels(self._private, joined)
             self._shards.add_probes(probes)
-            for shard, pubsub in joined.items():
-                pubsub.subscribe([(probes[shard], None)])
+            for shard, probe in probes.items():
+                self._write(shard, lambda pubsub, probe=probe: pubsub.subscribe([(probe, None)]))
         self._hear_control()
 
     def _hear_control(self):
@@ -639,9 +586,7 @@ class RedisBroker(Broker):
             self.on_control(data)
             return
         if channel in self._nonce_channels():
-            event = self._nonces.get(data.decode("ascii", "replace"))
-            if event is not None:
-                event.set()
+            self._probe.arrived(data)
             return
         metrics.BROKER_RECEIVED.inc()
         topic = self.link.topic_of(self._bprefix, channel)
