@@ -150,9 +150,9 @@ class Fanout:
         frames are one shared bytes object for every recipient; otherwise each
         connection gets the events addressed to it, still in publish order and each
         once. Returns (delivered, dropped) counted in frames."""
-        runs: list[tuple[list, list]] = []          # consecutive events with the same topics
+        runs: list[tuple[list, list]] = []          # consecutive events with the same audience
         for out in batch:
-            if runs and runs[-1][0] == out.topics:
+            if runs and runs[-1][0] == out.topics and runs[-1][1][0].before == out.before:
                 runs[-1][1].append(out)
             else:
                 runs.append((out.topics, [out]))
@@ -163,7 +163,7 @@ class Fanout:
             positions = tuple(merged_positions(outs).items())
             shared_v2 = SharedV2(outs, topic_stream(topics[0])) if len(topics) == 1 else None
             count = len(outs)
-            for conn in self.hub.targets(topics):
+            for conn in self.hub.targets(topics, outs[0].before):
                 if conn.deliver(outs, joined, positions, shared_v2):
                     delivered += count
                 else:
@@ -172,7 +172,7 @@ class Fanout:
         per_conn: dict = {}
         for topics, outs in runs:
             chunk = b"".join(o.legacy for o in outs)
-            for conn in self.hub.targets(topics):
+            for conn in self.hub.targets(topics, outs[0].before):
                 parts = per_conn.get(conn)
                 if parts is None:
                     per_conn[conn] = [outs, chunk]          # the run's own list, shared

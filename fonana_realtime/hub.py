@@ -75,11 +75,14 @@ class Hub:
 
     # ---- lookup --------------------------------------------------------------------
 
-    def targets(self, topics) -> set | tuple:
-        """The local connections of a route's topics, each once."""
-        if len(topics) == 1:
+    def targets(self, topics, but_not=()) -> set | tuple:
+        """The local connections of a route's topics, each once; none that holds one of
+        `but_not` (they got the event already: wire.Message.before)."""
+        if len(topics) == 1 and not but_not:
             return tuple(self.by_topic.get(topics[0], ()))   # a copy: sends may close connections
         found: set = set()
         for topic in topics:
             found.update(self.by_topic.get(topic, ()))
+        for topic in but_not:
+            found.difference_update(self.by_topic.get(topic, ()))
         return found

@@ -42,8 +42,8 @@ class SharedV2:
 
 
 class Outgoing:
-    __slots__ = ("_message", "payload", "topics", "streams", "published_at", "positions", "legacy",
-                 "_event", "_v2", "_conflate")
+    __slots__ = ("_message", "payload", "topics", "before", "streams", "published_at", "positions",
+                 "legacy", "_event", "_v2", "_conflate")
 
     @classmethod
     def of(cls, message) -> "Outgoing":
@@ -58,6 +58,7 @@ class Outgoing:
         self._message = message
         self.payload = message.payload          # the flat event, JSON bytes
         self.topics = message.topics            # route order: channels, then users
+        self.before = message.before            # got it from an earlier call (wire.Message)
         self.streams = [topic_stream(t) for t in message.topics]
         self.published_at = message.published_at
         self.positions = message.positions      # {stream: (epoch, offset)}; empty if none

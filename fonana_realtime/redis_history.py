@@ -207,13 +207,17 @@ class RedisHistory:
 
     # ---- publish ------------------------------------------------------------------
 
-    def publish_args(self, topics: list[str], payload: bytes, message_id: str | None = None):
-        """KEYS and ARGV of one publish call (for callers that pipeline it)."""
+    def publish_args(self, topics: list[str], payload: bytes, message_id: str | None = None,
+                     route: list[str] | None = None):
+        """KEYS and ARGV of one publish call (for callers that pipeline it): it writes the
+        streams of `topics`; `route` (a Cluster publication over several slots: every
+        call's topics, in the order of the calls) is what its envelope lists."""
         keys: list[str] = []
         for topic in topics:
             keys += self._keys(topic_stream(topic))
+        listed = topics if route is None else [t if t in topics else "^" + t for t in route]
         args = [payload, message_id if message_id is not None else uuid.uuid4().hex,
-                self.size, self.seconds, self.meta_seconds, self.prefix, *topics]
+                self.size, self.seconds, self.meta_seconds, self.prefix, *listed]
         return keys, args
 
     def publish(self, topics: list[str], payload: bytes, message_id: str | None = None,
@@ -223,19 +227,23 @@ class RedisHistory:
 
         On Redis Cluster a route whose streams are in several hash slots is one call per
         slot (a call's keys must share one), in the route's order: each call is atomic in
-        its slot and a publication of its own (the id gets `.2`, `.3`… after the first),
-        so a connection holding streams of two slots gets the event once per slot. A
-        call that fails after others succeeded raises: those streams have it, the others
-        not (PROTOCOL.md 10)."""
+        its slot and a publication of its own (the id gets `.2`, `.3`… after the first).
+        Every call's envelope lists the whole route, the calls' topics in call order, so a
+        worker delivers a later call's copy only to connections that hold none of an
+        earlier call's topics (wire.Decoder: `before`): a connection holding streams of
+        two slots gets the event once, from the first. A call that fails after others
+        succeeded raises: those streams have it, the others not (PROTOCOL.md 10)."""
         groups = self._slot_groups(topics)
         if len(groups) == 1:
             keys, args = self.publish_args(topics, payload, message_id)
             reply = self._publish(keys=keys, args=args, client=client)
             return self.published(topics, reply)
         message_id = message_id if message_id is not None else uuid.uuid4().hex
+        route = [topic for group in groups for topic in group]
         receivers, positions, first = 0, {}, None
         for n, group in enumerate(groups):
-            keys, args = self.publish_args(group, payload, message_id if n == 0 else f"{message_id}.{n + 1}")
+            keys, args = self.publish_args(group, payload, message_id if n == 0 else f"{message_id}.{n + 1}",
+                                           route)
             part = self.published(group, self._publish(keys=keys, args=args, client=client))
             first = first or part
             receivers += part

@@ -13,7 +13,10 @@
 --       [3] history size (WS_HISTORY_SIZE, 0 = no history, positions only)
 --       [4] history seconds (WS_HISTORY_SECONDS)   [5] meta seconds (WS_HISTORY_META_SECONDS)
 --       [6] the key prefix (REDIS_PREFIX, e.g. fonana:rt:)
---       [7..] the topics: channel:<channelKey> or user:<userId>, one per stream
+--       [7..] the topics: channel:<channelKey> or user:<userId>, one per stream; a
+--             topic written `^topic` is only listed in the envelope: another call of the
+--             same publication writes its stream (Redis Cluster, a route over several
+--             slots; it has no keys here)
 -- Reply {receivers, id, ts, epoch_1, offset_1, epoch_2, offset_2, ...}
 --
 -- The envelope (the same bytes to every topic and into every history):
@@ -31,14 +34,28 @@
 -- share a slot, and so does its sharded channel. A call's keys must all be in one slot
 -- (Redis refuses others with CROSSSLOT): a route whose streams live in several slots is
 -- one call per slot (redis_history.py), each an atomic publication of its own streams
--- with its own id. On one Redis or Sentinel the whole route is one call: that is what
+-- with its own id, its envelope listing the whole route (the other calls' topics as
+-- `^topic`), so a worker delivers a later call only to connections no earlier one reached. On one Redis or Sentinel the whole route is one call: that is what
 -- makes a union's copies carry every stream's position and travel back to back.
 
-local n = #ARGV - 6
+local written, listed = {}, {}     -- the topics whose streams this call writes; all listed
+for j = 7, #ARGV do
+  local topic = ARGV[j]
+  if string.sub(topic, 1, 1) == '^' then
+    topic = string.sub(topic, 2)
+  else
+    written[#written + 1] = topic
+  end
+  if not (string.match(topic, '^channel:[%w_%-]+$') or string.match(topic, '^user:[%w_%-]+$')) then
+    return redis.error_reply('ERR fonana: bad topic ' .. string.sub(topic, 1, 200))
+  end
+  listed[#listed + 1] = '"' .. topic .. '"'
+end
+local n = #written
 if n < 1 or #KEYS ~= 2 * n then
   return redis.error_reply('ERR fonana: need 2 keys per topic and at least one topic')
 end
-if n > 64 then      -- wire.MAX_ENVELOPE_TOPICS: a longer list would not be read as a union
+if #listed > 64 then      -- wire.MAX_ENVELOPE_TOPICS: a longer list would not be read as a union
   return redis.error_reply('ERR fonana: at most 64 topics')
 end
 local payload, id, prefix = ARGV[1], ARGV[2], ARGV[6]
@@ -64,7 +81,7 @@ local fresh_epoch = string.format('%x%05x', tonumber(now[1]), tonumber(now[2]))
 
 local streams, epochs, offsets, seen = {}, {}, {}, {}
 for i = 1, n do
-  local topic = ARGV[6 + i]
+  local topic = written[i]
   local stream
   local key = string.match(topic, '^channel:([%w_%-]+)$')
   if key then
@@ -112,12 +129,11 @@ if id == '' then
   id = string.sub(redis.sha1hex(streams[1] .. ':' .. epochs[1] .. ':' .. offsets[1]), 1, 32)
 end
 
-local topics, pos = {}, {}
+local pos = {}
 for i = 1, n do
-  topics[i] = '"' .. ARGV[6 + i] .. '"'
   pos[i] = '"' .. streams[i] .. '":["' .. epochs[i] .. '",' .. offsets[i] .. ']'
 end
-local body = '{"event":' .. payload .. ',"id":"' .. id .. '","topics":[' .. table.concat(topics, ',')
+local body = '{"event":' .. payload .. ',"id":"' .. id .. '","topics":[' .. table.concat(listed, ',')
   .. '],"pos":{' .. table.concat(pos, ',') .. '},"ts":' .. ts .. '}'
 
 for i = 1, n do
@@ -139,7 +155,7 @@ if sharded then
   end
 else
   for i = 1, n do
-    receivers = receivers + redis.call('PUBLISH', prefix .. ARGV[6 + i], body)
+    receivers = receivers + redis.call('PUBLISH', prefix .. written[i], body)
   end
 end
 

@@ -74,12 +74,14 @@ class Message:
 
     `payload` is the flat event's JSON bytes; `topics` where it goes (the topic it
     arrived on first); `positions` is {stream: (epoch, offset)} when the publisher gave
-    it positions, else empty."""
+    it positions, else empty. `before`: topics whose connections got this event from an
+    earlier call of the same publication (a Cluster route over several slots,
+    redis_history.py): they are not sent it again."""
 
-    __slots__ = ("id", "payload", "topics", "published_at", "event", "positions", "outgoing")
+    __slots__ = ("id", "payload", "topics", "published_at", "event", "positions", "outgoing", "before")
 
     def __init__(self, payload: bytes, topics, published_at=None, message_id=None,
-                 event=None, positions=None):
+                 event=None, positions=None, before=()):
         self.id = message_id                # None: the receiver names it when it needs to
         self.payload = payload
         self.topics = topics
@@ -87,6 +89,7 @@ class Message:
         self.event = event                  # the decoded event, when the receiver has it
         self.positions = positions or {}
         self.outgoing = None                # its Outgoing, once built (outgoing.Outgoing.of)
+        self.before = before
 
 
 # ---- encode -----------------------------------------------------------------------
@@ -116,6 +119,18 @@ class Drop(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def _own_part(topics: list[str], positions: dict) -> tuple[list[str], tuple]:
+    """One call of a publication over several Cluster slots lists the whole route, every
+    call's topics in call order, and positions only for its own: (its own topics, the
+    earlier calls' topics). Each connection gets the event once, from the first call
+    whose topics it holds."""
+    own = [t for t in topics if topic_stream(t) in positions]
+    if not own:
+        return topics, ()
+    first = topics.index(own[0])
+    return own, tuple(t for t in topics[:first] if t not in own)
 
 
 def _positions(pos) -> dict:
@@ -194,4 +209,8 @@ class Decoder:
         if not isinstance(published_at, (int, float)) or isinstance(published_at, bool) \
                 or not math.isfinite(published_at):
             published_at = None
-        return Message(dumps(event), topics, published_at, message_id, event, _positions(env.get("pos")))
+        positions = _positions(env.get("pos"))
+        before = ()
+        if message_id is not None and positions and len(positions) < len(topics):
+            topics, before = _own_part(topics, positions)
+        return Message(dumps(event), topics, published_at, message_id, event, positions, before)

@@ -158,17 +158,35 @@ def test_an_event_for_a_user_and_a_channel_in_other_slots_reaches_both(tmp_path,
                     cluster.master_of(slot_of(prefix, f"post_{post}")):
                 break
         wait_until(lambda: all_ready(servers), 30, "ready on the cluster")
+        channel = {"type": "post", "postId": post}
         own = v2(servers[0], fan)                           # holds its user stream only
         other = v2(servers[1], creator)                     # holds the post's stream only
-        subscribe_v2(other, {"type": "post", "postId": post})
+        subscribe_v2(other, channel)
+        # both streams, on both hosts: the event once each (the union's "once per
+        # connection"), v2 under the route's first stream, the post's
+        both = [v2(srv, fan) for srv in servers]
+        for ws in both:
+            subscribe_v2(ws, channel)
+        legacy = [srv.connect(fan) for srv in servers]
+        for ws in legacy:
+            ws.subscribe(channel)
         r = servers[1].api("/api/events", {"event": {"type": "tick", "n": 1}, "userId": fan,
-                                           "channel": {"type": "post", "postId": post}})
+                                           "channel": channel})
         assert r.status_code == 202, r.text
         positions = r.json()["positions"][0]
         assert positions == {f"post_{post}": 1, f"user_{fan}": positions[f"user_{fan}"]}
-        for ws, stream in ((own, f"user_{fan}"), (other, f"post_{post}")):
+        streams = [(own, f"user_{fan}"), (other, f"post_{post}")] + [(ws, f"post_{post}") for ws in both]
+        for ws, stream in streams:
             frame = ws.expect_type("event", timeout=10)
             assert (frame["stream"], frame["offset"], frame["data"]["n"]) == (stream, positions[stream], 1)
+        for ws in legacy:
+            assert next_ticks(ws, 1) == [1]
+        # a tick on the post after it: nothing came twice in between
+        r = servers[0].api("/api/events", {"event": {"type": "tick", "n": 2}, "channel": channel})
+        assert r.status_code == 202, r.text
+        for ws in [other, *both, *legacy]:
+            assert next_ticks(ws, 1) == [2], "the cross-slot event came twice"
+        for ws, _ in streams:
             assert drain(ws) == []
     finally:
         for srv in servers:

@@ -171,3 +171,21 @@ def test_a_batch_older_than_max_batch_seconds_is_written_by_the_next_publish(mon
     assert [frames for _, frames in a.writes] == [1, 1, 1]
     gevent.sleep(0)
     assert len(a.writes) == 3                           # nothing left over for the turn's end
+
+
+def test_a_later_call_of_a_cross_slot_publication_skips_connections_an_earlier_call_reached():
+    """Redis Cluster, an event for a post and a user in two slots: two calls (wire.Message
+    `before`). `a` holds both streams and gets it once, from the first call; `b` holds
+    only the user's and gets it from the second; `c` only the post's, from the first."""
+    a, b, c = Recorder("u"), Recorder("u"), Recorder("v")
+    fanout = _fanout(a, b, c)
+    fanout.subscribe(a, "post_p")
+    fanout.subscribe(c, "post_p")
+    post, user = channel_topic("post_p"), user_topic("u")
+    first = Outgoing(Message(b'"1"', [post]))
+    second = Outgoing(Message(b'"1"', [user], before=(post,)))
+    assert fanout.deliver_batch([first]) == (2, 0)
+    assert fanout.deliver_batch([second]) == (1, 0)          # b only
+    assert [len(r.writes) for r in (a, b, c)] == [1, 1, 1]
+    fanout.deliver_batch([_out([post], b'"2"'), second, _out([post], b'"3"')])   # mixed audiences
+    assert a.writes[-1] == (F(b'"2"') + F(b'"3"'), 2) and b.writes[-1] == (F(b'"1"'), 1)

@@ -64,3 +64,20 @@ def test_malformed_envelopes_are_dropped_with_a_reason(raw, reason):
     with pytest.raises(wire.Drop) as caught:
         wire.Decoder().decode("user:u1", raw)
     assert caught.value.reason == reason
+
+
+def test_a_call_of_a_cross_slot_publication_goes_to_its_own_topics_after_the_earlier_calls():
+    """Redis Cluster: every call's envelope lists the whole route in call order, with
+    positions for its own streams only (redis_publish.lua, `^` topics)."""
+    route = ["channel:post_p", "channel:post_q", "user:u"]      # post_q and u: the 2nd call
+    env = {"event": {"type": "x"}, "id": "m.2", "topics": route, "ts": 1.0,
+           "pos": {"post_q": ["E", 3], "user_u": ["F", 9]}}
+    message = wire.Decoder().decode("user:u", json.dumps(env).encode())
+    assert message.topics == ["channel:post_q", "user:u"]
+    assert message.before == ("channel:post_p",)
+    env = dict(env, id="m", pos={"post_p": ["E", 1]})              # the first call
+    message = wire.Decoder().decode("channel:post_p", json.dumps(env).encode())
+    assert message.topics == ["channel:post_p"] and message.before == ()
+    env = dict(env, id="n", pos={"post_p": ["E", 1], "post_q": ["E", 2], "user_u": ["F", 1]})
+    message = wire.Decoder().decode("channel:post_p", json.dumps(env).encode())
+    assert message.topics == route and message.before == ()       # one call: a plain union
