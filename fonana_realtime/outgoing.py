@@ -42,7 +42,7 @@ class SharedV2:
 
 
 class Outgoing:
-    __slots__ = ("_message", "payload", "topics", "before", "streams", "published_at", "positions",
+    __slots__ = ("_message", "_id", "payload", "topics", "before", "streams", "published_at", "positions",
                  "legacy", "_event", "_v2", "_conflate")
 
     @classmethod
@@ -51,11 +51,14 @@ class Outgoing:
         of the same held message share its frames."""
         out = message.outgoing
         if out is None:
+            if message.id is None:      # named now: kept on the message, it needs no way back
+                message.id = uuid.uuid4().hex   # to it (a reference cycle, freed only by the gc)
             out = message.outgoing = cls(message)
         return out
 
     def __init__(self, message):
-        self._message = message
+        # Only while the message has no id: `id` names it once for every Outgoing of it.
+        self._message = message if message.id is None else None
         self.payload = message.payload          # the flat event, JSON bytes
         self.topics = message.topics            # route order: channels, then users
         self.before = message.before            # got it from an earlier call (wire.Message)
@@ -63,6 +66,7 @@ class Outgoing:
         self.published_at = message.published_at
         self.positions = message.positions      # {stream: (epoch, offset)}; empty if none
         self.legacy = text_frame(message.payload)
+        self._id = message.id
         self._event = message.event
         self._v2: dict | None = None
         self._conflate = None                   # see conflate
@@ -70,9 +74,12 @@ class Outgoing:
     @property
     def id(self) -> str:
         message = self._message
+        if message is None:
+            return self._id
         if message.id is None:              # named once: every Outgoing of it shares the id
             message.id = uuid.uuid4().hex
-        return message.id
+        self._id, self._message = message.id, None
+        return self._id
 
     @property
     def event(self) -> dict:
