@@ -510,12 +510,22 @@ def test_a_shard_gone_for_good_leaves_the_others_serving_and_the_worker_ready(tm
     other shards' streams go on (subscribe, publish, deliver), that shard's publishes answer
     503, and `/ready` stays 200 saying `broker_shards_missing`: every host shares the
     missing shard, so taking them all out of a balancer would only refuse the rest
-    (PROTOCOL.md 10). `fonana_rt_broker_link_down` says a worker lacks part of its link."""
+    (PROTOCOL.md 10). `fonana_rt_broker_link_down` says a worker lacks part of its link.
+    The shard is the one serving slot 0, whose master redis-py's client asks first (its
+    default node): a server started after it died serves the other shards too."""
     cluster = RedisCluster(tmp_path / "cluster").start()
     prefix = f"cg-{secrets.token_hex(3)}:"
     srv, = hosts(tmp_path, cluster, pg_url, prefix, "cluster-gone", count=1)
+    later, = hosts(tmp_path, cluster, pg_url, prefix, "cluster-gone-later", count=1, workers=1)
     try:
-        fan, (doomed_post, _), (doomed, other) = started_on_two_shards([srv], seed, cluster, prefix)
+        srv.start()
+        creator, fan = seed.user(is_creator=True), seed.user()
+        first = cluster.master_of(0)
+        posts = posts_on_shards(seed, cluster, prefix, creator, 3)
+        doomed_post = next(p for p in posts if cluster.master_of(slot_of(prefix, f"post_{p}")) is first)
+        other_post = next(p for p in posts if p != doomed_post)
+        doomed, other = ({"type": "post", "postId": p} for p in (doomed_post, other_post))
+        wait_until(lambda: all_ready([srv]), 30, "ready on the cluster")
         listeners = []
         for _ in range(2):
             modern = v2(srv, fan)
@@ -523,16 +533,15 @@ def test_a_shard_gone_for_good_leaves_the_others_serving_and_the_worker_ready(tm
             legacy = srv.connect(fan)
             legacy.subscribe(other)
             listeners += [modern, legacy]
-        shard = next(s for s in cluster.shards()
-                     if s["master"] is cluster.master_of(slot_of(prefix, f"post_{doomed_post}")))
+        shard = next(s for s in cluster.shards() if s["master"] is first)
         for node in (shard["master"], *shard["replicas"]):
             node.kill()                                 # SIGKILL, the whole shard
 
-        def degraded():
-            answers = [srv.get("/ready") for _ in range(4)]     # likely both workers
+        def degraded(server):
+            answers = [server.get("/ready") for _ in range(4)]     # likely every worker
             return all(r.status_code == 200 and r.json().get("degraded") == "broker_shards_missing"
                        for r in answers)
-        wait_until(degraded, 30, "/ready 200 with broker_shards_missing")
+        wait_until(lambda: degraded(srv), 30, "/ready 200 with broker_shards_missing")
         assert metric_total(srv, "fonana_rt_broker_link_down") >= 1
 
         late = v2(srv, fan)                             # joins the healthy shard's channel now
@@ -546,7 +555,17 @@ def test_a_shard_gone_for_good_leaves_the_others_serving_and_the_worker_ready(tm
         for ws in listeners:
             assert next_ticks(ws, 3) == [0, 1, 2]
             assert ticks(drain(ws)) == []
-        assert degraded()
+        assert degraded(srv)
+
+        later.start()                                   # its client's first master is the dead one
+        wait_until(lambda: degraded(later), 30, "a server started now: /ready 200, degraded")
+        newcomer = v2(later, fan)
+        subscribe_v2(newcomer, other)
+        r = later.api("/api/events", {"event": {"type": "tick", "n": 3}, "channel": other})
+        assert r.status_code == 202, r.text
+        for ws in [*listeners, newcomer]:
+            assert next_ticks(ws, 1) == [3]
     finally:
         srv.stop()
+        later.stop()
         cluster.stop()

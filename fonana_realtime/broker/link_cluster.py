@@ -64,6 +64,25 @@ class _Cluster(RedisCluster):
         pipe.execute = _converted(pipe.execute)
         return pipe
 
+    def command(self, **kwargs):
+        """COMMAND, which redis-py's constructor asks of its default node (the first master
+        of its slot map) to learn every command's keys: a dead master there failed the
+        constructor, and so every command of a worker started while that shard was down,
+        whatever its slot (redis-py keeps that default node after reading the slot map
+        again). COMMAND only reads: the first master that answers, which becomes the
+        default node of the commands without a slot."""
+        failed = None
+        for node in self.get_primaries():
+            try:
+                reply = super().command(target_nodes=node, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failed = exc
+                continue
+            if node is not self.get_default_node():
+                self.set_default_node(node)
+            return reply
+        raise failed or redis.ConnectionError("cluster: no master reachable")
+
     def publish(self, channel, message, **kwargs):
         """Classic PUBLISH (the control channel): it has no slot, and any master forwards
         it to every node over the cluster bus. redis-py sends a command without a slot to
