@@ -71,17 +71,10 @@ class _Cluster(RedisCluster):
         whatever its slot (redis-py keeps that default node after reading the slot map
         again). COMMAND only reads: the first master that answers, which becomes the
         default node of the commands without a slot."""
-        failed = None
-        for node in self.get_primaries():
-            try:
-                reply = super().command(target_nodes=node, **kwargs)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                failed = exc
-                continue
-            if node is not self.get_default_node():
-                self.set_default_node(node)
-            return reply
-        raise failed or redis.ConnectionError("cluster: no master reachable")
+        node, reply = self._first_master(lambda node: super(_Cluster, self).command(target_nodes=node, **kwargs))
+        if node is not self.get_default_node():
+            self.set_default_node(node)
+        return reply
 
     def publish(self, channel, message, **kwargs):
         """Classic PUBLISH (the control channel): it has no slot, and any master forwards
@@ -89,12 +82,18 @@ class _Cluster(RedisCluster):
         its default node, picked once, and does not pick another when that one dies (it
         only does when it may retry, and a publish must not be sent twice): so the first
         master that answers."""
+        return self._first_master(lambda node: self.get_redis_connection(node).publish(channel, message))[1]
+
+    def _first_master(self, call) -> tuple:
+        """(node, call(node)) for the first master of the slot map that answers; the
+        last connection error when none does."""
+        failed = None
         for node in self.get_primaries():
             try:
-                return self.get_redis_connection(node).publish(channel, message)
-            except (redis.ConnectionError, redis.TimeoutError):
-                continue
-        raise redis.ConnectionError("cluster: no master reachable")
+                return node, call(node)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failed = exc
+        raise failed or redis.ConnectionError("cluster: no master reachable")
 
     def script_load(self, script):
         """On every master that answers. redis-py's loads it on every master of its slot
