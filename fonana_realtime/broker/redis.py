@@ -398,11 +398,7 @@ class RedisBroker(Broker):
             log.warning("redis listener: slot map unreadable, asking again", extra={
                 "event": "broker_rejoin_failed", "redis": self.where, "error": type(answer).__name__})
             return
-        conns, moved = answer
-        for shard, conn in list(conns.items()):
-            if conn is not None and self._shards.heard(shard):     # joined meanwhile
-                conn.disconnect()
-                del conns[shard]
+        conns, moved = answer       # none heard yet: only this joins, and _lost drops a stale answer
         if any(conns.values()):
             metrics.BROKER_RECONNECTS.inc()
         self._join(conns)
