@@ -81,17 +81,10 @@ local fresh_epoch = string.format('%x%05x', tonumber(now[1]), tonumber(now[2]))
 
 local streams, epochs, offsets, seen = {}, {}, {}, {}
 for i = 1, n do
-  local topic = written[i]
-  local stream
-  local key = string.match(topic, '^channel:([%w_%-]+)$')
-  if key then
-    stream = key
-  else
-    local user = string.match(topic, '^user:([%w_%-]+)$')
-    if not user then
-      return redis.error_reply('ERR fonana: bad topic ' .. string.sub(topic, 1, 200))
-    end
-    stream = 'user_' .. user
+  local topic = written[i]           -- checked above: channel:<key> or user:<id>
+  local stream = string.match(topic, '^channel:([%w_%-]+)$')
+  if not stream then
+    stream = 'user_' .. string.match(topic, '^user:([%w_%-]+)$')
   end
   if seen[stream] then
     return redis.error_reply('ERR fonana: topic listed twice')
